@@ -1,0 +1,241 @@
+"""User accounts: an email and an scrypt password hash, kept in SQLite.
+
+Passwords are only ever held in memory long enough to hash them; the database stores
+``scrypt$N$r$p$<salt>$<hash>``. The scrypt work runs in a worker thread so one
+sign-in never stalls the event loop that also serves the ticket queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiosqlite
+
+from .errors import ValidationError
+
+# scrypt parameters (memory-hard: 128 * r * n bytes = 16 MiB per hash)
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+KEY_BYTES = 32
+# Refuse stored parameters that would need more memory than this (a corrupt or
+# hostile row must not make verify_password allocate gigabytes).
+SCRYPT_MAXMEM = 64 * 1024 * 1024
+
+# Limits
+MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024
+
+# One "@", no whitespace, a domain of dot-separated non-empty labels (so at least one dot).
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+
+DUPLICATE_EMAIL = "an account with this email already exists"
+BAD_CREDENTIALS = "wrong email or password"
+
+
+def _b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=SCRYPT_MAXMEM
+    )
+
+
+def hash_password(password: str) -> str:
+    """Hash ``password`` with scrypt and a fresh random salt; return the encoded form."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    key = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, KEY_BYTES)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64e(salt)}${_b64e(key)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """True when ``password`` matches ``encoded``; False for a mismatch or a bad encoding.
+
+    The parameters come from ``encoded``, so hashes made with older settings keep working.
+    """
+    try:
+        scheme, n, r, p, salt_text, key_text = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        salt = base64.b64decode(salt_text, validate=True)
+        expected = base64.b64decode(key_text, validate=True)
+        actual = _scrypt(password, salt, int(n), int(r), int(p), len(expected))
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        # hashlib raises ValueError for impossible or too costly parameters
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random password, made once, for sign-ins to unknown emails."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def _check_password(password: str, encoded: str | None) -> bool:
+    """verify_password against ``encoded``, or against the dummy hash when there is none."""
+    return verify_password(password, encoded if encoded is not None else _dummy_hash())
+
+
+def normalise_email(email: str) -> str:
+    """Strip and lowercase, so lookups and the UNIQUE constraint agree."""
+    return email.strip().lower()
+
+
+def validate_email(email: object) -> str:
+    """Return the normalised email, or raise :class:`ValidationError` (field ``email``)."""
+    if not isinstance(email, str):
+        raise ValidationError("email must be a string", "email")
+    email = normalise_email(email)
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise ValidationError(f"email must be at most {MAX_EMAIL_LENGTH} characters", "email")
+    if not _EMAIL_RE.fullmatch(email):
+        raise ValidationError("not a valid email address", "email")
+    return email
+
+
+def validate_password(password: object) -> None:
+    """Raise :class:`ValidationError` (field ``password``) unless ``password`` is acceptable."""
+    if not isinstance(password, str):
+        raise ValidationError("password must be a string", "password")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationError(
+            f"password must be at least {MIN_PASSWORD_LENGTH} characters", "password"
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise ValidationError(
+            f"password must be at most {MAX_PASSWORD_LENGTH} characters", "password"
+        )
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from JSON "\ud800"
+        raise ValidationError("password is not valid text", "password") from exc
+
+
+@dataclass(frozen=True)
+class Account:
+    """A signed-up user (never carries the password hash)."""
+
+    id: int
+    email: str
+    created_at: float
+
+
+class Accounts:
+    """Account storage over an open :class:`aiosqlite.Connection` owned by the caller.
+
+    Every write is one statement followed by a commit, so sharing the connection with
+    other stores never leaves half of a multi-statement change visible.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, *, clock: Callable[[], float] = time.time):
+        self.db = db
+        self.clock = clock
+
+    async def init_schema(self) -> None:
+        """Create the ``accounts`` table when it does not exist yet."""
+        await self.db.execute(
+            """
+            CREATE TABLE IF NOT EXISTS accounts (
+                id INTEGER PRIMARY KEY,
+                email TEXT UNIQUE NOT NULL,
+                password_hash TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                session_gen INTEGER NOT NULL DEFAULT 0
+            )
+            """
+        )
+        await self.db.commit()
+        # Make the dummy hash now, so the first sign-in to an unknown email is not slower.
+        await asyncio.to_thread(_dummy_hash)
+
+    async def signup(self, email: str, password: str) -> Account:
+        """Create an account; :class:`ValidationError` for bad input or a taken email."""
+        email = validate_email(email)
+        validate_password(password)
+        password_hash = await asyncio.to_thread(hash_password, password)
+        created_at = self.clock()
+        try:
+            # The UNIQUE constraint decides races between concurrent sign-ups.
+            async with self.db.execute(
+                "INSERT INTO accounts (email, password_hash, created_at) VALUES (?, ?, ?)",
+                (email, password_hash, created_at),
+            ) as cursor:
+                account_id = cursor.lastrowid
+        except sqlite3.IntegrityError as exc:
+            raise ValidationError(DUPLICATE_EMAIL, "email") from exc
+        finally:
+            # Commit even after a failed INSERT: the implicit transaction it opened
+            # would otherwise hold SQLite's write lock until some later commit.
+            await self.db.commit()
+        assert account_id is not None  # an INSERT into a rowid table always sets it
+        return Account(account_id, email, created_at)
+
+    async def signin(self, email: str, password: str) -> Account:
+        """Return the account for these credentials.
+
+        Unknown email and wrong password raise the same :class:`ValidationError`, and
+        both cost one scrypt, so neither the answer nor its timing tells which it was.
+        """
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise ValidationError(BAD_CREDENTIALS, None)
+        if len(password) > MAX_PASSWORD_LENGTH:
+            raise ValidationError(BAD_CREDENTIALS, None)
+        async with self.db.execute(
+            "SELECT id, email, created_at, password_hash FROM accounts WHERE email = ?",
+            (normalise_email(email),),
+        ) as cursor:
+            row = await cursor.fetchone()
+        ok = await asyncio.to_thread(_check_password, password, row[3] if row else None)
+        if row is None or not ok:
+            raise ValidationError(BAD_CREDENTIALS, None)
+        return Account(row[0], row[1], row[2])
+
+    async def get(self, account_id: int) -> Account | None:
+        """The account with this id, or None."""
+        async with self.db.execute(
+            "SELECT id, email, created_at FROM accounts WHERE id = ?", (account_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Account(row[0], row[1], row[2]) if row is not None else None
+
+    async def session_generation(self, account_id: int) -> int:
+        """The current session generation; :class:`LookupError` for an unknown account."""
+        async with self.db.execute(
+            "SELECT session_gen FROM accounts WHERE id = ?", (account_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise LookupError(f"no account {account_id}")
+        return int(row[0])
+
+    async def bump_session_generation(self, account_id: int) -> int:
+        """Increment and return the account's session generation (sign out everywhere).
+
+        :class:`LookupError` for an unknown account.
+        """
+        # RETURNING makes read-after-increment one statement: no other bump can slip in.
+        async with self.db.execute(
+            "UPDATE accounts SET session_gen = session_gen + 1 WHERE id = ? RETURNING session_gen",
+            (account_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        await self.db.commit()
+        if row is None:
+            raise LookupError(f"no account {account_id}")
+        return int(row[0])

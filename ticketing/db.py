@@ -1,0 +1,28 @@
+"""Opening the embedded SQLite databases (aiosqlite, WAL)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import aiosqlite
+
+
+async def open_db(
+    path: str | os.PathLike[str], schema: str, *, synchronous: str = "FULL"
+) -> aiosqlite.Connection:
+    """Open (creating) a database in WAL mode and apply ``schema`` (idempotent DDL).
+
+    ``synchronous=FULL`` makes every commit durable against power loss; the shard
+    journal may use NORMAL because main's ledger is the truth (see journal.py).
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = await aiosqlite.connect(os.fspath(path))
+    db.row_factory = aiosqlite.Row
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute(f"PRAGMA synchronous={synchronous}")
+    await db.execute("PRAGMA foreign_keys=ON")
+    await db.execute("PRAGMA busy_timeout=5000")
+    await db.executescript(schema)
+    await db.commit()
+    return db

@@ -1,0 +1,94 @@
+"""The project's exception tree.
+
+::
+
+    TicketingError
+     ├── ConfigError               bad certificate paths, options, keys
+     ├── ProtocolError             the main<->shard line protocol
+     │    ├── LocalProtocolError   we misused the protocol object
+     │    └── RemoteProtocolError  the peer sent something invalid
+     ├── PeerRejected              TLS identity (role/name) or hello refused
+     ├── CommandError              a peer answered a request with an error reply
+     ├── LinkClosed                the link went away with requests in flight
+     ├── TokenError                a signed token is forged, expired or malformed
+     └── ValidationError           bad user input for the REST API (has a field)
+
+Library errors (ssl, OSError, sqlite3) are translated into these at the boundary.
+"""
+
+from __future__ import annotations
+
+
+class TicketingError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(TicketingError):
+    """Certificates, keys or options are missing or inconsistent."""
+
+
+class ProtocolError(TicketingError):
+    """A line of the command protocol could not be accepted.
+
+    ``code`` is the machine-readable code that travels in an error reply.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class LocalProtocolError(ProtocolError):
+    """This side misused the protocol object (a bug in our code)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break the protocol."""
+
+
+class PeerRejected(TicketingError):
+    """The peer's certificate role/name or its hello is not acceptable."""
+
+
+class CommandError(TicketingError):
+    """The peer answered a request with ``ok: false``."""
+
+    def __init__(self, cmd: str, code: str, message: str) -> None:
+        super().__init__(cmd, code, message)
+        self.cmd = cmd
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.cmd} failed: {self.code}: {self.message}"
+
+
+class LinkClosed(TicketingError):
+    """The link closed before a reply arrived."""
+
+
+class TokenError(TicketingError):
+    """A signed token was refused; ``reason`` says why (forged, expired, ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"token refused: {self.reason}"
+
+
+class ValidationError(TicketingError):
+    """User input is invalid; ``field`` names the input when there is one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message

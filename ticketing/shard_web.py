@@ -1,0 +1,195 @@
+"""A shard's browser port: the page, ``/health`` and the WSS endpoint, on one HTTPS port.
+
+Built on ``websockets``: plain HTTP requests are answered from ``process_request``;
+``/ws`` is upgraded only with a valid admission token (signed by main, for this
+shard, unexpired, unused) and only if the visitor has no other live connection —
+everything else is refused with 403/409 *before* the upgrade.
+
+After the upgrade the browser sends ``{"type": "request"}`` and gets one answer:
+``{"type": "ticket", ...}``, ``{"type": "sold_out", ...}`` or ``{"type": "error", ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+from http import HTTPStatus
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .errors import TokenError
+from .tls import Credentials, browser_server_context
+
+if TYPE_CHECKING:
+    from .client_server import ClientServer
+
+log = logging.getLogger("ticketing.shard.web")
+
+ADMISSION = "admission"
+WEB_FILES = ("index.html", "app.js", "style.css")
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def json_response(status: HTTPStatus, payload: Any) -> Response:
+    return _response(status, json.dumps(payload).encode(), "application/json")
+
+
+def web_file(name: str) -> bytes:
+    return resources.files("ticketing.web").joinpath(name).read_bytes()
+
+
+class ShardWeb:
+    def __init__(self, shard: ClientServer, creds: Credentials) -> None:
+        self.shard = shard
+        self.ssl = browser_server_context(creds)
+        self.server: Server | None = None
+        self.live: dict[str, ServerConnection] = {}  # visitor -> its one live connection
+        self.refused = 0
+        self._files = {f"/{name}": web_file(name) for name in WEB_FILES}
+
+    @property
+    def connections(self) -> int:
+        return len(self.live)
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await serve(
+            self._handler,
+            host,
+            port,
+            ssl=self.ssl,
+            process_request=self._process_request,
+            max_size=self.shard.max_message,  # oversized frames close the socket (1009)
+            server_header=None,
+            ping_interval=20,
+            ping_timeout=20,
+        )
+        bound = self.server.sockets[0].getsockname()[1] if self.server.sockets else port
+        log.info("%s: browsers on https://%s:%d", self.shard.name, host, bound)
+        return int(bound)
+
+    async def close(self) -> None:
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()
+
+    # -- before the upgrade -----------------------------------------------------
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/ws":
+            return self._admit(conn, parse_qs(url.query).get("token", [""])[0])
+        if url.path == "/health":
+            return json_response(HTTPStatus.OK, self.shard.status())
+        if url.path == "/event":
+            ids = parse_qs(url.query).get("id", [""])
+            info = self.shard.dispenser.events.get(int(ids[0])) if ids[0].isdigit() else None
+            if info is None:
+                return json_response(
+                    HTTPStatus.NOT_FOUND, {"errors": [{"message": "no such event"}]}
+                )
+            return json_response(HTTPStatus.OK, info)
+        path = "/index.html" if url.path == "/" else url.path
+        body = self._files.get(path)
+        if body is None:
+            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+        ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return _response(HTTPStatus.OK, body, f"{ctype}; charset=utf-8")
+
+    def _admit(self, conn: ServerConnection, token: str) -> Response | None:
+        """Check the admission token; stash its claims on the connection."""
+        shard = self.shard
+        try:
+            if shard.verifier is None:
+                return self._refuse(
+                    HTTPStatus.SERVICE_UNAVAILABLE, "shard is not linked to main yet"
+                )
+            claims = shard.verifier.verify(token, ADMISSION)
+            if claims.get("s") != shard.name:
+                raise TokenError("token is for another shard")
+            visitor, event, nonce = claims.get("v"), claims.get("e"), claims.get("n")
+            if not isinstance(visitor, str) or type(event) is not int or not isinstance(nonce, str):
+                raise TokenError("malformed claims")
+        except TokenError as exc:
+            return self._refuse(HTTPStatus.FORBIDDEN, str(exc))
+        other = self.live.get(visitor)
+        if other is not None and other.state.name != "CLOSED":
+            return self._refuse(HTTPStatus.CONFLICT, "this visitor already has a live connection")
+        if not shard.nonces.use(nonce, claims["exp"]):
+            return self._refuse(HTTPStatus.FORBIDDEN, "token refused: already used")
+        self.live[visitor] = conn  # claimed now, so a racing second upgrade is refused
+        conn.claims = claims  # type: ignore[attr-defined]
+        return None
+
+    def _refuse(self, status: HTTPStatus, reason: str) -> Response:
+        self.refused += 1
+        log.info("%s: refused upgrade: %s", self.shard.name, reason)
+        return json_response(status, {"errors": [{"message": reason}]})
+
+    # -- after the upgrade ---------------------------------------------------------
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        claims: dict[str, Any] = conn.claims  # type: ignore[attr-defined]
+        visitor, event = claims["v"], claims["e"]
+        account = claims.get("a")
+        try:
+            async for raw in conn:
+                try:
+                    msg = json.loads(raw)
+                    kind = msg.get("type") if isinstance(msg, dict) else None
+                except ValueError:
+                    kind = None
+                if kind != "request":
+                    await conn.send(
+                        json.dumps({"type": "error", "message": 'send {"type": "request"}'})
+                    )
+                    continue
+                answer = await self._serve(conn, visitor, event, account)
+                if answer is None:
+                    return
+                await conn.send(json.dumps(answer))
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.live.get(visitor) is conn:
+                del self.live[visitor]
+
+    async def _serve(
+        self, conn: ServerConnection, visitor: str, event: int, account: int | None
+    ) -> dict[str, Any] | None:
+        """Wait for the grant, or give up the place in line if the browser leaves."""
+        waiter = self.shard.enqueue(visitor, event, account)
+        gone = asyncio.ensure_future(conn.wait_closed())
+        try:
+            done, _ = await asyncio.wait(
+                {waiter.future, gone},
+                timeout=self.shard.grant_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            gone.cancel()
+        if waiter.future.done():
+            return waiter.future.result()
+        waiter.future.cancel()  # not granted yet: the ticket stays in the pool
+        if not done:
+            return {"type": "error", "message": "the shard is busy, try again"}
+        return None

@@ -1,0 +1,93 @@
+// The buyer's page on a shard: read the admission token from the URL, open the
+// WSS connection, ask once, show the ticket (with the hold countdown) or "sold out".
+"use strict";
+
+const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+const eventId = params.get("event");
+const front = params.get("front");  // the redirect server, for "back to the start"
+
+function money(cents) {
+  return (cents / 100).toLocaleString(undefined, { style: "currency", currency: "EUR" });
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+function showError(text) {
+  const el = $("error");
+  el.textContent = text;
+  el.hidden = false;
+  if (front) {
+    $("retry-link").href = front;
+    document.getElementById("again").hidden = false;
+  }
+}
+
+function showEvent(ev) {
+  if (!ev || !ev.name) return;
+  $("event-name").textContent = ev.name;
+  $("event-description").textContent = ev.description || "";
+  $("event-price").textContent = money(ev.price_cents);
+  document.title = `Tickets: ${ev.name}`;
+}
+
+function startCountdown(seconds) {
+  const end = Date.now() + seconds * 1000;
+  const tick = () => {
+    const left = Math.max(0, Math.round((end - Date.now()) / 1000));
+    const m = Math.floor(left / 60), s = String(left % 60).padStart(2, "0");
+    $("countdown").textContent = `${m}:${s}`;
+    if (left === 0) { setStatus("Your hold has expired"); clearInterval(timer); }
+  };
+  const timer = setInterval(tick, 1000);
+  tick();
+}
+
+function showTicket(msg) {
+  showEvent(msg.event);
+  setStatus("You have a ticket!");
+  $("ticket-id").textContent = msg.ticket_id;
+  $("ticket-price").textContent = money(msg.price_cents);
+  document.getElementById("ticket").hidden = false;
+  startCountdown(msg.hold_seconds);
+  if (msg.checkout_url) {
+    $("checkout-link").href = msg.checkout_url;
+    document.getElementById("checkout").hidden = false;
+  }
+}
+
+async function main() {
+  if (!token) {
+    setStatus("No admission");
+    showError("Open the sale's start page: it sends you here with an admission token.");
+    return;
+  }
+  if (eventId) {
+    fetch(`/event?id=${encodeURIComponent(eventId)}`)
+      .then((r) => (r.ok ? r.json() : null)).then(showEvent).catch(() => {});
+  }
+  const ws = new WebSocket(`wss://${location.host}/ws?token=${encodeURIComponent(token)}`);
+  let answered = false;
+  ws.onopen = () => {
+    setStatus("waiting in line…");
+    ws.send(JSON.stringify({ type: "request" }));
+  };
+  ws.onmessage = (e) => {
+    const msg = JSON.parse(e.data);
+    answered = true;
+    if (msg.type === "ticket") showTicket(msg);
+    else if (msg.type === "sold_out") { showEvent(msg.event); setStatus("Sold out"); }
+    else { setStatus("Something went wrong"); showError(msg.message || "unknown error"); }
+    ws.close();
+  };
+  ws.onclose = () => {
+    if (!answered) {
+      setStatus("Not admitted");
+      showError("This admission link was refused: it was already used, has expired, " +
+                "or you are connected in another tab.");
+    }
+  };
+}
+
+main();
