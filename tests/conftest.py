@@ -1,0 +1,91 @@
+"""Shared fixtures: real cluster keys, and in-process clusters on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ticketing import ClientServer, MainServer, RedirectServer, write_cluster_keys
+
+SHARD_NAMES = [f"shard-{i}" for i in range(1, 6)]
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's own `keys` output: a CA, main, shard-1..shard-5."""
+    return write_cluster_keys(tmp_path_factory.mktemp("keys"), SHARD_NAMES)
+
+
+@pytest.fixture(scope="session")
+def foreign_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second, unrelated cluster CA with the same node names."""
+    return write_cluster_keys(tmp_path_factory.mktemp("foreign"), SHARD_NAMES)
+
+
+@pytest.fixture(scope="session")
+def ca_context(keys: Path) -> ssl.SSLContext:
+    """What a browser trusting the cluster CA uses."""
+    return ssl.create_default_context(cafile=str(keys / "ca.crt"))
+
+
+@dataclass
+class Cluster:
+    keys: Path
+    data: Path
+    main: MainServer
+    shards: list[ClientServer] = field(default_factory=list)
+    redirect: RedirectServer | None = None
+
+    @property
+    def front(self) -> str:
+        assert self.redirect and self.redirect.port
+        return f"https://127.0.0.1:{self.redirect.port}/"
+
+    async def add_shard(self, name: str, *, connect: bool = True, **opts: Any) -> ClientServer:
+        shard = ClientServer(name, data_dir=self.data, **opts)
+        shard.set_certificate_path(self.keys)
+        await shard.create_client_server(0)
+        await shard.create_https_server(0)
+        self.shards.append(shard)
+        if connect:
+            await self.main.connect_client_server("127.0.0.1", shard.tls_port, shard.https_port)
+        return shard
+
+    async def close(self) -> None:
+        if self.redirect:
+            await self.redirect.close()
+        await self.main.close()
+        for shard in self.shards:
+            await shard.close()
+
+
+ClusterFactory = Callable[..., Awaitable[Cluster]]
+
+
+@pytest.fixture
+async def make_cluster(keys: Path, tmp_path: Path) -> AsyncIterator[ClusterFactory]:
+    """``await make_cluster(3, redirect=True, hold_seconds=...)`` -> a linked Cluster."""
+    made: list[Cluster] = []
+
+    async def factory(n_shards: int = 2, *, redirect: bool = False, **main_opts: Any) -> Cluster:
+        data = tmp_path / f"cluster{len(made)}"
+        main = MainServer(data_dir=data, **main_opts)
+        main.set_certificate_path(keys)
+        await main.start()
+        cluster = Cluster(keys, data, main)
+        made.append(cluster)
+        for name in SHARD_NAMES[:n_shards]:
+            await cluster.add_shard(name)
+        if redirect:
+            cluster.redirect = RedirectServer(main)
+            await cluster.redirect.create_server(0)
+        return cluster
+
+    yield factory
+    for cluster in made:
+        await cluster.close()

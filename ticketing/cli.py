@@ -1,0 +1,242 @@
+"""The ``ticketing`` command: keys, shard, main, redirect, cluster, audit, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .tls import DEFAULT_HOSTS, write_cluster_keys
+
+
+def _run(coro_fn: Callable[[], Awaitable[int]], use_uvloop: bool = False) -> int:
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.run(coro_fn())
+    return asyncio.run(coro_fn())
+
+
+async def wait_for_stop() -> None:
+    """Return on SIGINT or SIGTERM (Ctrl-C stops cleanly)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+# -- keys ---------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    names = args.shard or [f"shard-{i}" for i in range(1, args.shards + 1)]
+    out = write_cluster_keys(args.dir, names, tuple(args.host or DEFAULT_HOSTS))
+    print(f"wrote the cluster CA, main and {', '.join(names)} to {out}/")
+    return 0
+
+
+# -- shard --------------------------------------------------------------------
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from .client_server import ClientServer
+
+    async def run() -> int:
+        shard = ClientServer(args.name, data_dir=args.data)
+        shard.set_certificate_path(args.keys)
+        async with shard:
+            tls = await shard.create_client_server(args.tls_port, args.host)
+            https = await shard.create_https_server(args.https_port, args.host)
+            print("READY " + json.dumps({"tls_port": tls, "https_port": https}), flush=True)
+            await wait_for_stop()
+        return 0
+
+    return _run(run, args.uvloop)
+
+
+# -- main (+ redirect) ------------------------------------------------------------
+
+
+def _parse_shard(spec: str) -> tuple[str, int, int]:
+    host, tls, https = spec.rsplit(":", 2)
+    return host.strip("[]"), int(tls), int(https)
+
+
+def cmd_main(args: argparse.Namespace) -> int:
+    from .main_server import MainServer
+    from .redirect_server import RedirectServer
+
+    async def run() -> int:
+        main = MainServer(data_dir=args.data, hold_seconds=args.hold_seconds)
+        main.set_certificate_path(args.keys)
+        async with main:
+            for spec in args.shard:
+                host, tls, https = _parse_shard(spec)
+                print(f"linked {await main.connect_client_server(host, tls, https)}", flush=True)
+            await _maybe_create_event(main, args)
+            async with RedirectServer(main) as redirect:
+                port = await redirect.create_server(args.port, args.host)
+                print(f"redirect server: https://{args.host}:{port}/", flush=True)
+                await wait_for_stop()
+        return 0
+
+    return _run(run)
+
+
+async def _maybe_create_event(main: Any, args: argparse.Namespace) -> None:
+    """Create the demo event on a fresh ledger (a restart keeps the existing one)."""
+    if args.tickets and not await main.events():
+        event = await main.init_tickets(args.event_name, args.description, args.price, args.tickets)
+        print(f"event {event}: {args.tickets} tickets of {args.event_name!r}", flush=True)
+    if main.online_shards():
+        given = await main.distribute_tickets()
+        if any(given.values()):
+            print(f"distributed: {given}", flush=True)
+
+
+# -- cluster -----------------------------------------------------------------------
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .cluster import LocalCluster, shard_names
+
+    async def run() -> int:
+        cluster = LocalCluster(
+            Path(args.data),
+            shard_names(args.shards),
+            host=args.host,
+            redirect_port=args.port,
+            main_options={"hold_seconds": args.hold_seconds},
+        )
+        async with cluster:
+            assert cluster.main
+            await _maybe_create_event(cluster.main, args)
+            for p in cluster.processes:
+                print(f"  {p.name}: pid {p.pid}, link port {p.tls_port}, https port {p.https_port}")
+            print(f"\nOpen {cluster.front_url} in a browser to get a ticket.")
+            print(
+                f"(The certificates come from the cluster CA {cluster.keys / 'ca.crt'}:"
+                " import it, or accept the warning.)"
+            )
+            print("Ctrl-C stops the cluster.", flush=True)
+            await wait_for_stop()
+            audit = await cluster.main.audit()
+            print(f"\nstopping; audit: {json.dumps(audit.as_dict())}")
+        return 0
+
+    return _run(run)
+
+
+# -- audit ---------------------------------------------------------------------------
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .ledger import Ledger
+
+    async def run() -> int:
+        if not Path(args.ledger).exists():
+            print(f"no ledger at {args.ledger}", file=sys.stderr)
+            return 2
+        ledger = await Ledger.open(args.ledger)
+        try:
+            audit = await ledger.audit(args.event)
+        finally:
+            await ledger.close()
+        if args.json:
+            print(json.dumps(audit.as_dict()))
+        else:
+            print(f"total      {audit.total}\nunassigned {audit.unassigned}")
+            for shard, n in sorted(audit.pools.items()):
+                print(f"pool       {n}  ({shard})")
+            print(f"held       {audit.held}\nsold       {audit.sold}")
+            print("exact" if audit.exact else "NOT EXACT: " + "; ".join(audit.problems))
+        return 0 if audit.exact else 1
+
+    return _run(run)
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def _event_options(p: argparse.ArgumentParser, tickets: int) -> None:
+    p.add_argument("--tickets", type=int, default=tickets, help="tickets of the demo event")
+    p.add_argument("--event-name", default="Opening night")
+    p.add_argument("--description", default="General admission")
+    p.add_argument("--price", default="25.00", help="in currency units")
+    p.add_argument("--hold-seconds", type=float, default=900.0, help="checkout lock")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticketing", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keys", help="write a cluster CA and one certificate per node")
+    p.add_argument("--dir", default="keys")
+    p.add_argument("--shards", type=int, default=2, help="shard-1..shard-N")
+    p.add_argument("--shard", action="append", help="explicit shard names (repeatable)")
+    p.add_argument("--host", action="append", help="host names/IPs in the certificates")
+    p.set_defaults(fn=cmd_keys)
+
+    p = sub.add_parser("shard", help="run one shard (client server)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--keys", default="keys")
+    p.add_argument("--data", default="data")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--tls-port", type=int, default=9001)
+    p.add_argument("--https-port", type=int, default=9101)
+    p.add_argument("--uvloop", action="store_true")
+    p.set_defaults(fn=cmd_shard)
+
+    for name, help_text in (
+        ("main", "run the main server and its redirect server"),
+        ("redirect", "alias of main: the redirect server runs in main's process"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--shard", action="append", default=[], help="HOST:TLS_PORT:HTTPS_PORT")
+        p.add_argument("--keys", default="keys")
+        p.add_argument("--data", default="data")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
+        _event_options(p, 0)
+        p.set_defaults(fn=cmd_main)
+
+    p = sub.add_parser("cluster", help="main + redirect + N shard processes on this machine")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--data", default="data/cluster")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
+    _event_options(p, 100)
+    p.set_defaults(fn=cmd_cluster)
+
+    p = sub.add_parser("audit", help="account for every ticket in a ledger file")
+    p.add_argument("--ledger", default="data/cluster/ledger.sqlite3")
+    p.add_argument("--event", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_audit)
+
+    try:
+        from .bench import add_parser as add_bench
+    except ImportError:  # the benchmark lands separately
+        pass
+    else:
+        add_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
