@@ -140,10 +140,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from .ledger import Ledger
 
+    if not Path(args.ledger).exists():
+        print(f"no ledger at {args.ledger}", file=sys.stderr)
+        return 2
+
     async def run() -> int:
-        if not Path(args.ledger).exists():
-            print(f"no ledger at {args.ledger}", file=sys.stderr)
-            return 2
         ledger = await Ledger.open(args.ledger)
         try:
             audit = await ledger.audit(args.event)
