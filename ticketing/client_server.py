@@ -347,14 +347,6 @@ class ClientServer:
         self._wake.set()
         return w
 
-    async def request_ticket(self, visitor: str, event: int, account: int | None = None) -> Message:
-        w = self.enqueue(visitor, event, account)
-        try:
-            return await asyncio.wait_for(asyncio.shield(w.future), self.grant_timeout)
-        except TimeoutError:
-            w.future.cancel()
-            return {"type": "error", "message": "the shard is busy, try again"}
-
     async def _dispatch_loop(self) -> None:
         d = self.dispenser
         while True:
