@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import ssl
@@ -12,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.conftest import eventually
 from ticketing.tokens import TokenSigner
 from ticketing.web_client import WebClient, ws_url
 
@@ -143,15 +143,8 @@ async def test_a_visitor_who_leaves_before_the_grant_takes_nothing(cluster, ca_c
     url = ws_url(shard_url(shard, mint(cluster, "shard-1")))
     async with connect(url, ssl=ca_context) as ws:
         await ws.send(json.dumps({"type": "request"}))
-        for _ in range(100):
-            if shard.dispenser.queued():
-                break
-            await asyncio.sleep(0.01)
-        assert shard.dispenser.queued() == 1
-    for _ in range(100):  # the shard notices the close
-        if not shard.dispenser.queued():
-            break
-        await asyncio.sleep(0.01)
+        await eventually(lambda: shard.dispenser.queued() == 1)
+    await eventually(lambda: shard.dispenser.queued() == 0)  # the shard noticed the close
     shard._ready.set()
     shard._wake.set()
     await assert_nothing_left_the_pools(cluster)

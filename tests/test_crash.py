@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import eventually
 from ticketing.cluster import LocalCluster, ShardProcess, shard_names
 from ticketing.tls import write_cluster_keys
 from ticketing.web_client import WebClient
@@ -50,12 +51,11 @@ async def test_a_killed_shard_restarts_from_its_journal(tmp_path: Path) -> None:
         victim = cluster.processes[0]
 
         first = asyncio.ensure_future(crowd(cluster.front_url, ctx, 150))
-        while main.shards["shard-1"].stock.get(1, 150) > 120:  # let it sell some first
-            await asyncio.sleep(0.01)
+        await eventually(lambda: main.shards["shard-1"].stock.get(1, 150) <= 120)  # sell some
         victim.kill()  # SIGKILL: no clean shutdown, journal as it was on disk
         await victim.proc.wait()
-        outcomes = await first
-
+        # The operator restarts it on the same journal and ports while the crowd goes on
+        # (shard-2's buyers wait for shard-1's stock rather than hear "sold out").
         reborn = await ShardProcess.spawn(
             "shard-1",
             cluster.keys,
@@ -64,12 +64,11 @@ async def test_a_killed_shard_restarts_from_its_journal(tmp_path: Path) -> None:
             https_port=victim.https_port,
         )
         cluster.processes[0] = reborn
-        for _ in range(500):  # main reconnects with backoff
-            if main.shards["shard-1"].online:
-                break
-            await asyncio.sleep(0.02)
-        assert main.shards["shard-1"].online
-        outcomes += await crowd(cluster.front_url, ctx, 200)
+        outcomes = await first
+        await eventually(lambda: main.shards["shard-1"].online)  # reconnected with backoff
+        later = await crowd(cluster.front_url, ctx, 250)
+        assert any(o.kind == "sold_out" for o in later)
+        outcomes += later
 
         tickets = [o.ticket_id for o in outcomes if o.kind == "ticket"]
         assert len(tickets) == len(set(tickets))
@@ -77,8 +76,8 @@ async def test_a_killed_shard_restarts_from_its_journal(tmp_path: Path) -> None:
         audit = await main.audit()
         assert audit.exact, audit.problems
         assert audit.held + audit.in_pools + audit.unassigned == 300
-        # 350 visitors for 300 tickets: everything was sold in the end.
-        assert audit.held == 300 and len(tickets) >= 300 - sum(o.kind == "error" for o in outcomes)
+        # Sold out was said only once every ticket was held by someone.
+        assert audit.held == 300
 
 
 async def read_line_matching(stream: asyncio.StreamReader, pattern: str) -> re.Match[str]:
@@ -122,12 +121,8 @@ async def test_a_killed_main_restarts_from_its_ledger(tmp_path: Path) -> None:
     main, front = await start_main(data, keys, shards)
     try:
         first = asyncio.ensure_future(crowd(front, ctx, 120))
-        async with asyncio.timeout(60):  # crash it mid-sale
-            while (
-                not (data / "ledger.sqlite3").exists()
-                or len(held_tickets(data / "ledger.sqlite3")) < 30
-            ):
-                await asyncio.sleep(0.01)
+        ledger = data / "ledger.sqlite3"
+        await eventually(lambda: ledger.exists() and len(held_tickets(ledger)) >= 30, 60)
         main.send_signal(signal.SIGKILL)
         await main.wait()
         main, front = await start_main(data, keys, shards)  # same ledger, same shards

@@ -16,7 +16,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from .dispenser import Dispenser, Message, Pending, Waiter, sold_out_message
+from .dispenser import Dispenser, Pending, Waiter, sold_out_message
 from .errors import CommandError, ConfigError, LinkClosed, PeerRejected
 from .journal import Journal
 from .link import Commands, Handler, Link

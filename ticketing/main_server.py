@@ -117,7 +117,7 @@ class MainServer:
         connect_timeout: float = 10.0,
         reconnect_min: float = 0.1,
         reconnect_max: float = 5.0,
-        reclaim_after: float | None = None,
+        reclaim_after: float | None = 30.0,
         # Durability
         synchronous: str = "FULL",
     ) -> None:
