@@ -8,14 +8,14 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from .tls import DEFAULT_HOSTS, write_cluster_keys
 
 
-def _run(coro_fn: Callable[[], Awaitable[int]], use_uvloop: bool = False) -> int:
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, int]], use_uvloop: bool = False) -> int:
     if use_uvloop:
         import uvloop
 

@@ -37,6 +37,7 @@ class ClientServer:
         self,
         name: str = "shard-1",
         *,
+        main_name: str = "main",
         data_dir: str | os.PathLike[str] = "data",
         journal_path: str | os.PathLike[str] | None = None,
         # Batching
@@ -50,6 +51,7 @@ class ClientServer:
         grant_timeout: float = 60.0,
     ) -> None:
         self.name = name
+        self.main_name = main_name  # the certificate CN main must present
         self.journal_path = Path(journal_path or Path(data_dir) / f"journal-{name}.sqlite3")
         self.max_batch = max_batch
         self.max_line, self.max_in_flight, self.max_message = max_line, max_in_flight, max_message
@@ -89,12 +91,9 @@ class ClientServer:
     ) -> None:
         """Set key/cert/CA individually (paths or PEM bytes), as the seed's set_options."""
         base = self.credentials
-        key, cert, ca = (
-            key or (base and base.key),
-            cert or (base and base.cert),
-            ca or (base and base.ca),
-        )
-        if not (key and cert and ca):
+        if base is not None:
+            key, cert, ca = key or base.key, cert or base.cert, ca or base.ca
+        if key is None or cert is None or ca is None:
             raise ConfigError("set_options needs key, cert and ca (or a certificate path first)")
         self.credentials = Credentials(cert=cert, key=key, ca=ca)
 
@@ -186,7 +185,7 @@ class ClientServer:
         try:
             # TLS is started here, not in start_server, so a refused handshake is logged.
             await writer.start_tls(self._link_ctx, ssl_handshake_timeout=self.handshake_timeout)
-            ident = check_peer(writer.get_extra_info("ssl_object"), "main")
+            ident = check_peer(writer.get_extra_info("ssl_object"), "main", self.main_name)
         except (ssl.SSLError, PeerRejected, OSError, TimeoutError) as exc:
             log.warning("%s: refused link from %s: %s", self.name, peer, exc)
             writer.close()
@@ -212,9 +211,14 @@ class ClientServer:
             }
         )
         link.start()
-        try:
-            await asyncio.wait_for(link.opened.wait(), self.handshake_timeout)
-        except TimeoutError:
+        # Done when the hello is answered or the link closes (a refused hello closes it).
+        waits = {asyncio.ensure_future(e.wait()) for e in (link.opened, link.closed)}
+        done, _ = await asyncio.wait(
+            waits, timeout=self.handshake_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for w in waits:
+            w.cancel()
+        if not done:
             await link.close("no hello in time")
 
     async def _on_hello(self, link: Link, args: dict[str, Any]) -> dict[str, Any]:
@@ -230,9 +234,11 @@ class ClientServer:
             if old is not None and not old.closed.is_set():
                 try:
                     await old.request("ping", timeout=2.0)
-                except (LinkClosed, CommandError, TimeoutError):
+                except CommandError:
+                    pass  # any answer, even an error reply (main has no "ping"), shows it is alive
+                except (LinkClosed, TimeoutError):
                     await old.close("unresponsive; replaced by a new main link")
-                else:
+                if not old.closed.is_set():
                     log.warning("%s: refused a second main link (%r is alive)", self.name, old)
                     raise CommandError(
                         "hello", "already_connected", f"{self.name} already has a main"

@@ -58,7 +58,7 @@ class Journal:
 
     async def load(self) -> JournalState:
         st = JournalState()
-        rows = await self.db.execute_fetchall("SELECT value FROM meta WHERE key = 'epoch'")
+        rows = list(await self.db.execute_fetchall("SELECT value FROM meta WHERE key = 'epoch'"))
         st.epoch = int(rows[0][0]) if rows else 0
         for event_id, info in await self.db.execute_fetchall("SELECT id, info FROM events"):
             st.events[event_id] = json.loads(info)

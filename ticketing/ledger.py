@@ -228,6 +228,9 @@ class Ledger:
         async with self._lock:
             await self.db.close()
 
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        return list(await self.db.execute_fetchall(sql, args))
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """Hold the write lock; commit on success, roll back on any error."""
@@ -257,13 +260,13 @@ class Ledger:
         return Event(event_id, name, description, price_cents, n)
 
     async def events(self) -> list[Event]:
-        rows = await self.db.execute_fetchall(
+        rows = await self._fetch(
             "SELECT id, name, description, price_cents, count FROM events ORDER BY id"
         )
         return [Event(*row) for row in rows]
 
     async def event(self, event_id: int) -> Event | None:
-        rows = await self.db.execute_fetchall(
+        rows = await self._fetch(
             "SELECT id, name, description, price_cents, count FROM events WHERE id = ?",
             (event_id,),
         )
@@ -287,14 +290,14 @@ class Ledger:
         return rec
 
     async def shard(self, name: str) -> ShardRecord | None:
-        rows = await self.db.execute_fetchall(
+        rows = await self._fetch(
             "SELECT name, epoch, host, tls_port, https_port, weight FROM shards WHERE name = ?",
             (name,),
         )
         return ShardRecord(*rows[0]) if rows else None
 
     async def shards(self) -> list[ShardRecord]:
-        rows = await self.db.execute_fetchall(
+        rows = await self._fetch(
             "SELECT name, epoch, host, tls_port, https_port, weight FROM shards ORDER BY name"
         )
         return [ShardRecord(*r) for r in rows]
@@ -302,7 +305,7 @@ class Ledger:
     # -- pools -------------------------------------------------------------------
 
     async def _serials(self, event_id: int, where: str, args: tuple[Any, ...]) -> list[Range]:
-        rows = await self.db.execute_fetchall(
+        rows = await self._fetch(
             f"SELECT serial FROM tickets WHERE event_id = ? AND {where} ORDER BY serial",
             (event_id, *args),
         )
@@ -324,7 +327,7 @@ class Ledger:
 
     async def pool_counts(self) -> dict[tuple[str, int], int]:
         """Tickets per (shard, event) still in shard pools."""
-        rows = await self.db.execute_fetchall(
+        rows = await self._fetch(
             "SELECT shard, event_id, count(*) FROM tickets WHERE state = 'pool'"
             " GROUP BY shard, event_id"
         )
@@ -394,7 +397,7 @@ class Ledger:
                 " WHERE state = 'pool' AND shard = ?",
                 (shard,),
             )
-            rows = await db.execute_fetchall("SELECT epoch FROM shards WHERE name = ?", (shard,))
+            rows = await self._fetch("SELECT epoch FROM shards WHERE name = ?", (shard,))
         if not rows:
             raise ValueError(f"unknown shard {shard!r}")
         return int(rows[0][0])
@@ -413,7 +416,7 @@ class Ledger:
         """
         now = time.time()
         async with self.transaction() as db:
-            rows = await db.execute_fetchall("SELECT epoch FROM shards WHERE name = ?", (shard,))
+            rows = await self._fetch("SELECT epoch FROM shards WHERE name = ?", (shard,))
             current = int(rows[0][0]) if rows else -1
             tickets: dict[tuple[int, int], tuple[str, str | None, int | None]] = {}
             orders: list[dict[str, Any]] = []
@@ -425,7 +428,7 @@ class Ledger:
                     chunk = group[i : i + _CHUNK]
                     marks = ",".join("?" * len(chunk))
                     serials = [s.serial for s in chunk]
-                    for r in await db.execute_fetchall(
+                    for r in await self._fetch(
                         f"SELECT serial, state, shard, epoch FROM tickets"
                         f" WHERE event_id = ? AND serial IN ({marks})",
                         (event_id, *serials),
@@ -433,7 +436,7 @@ class Ledger:
                         tickets[(event_id, r[0])] = (r[1], r[2], r[3])
                     orders += [
                         dict(r)
-                        for r in await db.execute_fetchall(
+                        for r in await self._fetch(
                             f"SELECT * FROM orders WHERE event_id = ?"
                             f" AND status IN ('awaiting_payment', 'complete')"
                             f" AND (serial IN ({marks}) OR visitor IN ({marks}))",
@@ -445,10 +448,9 @@ class Ledger:
             fresh: list[dict[str, Any]] = []
             if new:
                 prices = {
-                    r[0]: r[1]
-                    for r in await db.execute_fetchall("SELECT id, price_cents FROM events")
+                    r[0]: r[1] for r in await self._fetch("SELECT id, price_cents FROM events")
                 }
-                rows = await db.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM orders")
+                rows = await self._fetch("SELECT COALESCE(MAX(id), 0) FROM orders")
                 next_id = int(rows[0][0]) + 1
                 fresh = [
                     {
@@ -490,12 +492,12 @@ class Ledger:
     async def audit(self, event_id: int | None = None) -> Audit:
         where, args = ("WHERE event_id = ?", (event_id,)) if event_id is not None else ("", ())
         a = Audit()
-        rows = await self.db.execute_fetchall(
+        rows = await self._fetch(
             f"SELECT COALESCE(SUM(count), 0) FROM events {where.replace('event_id', 'id')}", args
         )
         a.total = int(rows[0][0])
         epochs = {s.name: s.epoch for s in await self.shards()}
-        for state, shard, epoch, n in await self.db.execute_fetchall(
+        for state, shard, epoch, n in await self._fetch(
             f"SELECT state, shard, epoch, count(*) FROM tickets {where}"
             " GROUP BY state, shard, epoch",
             args,
@@ -512,7 +514,7 @@ class Ledger:
                 a.sold += n
         status_counts = {
             r[0]: r[1]
-            for r in await self.db.execute_fetchall(
+            for r in await self._fetch(
                 f"SELECT status, count(*) FROM orders {where} GROUP BY status", args
             )
         }
@@ -524,7 +526,7 @@ class Ledger:
             a.problems.append(
                 f"{a.sold} tickets sold but {status_counts.get('complete', 0)} orders complete"
             )
-        rows = await self.db.execute_fetchall(f"SELECT count(*) FROM tickets {where}", args)
+        rows = await self._fetch(f"SELECT count(*) FROM tickets {where}", args)
         if int(rows[0][0]) != a.total:
             a.problems.append(f"{rows[0][0]} ticket rows for a total of {a.total}")
         return a

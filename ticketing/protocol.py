@@ -239,8 +239,10 @@ class LineProtocol:
             msg = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError:
             return self._bad(None, "bad_encoding", "line is not valid UTF-8")
-        except ValueError as exc:
-            return self._bad(None, "bad_json", f"invalid JSON: {exc.msg}")
+        except ValueError as exc:  # JSONDecodeError, or an int literal over the digit limit
+            return self._bad(None, "bad_json", f"invalid JSON: {getattr(exc, 'msg', exc)}")
+        except RecursionError:  # "[[[[..." nested deeper than the decoder allows
+            return self._bad(None, "bad_json", "invalid JSON: nested too deeply")
         if not isinstance(msg, dict):
             return self._bad(None, "bad_message", "a line must hold a JSON object")
         rid = msg.get("id")

@@ -86,8 +86,9 @@ class RedirectServer:
         site = web.TCPSite(self.runner, host, port, ssl_context=ctx, backlog=4096)
         await site.start()
         server = site._server  # aiohttp exposes the bound port only here
-        assert server is not None and server.sockets
-        self.port = int(server.sockets[0].getsockname()[1])
+        sockets = getattr(server, "sockets", None)
+        assert sockets
+        self.port = int(sockets[0].getsockname()[1])
         log.info("redirect server on https://%s:%d", host, self.port)
         return self.port
 

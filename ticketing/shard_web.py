@@ -178,10 +178,11 @@ class ShardWeb:
     ) -> dict[str, Any] | None:
         """Wait for the grant, or give up the place in line if the browser leaves."""
         waiter = self.shard.enqueue(visitor, event, account)
-        gone = asyncio.ensure_future(conn.wait_closed())
+        gone: asyncio.Future[Any] = asyncio.ensure_future(conn.wait_closed())
+        either: list[asyncio.Future[Any]] = [waiter.future, gone]
         try:
             done, _ = await asyncio.wait(
-                {waiter.future, gone},
+                either,
                 timeout=self.shard.grant_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -189,8 +189,8 @@ class Credentials:
         d = Path(directory)
         creds = cls(cert=d / f"{name}.crt", key=d / f"{name}.key", ca=d / "ca.crt")
         for p in (creds.cert, creds.key, creds.ca):
-            if not Path(p).exists():  # type: ignore[arg-type]
-                raise ConfigError(f"missing {p} (run `ticketing keys` to create it)")
+            if not Path(os.fsdecode(p)).exists():
+                raise ConfigError(f"missing {os.fsdecode(p)} (run `ticketing keys` to create it)")
         return creds
 
 
@@ -256,7 +256,10 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerIdent
     cert = ssl_object.getpeercert() if ssl_object is not None else None
     if not cert:
         raise PeerRejected("peer presented no certificate")
-    fields = {k: v for rdn in cert.get("subject", ()) for k, v in rdn}
+    fields: dict[str, str] = {}
+    for rdn in cert.get("subject", ()):
+        for attr in rdn:
+            fields[str(attr[0])] = str(attr[1])
     role, name = fields.get("organizationalUnitName"), fields.get("commonName")
     if role not in ROLES or not name:
         raise PeerRejected(f"peer certificate has no ticketing role/name (subject {fields})")
