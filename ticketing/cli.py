@@ -84,6 +84,7 @@ def cmd_main(args: argparse.Namespace) -> int:
             async with RedirectServer(main) as redirect:
                 port = await redirect.create_server(args.port, args.host)
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
+                print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
                 await wait_for_stop()
         return 0
 
@@ -121,6 +122,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             for p in cluster.processes:
                 print(f"  {p.name}: pid {p.pid}, link port {p.tls_port}, https port {p.https_port}")
             print(f"\nOpen {cluster.front_url} in a browser to get a ticket.")
+            print(f"Accounts, checkout, resale, waiting list: {cluster.front_url}app/")
             print(
                 f"(The certificates come from the cluster CA {cluster.keys / 'ca.crt'}:"
                 " import it, or accept the warning.)"

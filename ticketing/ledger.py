@@ -218,6 +218,9 @@ class Ledger:
         self.db = db
         self.path = path
         self._lock = asyncio.Lock()  # one transaction at a time on the shared connection
+        # Events never change once created: cached, so the redirect's per-visitor
+        # lookups cost no database round trip.
+        self._events: dict[int, Event] | None = None
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> Ledger:
@@ -257,20 +260,24 @@ class Ledger:
                 "INSERT INTO tickets(event_id, serial, state) VALUES (?, ?, 'unassigned')",
                 ((event_id, s) for s in range(n)),
             )
-        return Event(event_id, name, description, price_cents, n)
+        event = Event(event_id, name, description, price_cents, n)
+        if self._events is not None:
+            self._events[event_id] = event
+        return event
 
     async def events(self) -> list[Event]:
-        rows = await self._fetch(
-            "SELECT id, name, description, price_cents, count FROM events ORDER BY id"
-        )
-        return [Event(*row) for row in rows]
+        if self._events is None:
+            rows = await self._fetch(
+                "SELECT id, name, description, price_cents, count FROM events ORDER BY id"
+            )
+            self._events = {row[0]: Event(*row) for row in rows}
+        return list(self._events.values())
 
     async def event(self, event_id: int) -> Event | None:
-        rows = await self._fetch(
-            "SELECT id, name, description, price_cents, count FROM events WHERE id = ?",
-            (event_id,),
-        )
-        return Event(*rows[0]) if rows else None
+        if self._events is None:
+            await self.events()
+        assert self._events is not None
+        return self._events.get(event_id)
 
     # -- shards ------------------------------------------------------------------
 
@@ -436,11 +443,16 @@ class Ledger:
                         tickets[(event_id, r[0])] = (r[1], r[2], r[3])
                     orders += [
                         dict(r)
+                        # Two lookups, one per partial unique index: with "serial IN
+                        # OR visitor IN" SQLite scanned every active order of the event.
                         for r in await self._fetch(
                             f"SELECT * FROM orders WHERE event_id = ?"
                             f" AND status IN ('awaiting_payment', 'complete')"
-                            f" AND (serial IN ({marks}) OR visitor IN ({marks}))",
-                            (event_id, *serials, *(s.visitor for s in chunk)),
+                            f" AND serial IN ({marks}) UNION"
+                            f" SELECT * FROM orders WHERE event_id = ?"
+                            f" AND status IN ('awaiting_payment', 'complete')"
+                            f" AND visitor IN ({marks})",
+                            (event_id, *serials, event_id, *(s.visitor for s in chunk)),
                         )
                     ]
             new, dupes, refused = decide_sales(shard, epoch, current, sales, tickets, orders)

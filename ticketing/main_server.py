@@ -421,6 +421,10 @@ class MainServer:
         for sl in self.shards.values():
             sl.stock = {e: n for (s, e), n in counts.items() if s == sl.name}
 
+    async def refresh_counts(self) -> None:
+        """Re-read stock counts from the ledger (the marketplace released tickets to main)."""
+        await self._refresh_counts()
+
     # -- commands from shards --------------------------------------------------------------
 
     async def _record(
@@ -452,6 +456,8 @@ class MainServer:
         if event is None:
             raise CommandError("need_stock", "unknown_event", f"no event {args['event']}")
         async with self._stock_lock:
+            if int(args["epoch"]) != sl.epoch:  # fenced: stock given now could never be sold
+                raise CommandError("need_stock", "stale_epoch", f"{sl.name} is at epoch {sl.epoch}")
             free = await ledger.unassigned(event.id)
             if free:
                 n = -(-count(free) // max(1, len(self.online_shards())))

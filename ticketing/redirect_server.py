@@ -17,7 +17,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -25,10 +25,24 @@ from aiohttp import web
 from .main_server import MainServer
 from .tls import browser_server_context
 
+if TYPE_CHECKING:
+    from .market import Market
+
 log = logging.getLogger("ticketing.redirect")
 
 VISITOR_COOKIE = "ticketing_visitor"
 ADMISSION = "admission"
+
+
+def valid_visitor(visitor: str) -> bool:
+    """A visitor id as we issue them (16-64 URL-safe characters)."""
+    return 16 <= len(visitor) <= 64 and visitor.replace("-", "").replace("_", "").isalnum()
+
+
+def set_visitor_cookie(resp: web.StreamResponse, visitor: str) -> None:
+    resp.set_cookie(
+        VISITOR_COOKIE, visitor, max_age=86400, httponly=True, secure=True, samesite="Lax", path="/"
+    )
 
 
 def wants_json(request: web.Request) -> bool:
@@ -57,6 +71,7 @@ class RedirectServer:
         # TLS (default: main's own certificate)
         ssl_context: ssl.SSLContext | None = None,
         setup: Callable[[web.Application], None] | None = None,
+        marketplace: bool = True,
     ) -> None:
         self.main = main
         self.token_ttl = token_ttl
@@ -69,6 +84,11 @@ class RedirectServer:
                 web.get("/health", self.handle_health),
             ]
         )
+        self.market: Market | None = None
+        if marketplace:  # the REST API and front page (api.py); False to mount your own
+            from .api import mount_marketplace  # api imports this module
+
+            self.market = mount_marketplace(self.app, main)
         if setup is not None:
             setup(self.app)
         self.runner: web.AppRunner | None = None
@@ -122,9 +142,7 @@ class RedirectServer:
         if event is None:
             return self._answer(request, 404, "No such event", {"status": "no_event"})
         visitor = request.cookies.get(VISITOR_COOKIE, "")
-        fresh = not (
-            16 <= len(visitor) <= 64 and visitor.replace("-", "").replace("_", "").isalnum()
-        )
+        fresh = not valid_visitor(visitor)
         if fresh:
             visitor = secrets.token_urlsafe(16)
         shard = self.main.pick_shard(event_id)
@@ -162,15 +180,7 @@ class RedirectServer:
                 headers={"Location": location},
             )
         if fresh:
-            resp.set_cookie(
-                VISITOR_COOKIE,
-                visitor,
-                max_age=86400,
-                httponly=True,
-                secure=True,
-                samesite="Lax",
-                path="/",
-            )
+            set_visitor_cookie(resp, visitor)
         return resp
 
     def _answer(

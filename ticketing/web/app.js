@@ -51,8 +51,11 @@ function showTicket(msg) {
   $("ticket-price").textContent = money(msg.price_cents);
   document.getElementById("ticket").hidden = false;
   startCountdown(msg.hold_seconds);
-  if (msg.checkout_url) {
-    $("checkout-link").href = msg.checkout_url;
+  // Checkout happens on the front (the redirect server's /app/ page).
+  const checkoutUrl = msg.checkout_url ||
+    (front && msg.order_id ? `${front}/app/?order=${encodeURIComponent(msg.order_id)}` : null);
+  if (checkoutUrl) {
+    $("checkout-link").href = checkoutUrl;
     document.getElementById("checkout").hidden = false;
   }
 }

@@ -1,0 +1,538 @@
+"""The marketplace's JSON REST API and front page, mounted on the redirect server's app.
+
+Everything is under ``/api/v1``; the front page is served at ``/app/``. Errors are
+``{"errors": [{"message": ..., "field": ...}]}`` with 400 (bad input, bad JSON),
+401 (not signed in, wrong credentials), 402 (card declined), 403 (not yours,
+operators disabled), 404, 409 (wrong state, locked, stale ``version``), 413 (body
+over the app's ``client_max_size``).
+
+Identity: a middleware reads the session cookie (a signed token: no DB lookup) and
+sets ``request["account_id"]``, which the redirect server puts in the admission
+token, so a signed-in buyer's order carries the account. API and page requests
+also get the ``ticketing_visitor`` cookie when they have none.
+
+Operators: ``/api/v1/admin/...`` needs ``Authorization: Bearer <token>`` matching
+``TICKETING_OPERATOR_TOKEN`` (or the contents of ``TICKETING_OPERATOR_TOKEN_FILE``),
+compared in constant time; with neither set, those endpoints answer 403.
+
+Routes::
+
+    GET    /api/v1/me                          who am I ({"account": ...|null})
+    POST   /api/v1/accounts                    sign up {email, password} (signs in)
+    POST   /api/v1/session                     sign in {email, password}
+    DELETE /api/v1/session                     sign out (revokes the session)
+    GET    /api/v1/events[/{id}]               events with availability
+    GET|POST|DELETE /api/v1/events/{id}/waitlist   position / join / leave
+    GET    /api/v1/orders                      my orders (primary and resale)
+    GET    /api/v1/orders/{id}                 POST .../pay {card, version?}, .../cancel
+    GET    /api/v1/resale-orders/{id}          POST .../pay, .../cancel (same rules)
+    GET    /api/v1/tickets                     tickets I hold, with their listing
+    GET    /api/v1/listings?event=&min_price=&max_price=&mine=1
+    POST   /api/v1/listings                    {ticket_id, price_cents}
+    GET|PATCH|DELETE /api/v1/listings/{id}     read / {price_cents, version?} / withdraw
+    POST   /api/v1/listings/{id}/buy           lock it for my checkout
+    GET    /api/v1/ws                          WebSocket: offers, order and list changes
+    POST   /api/v1/admin/events                {name, description, price, count}
+    POST   /api/v1/admin/events/{id}/distribute
+    GET    /api/v1/admin/status, /api/v1/admin/audit?event=
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import secrets
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .errors import ConfigError, TicketingError, ValidationError
+from .main_server import MainServer, price_to_cents
+from .market import (
+    Conflict,
+    Forbidden,
+    Market,
+    MarketError,
+    NotFound,
+    Notice,
+    Principal,
+    Unauthorized,
+)
+from .redirect_server import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
+from .sessions import COOKIE_NAME, SessionClaims, cookie_kwargs
+
+log = logging.getLogger("ticketing.api")
+
+PREFIX = "/api/v1"
+FRONT = "/app/"
+FRONT_FILES = ("index.html", "app.js", "style.css")
+MARKET = web.AppKey("market", Market)
+VISITOR = web.RequestKey("visitor", str)
+SESSION = web.RequestKey("session", SessionClaims)
+ACCOUNT_ID = "account_id"  # the redirect server reads this plain key (see redirect_server.py)
+
+# Operators
+OPERATOR_ENV = "TICKETING_OPERATOR_TOKEN"
+OPERATOR_FILE_ENV = "TICKETING_OPERATOR_TOKEN_FILE"
+MIN_OPERATOR_TOKEN = 16
+
+# Limits
+MAX_EVENT_TICKETS = 1_000_000
+MAX_NAME = 200
+MAX_DESCRIPTION = 2000
+ID = r"{id:\d{1,12}}"  # ids beyond SQLite's integers are simply not found
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+FRONT_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self'; img-src 'self' data:;"
+        " frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+}
+CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+
+
+def operator_token_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The configured operator credential, or None (operator endpoints disabled)."""
+    token = environ.get(OPERATOR_ENV) or None
+    path = environ.get(OPERATOR_FILE_ENV)
+    if token is None and path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {OPERATOR_FILE_ENV}={path}: {exc}") from exc
+    if token is not None and len(token) < MIN_OPERATOR_TOKEN:
+        raise ConfigError(f"the operator token must be at least {MIN_OPERATOR_TOKEN} characters")
+    return token
+
+
+def error_response(status: int, message: str, field: str | None = None) -> web.Response:
+    error: dict[str, Any] = {"message": message}
+    if field is not None:
+        error["field"] = field
+    return web.json_response(
+        {"errors": [error]}, status=status, headers={"Cache-Control": "no-store"}
+    )
+
+
+def ok(payload: Any, status: int = 200) -> web.Response:
+    return web.json_response(payload, status=status, headers={"Cache-Control": "no-store"})
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body; 400 for anything else, 413 when too large."""
+    if not request.can_read_body:
+        return {}
+    if request.content_type != "application/json":
+        raise ValidationError("send a JSON object with Content-Type: application/json")
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object")
+    return body
+
+
+def query_int(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > 12:
+        raise ValidationError(f"{name} must be a whole number", name)
+    return int(value)
+
+
+def optional_version(body: Mapping[str, Any]) -> int | None:
+    version = body.get("version")
+    if version is not None and type(version) is not int:
+        raise ValidationError("version must be an integer", "version")
+    return version
+
+
+def principal(request: web.Request) -> Principal:
+    return Principal(request[VISITOR], request.get(ACCOUNT_ID))
+
+
+def path_id(request: web.Request) -> int:
+    return int(request.match_info["id"])
+
+
+class MarketAPI:
+    """Routes, middlewares and the live socket hub for one :class:`Market`."""
+
+    def __init__(self, market: Market, *, operator_token: str | None = None) -> None:
+        self.market = market
+        self.operator_token = operator_token
+        self.sockets: dict[web.WebSocketResponse, Principal] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._files = {
+            name: resources.files("ticketing.front").joinpath(name).read_bytes()
+            for name in FRONT_FILES
+        }
+
+    def setup(self, app: web.Application) -> None:
+        """Mount on ``app`` (pass as ``RedirectServer(main, setup=api.setup)``)."""
+        app[MARKET] = self.market
+        app.middlewares.append(self._identity)
+        app.middlewares.append(self._errors)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        app.on_cleanup.append(self._on_cleanup)
+        p = PREFIX
+        app.add_routes(
+            [
+                web.get("/app", self.handle_front_redirect),
+                web.get(FRONT, self.handle_front),
+                web.get(FRONT + "{name}", self.handle_front),
+                web.get(f"{p}/me", self.handle_me),
+                web.post(f"{p}/accounts", self.handle_signup),
+                web.post(f"{p}/session", self.handle_signin),
+                web.delete(f"{p}/session", self.handle_signout),
+                web.get(f"{p}/events", self.handle_events),
+                web.get(f"{p}/events/{ID}", self.handle_event),
+                web.get(f"{p}/events/{ID}/waitlist", self.handle_waitlist),
+                web.post(f"{p}/events/{ID}/waitlist", self.handle_join_waitlist),
+                web.delete(f"{p}/events/{ID}/waitlist", self.handle_leave_waitlist),
+                web.get(f"{p}/orders", self.handle_orders),
+                web.get(f"{p}/tickets", self.handle_tickets),
+                web.get(f"{p}/listings", self.handle_listings),
+                web.post(f"{p}/listings", self.handle_create_listing),
+                web.get(f"{p}/listings/{ID}", self.handle_listing),
+                web.patch(f"{p}/listings/{ID}", self.handle_edit_listing),
+                web.delete(f"{p}/listings/{ID}", self.handle_withdraw_listing),
+                web.post(f"{p}/listings/{ID}/buy", self.handle_buy_listing),
+                web.get(f"{p}/ws", self.handle_ws),
+                web.post(f"{p}/admin/events", self.handle_admin_create_event),
+                web.post(f"{p}/admin/events/{ID}/distribute", self.handle_admin_distribute),
+                web.get(f"{p}/admin/status", self.handle_admin_status),
+                web.get(f"{p}/admin/audit", self.handle_admin_audit),
+            ]
+        )
+        for kind, base in (("order", "orders"), ("resale", "resale-orders")):
+            app.add_routes(
+                [
+                    web.get(f"{p}/{base}/{ID}", self._order_handler(kind, "get")),
+                    web.post(f"{p}/{base}/{ID}/pay", self._order_handler(kind, "pay")),
+                    web.post(f"{p}/{base}/{ID}/cancel", self._order_handler(kind, "cancel")),
+                ]
+            )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def _on_startup(self, app: web.Application) -> None:
+        await self.market.start()
+        self.market.watchers.append(self.deliver)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        for ws in list(self.sockets):
+            await ws.close(message=b"server shutting down")
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        if self.deliver in self.market.watchers:
+            self.market.watchers.remove(self.deliver)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.market.close()
+
+    # -- middlewares -----------------------------------------------------------------------
+
+    @web.middleware
+    async def _identity(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        claims = self.market.session(request.cookies.get(COOKIE_NAME))
+        if claims is not None:
+            with warnings.catch_warnings():  # a plain key: the redirect's documented contract
+                warnings.simplefilter("ignore", web.NotAppKeyWarning)
+                request[ACCOUNT_ID] = claims.account_id  # the redirect puts it in the token
+            request[SESSION] = claims
+        fresh = None
+        if request.path.startswith((PREFIX, "/app")):
+            visitor = request.cookies.get(VISITOR_COOKIE, "")
+            if not valid_visitor(visitor):
+                visitor = fresh = secrets.token_urlsafe(16)
+            request[VISITOR] = visitor
+        resp = await handler(request)
+        if fresh is not None and not resp.prepared:
+            set_visitor_cookie(resp, fresh)
+        return resp
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(PREFIX):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except MarketError as exc:
+            resp = error_response(exc.status, exc.message, exc.field)
+            if exc.status == 401:
+                resp.headers["WWW-Authenticate"] = (
+                    "Bearer" if "/admin/" in request.path else "Cookie"
+                )
+            return resp
+        except ValidationError as exc:
+            return error_response(400, exc.message, exc.field)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = exc.reason
+            if exc.status == 413:
+                message = "the request body is too large"
+            resp = error_response(exc.status, message)
+            if "Allow" in exc.headers:
+                resp.headers["Allow"] = exc.headers["Allow"]
+            return resp
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(500, "internal error")
+
+    # -- front page ---------------------------------------------------------------------------
+
+    async def handle_front_redirect(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(FRONT)
+
+    async def handle_front(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info.get("name") or "index.html"
+        body = self._files.get(name)
+        if body is None:
+            raise web.HTTPNotFound(text="not found\n")
+        ctype = CONTENT_TYPES[Path(name).suffix]
+        return web.Response(body=body, content_type=ctype, charset="utf-8", headers=FRONT_HEADERS)
+
+    # -- accounts --------------------------------------------------------------------------
+
+    async def _account_json(self, account_id: int | None) -> dict[str, Any] | None:
+        if account_id is None:
+            return None
+        account = await self.market.account(account_id)
+        if account is None:
+            return None
+        return {"id": account.id, "email": account.email, "created_at": account.created_at}
+
+    async def handle_me(self, request: web.Request) -> web.Response:
+        account = await self._account_json(request.get(ACCOUNT_ID))
+        return ok({"signed_in": account is not None, "account": account})
+
+    async def _signed_in(self, request: web.Request, fn: Any, status: int) -> web.Response:
+        body = await read_json(request)
+        account, token = await fn(body.get("email"), body.get("password"), principal(request))
+        # A new session replaces the old one: revoke it so it cannot be replayed.
+        await self.market.signout(request.get(SESSION))
+        resp = ok({"signed_in": True, "account": await self._account_json(account.id)}, status)
+        assert self.market.sessions is not None
+        resp.set_cookie(COOKIE_NAME, token, **cookie_kwargs(self.market.sessions.ttl))
+        return resp
+
+    async def handle_signup(self, request: web.Request) -> web.Response:
+        return await self._signed_in(request, self.market.signup, 201)
+
+    async def handle_signin(self, request: web.Request) -> web.Response:
+        return await self._signed_in(request, self.market.signin, 200)
+
+    async def handle_signout(self, request: web.Request) -> web.Response:
+        revoked = await self.market.signout(request.get(SESSION))
+        resp = ok({"signed_in": False, "signed_out": revoked})
+        kwargs = cookie_kwargs(0)
+        resp.del_cookie(
+            COOKIE_NAME,
+            path=kwargs["path"],
+            secure=kwargs["secure"],
+            httponly=kwargs["httponly"],
+            samesite=kwargs["samesite"],
+        )
+        return resp
+
+    # -- events and the waiting list --------------------------------------------------------
+
+    async def handle_events(self, request: web.Request) -> web.Response:
+        return ok({"events": await self.market.events_overview()})
+
+    async def handle_event(self, request: web.Request) -> web.Response:
+        event_id = path_id(request)
+        for event in await self.market.events_overview():
+            if event["id"] == event_id:
+                return ok(event)
+        raise NotFound(f"no event {event_id}")
+
+    async def handle_waitlist(self, request: web.Request) -> web.Response:
+        return ok(await self.market.waitlist_status(principal(request), path_id(request)))
+
+    async def handle_join_waitlist(self, request: web.Request) -> web.Response:
+        return ok(await self.market.join_waitlist(principal(request), path_id(request)), 201)
+
+    async def handle_leave_waitlist(self, request: web.Request) -> web.Response:
+        return ok(await self.market.leave_waitlist(principal(request), path_id(request)))
+
+    # -- orders and tickets --------------------------------------------------------------------
+
+    def _order_handler(self, kind: str, action: str) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            p, order_id = principal(request), path_id(request)
+            if action == "get":
+                return ok(await self.market.order(kind, order_id, p))
+            body = await read_json(request)
+            version = optional_version(body)
+            if action == "pay":
+                return ok(await self.market.pay(kind, order_id, p, body.get("card"), version))
+            return ok(await self.market.cancel(kind, order_id, p, version))
+
+        return handler
+
+    async def handle_orders(self, request: web.Request) -> web.Response:
+        return ok({"orders": await self.market.orders_of(principal(request))})
+
+    async def handle_tickets(self, request: web.Request) -> web.Response:
+        return ok({"tickets": await self.market.tickets_of(principal(request))})
+
+    # -- resale ----------------------------------------------------------------------------------
+
+    async def handle_listings(self, request: web.Request) -> web.Response:
+        p = principal(request)
+        mine = request.query.get("mine", "") in ("1", "true", "yes")
+        listings = await self.market.listings(
+            event_id=query_int(request, "event"),
+            min_price=query_int(request, "min_price"),
+            max_price=query_int(request, "max_price"),
+            seller=p if mine else None,
+            viewer=p,
+        )
+        return ok({"listings": listings})
+
+    async def handle_listing(self, request: web.Request) -> web.Response:
+        return ok(await self.market.listing(path_id(request), principal(request)))
+
+    async def handle_create_listing(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        listing = await self.market.create_listing(
+            principal(request), body.get("ticket_id"), body.get("price_cents")
+        )
+        return ok(listing, 201)
+
+    async def handle_edit_listing(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        listing = await self.market.edit_listing(
+            principal(request), path_id(request), body.get("price_cents"), optional_version(body)
+        )
+        return ok(listing)
+
+    async def handle_withdraw_listing(self, request: web.Request) -> web.Response:
+        listing = await self.market.withdraw_listing(
+            principal(request), path_id(request), query_int(request, "version")
+        )
+        return ok(listing)
+
+    async def handle_buy_listing(self, request: web.Request) -> web.Response:
+        return ok(await self.market.buy_listing(principal(request), path_id(request)), 201)
+
+    # -- live updates ------------------------------------------------------------------------------
+
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+        await ws.prepare(request)
+        p = principal(request)
+        self.sockets[ws] = p
+        try:
+            await ws.send_json({"type": "hello", "signed_in": p.account_id is not None})
+            async for msg in ws:  # the page only listens; anything it sends is ignored
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.sockets.pop(ws, None)
+        return ws
+
+    def deliver(self, notice: Notice) -> None:
+        """Push a market notice to the open sockets it concerns (never blocks the market)."""
+        text = json.dumps(notice.message())
+        owner = notice.owner
+        for ws, p in list(self.sockets.items()):
+            if owner is None or p.owns({"visitor": owner.visitor, "account_id": owner.account_id}):
+                task = asyncio.ensure_future(self._send(ws, text))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _send(ws: web.WebSocketResponse, text: str) -> None:
+        try:
+            await ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            pass  # closed meanwhile; the page reconnects and reloads
+
+    # -- operators -------------------------------------------------------------------------------
+
+    def _require_operator(self, request: web.Request) -> None:
+        if self.operator_token is None:
+            raise Forbidden(
+                f"operator endpoints are disabled: set {OPERATOR_ENV} (or {OPERATOR_FILE_ENV})"
+                " for the main server to enable them"
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Unauthorized("operator credential required: Authorization: Bearer <token>")
+        if not hmac.compare_digest(given.strip().encode(), self.operator_token.encode()):
+            raise Unauthorized("wrong operator credential")
+
+    async def handle_admin_create_event(self, request: web.Request) -> web.Response:
+        self._require_operator(request)
+        body = await read_json(request)
+        name, description = body.get("name"), body.get("description", "")
+        price, count = body.get("price"), body.get("count")
+        if not isinstance(name, str) or not 0 < len(name.strip()) <= MAX_NAME:
+            raise ValidationError(f"name must be 1 to {MAX_NAME} characters", "name")
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+            raise ValidationError(
+                f"description must be at most {MAX_DESCRIPTION} characters", "description"
+            )
+        if isinstance(price, bool) or not isinstance(price, str | int | float):
+            raise ValidationError('price must be an amount such as "25.00"', "price")
+        try:
+            price_to_cents(price)
+        except ValueError as exc:
+            raise ValidationError(str(exc), "price") from exc
+        if type(count) is not int or not 0 < count <= MAX_EVENT_TICKETS:
+            raise ValidationError(
+                f"count must be a whole number from 1 to {MAX_EVENT_TICKETS}", "count"
+            )
+        main = self.market.main
+        event_id = await main.init_tickets(name.strip(), description, price, count)
+        return ok({"event": (await self._event(event_id))}, 201)
+
+    async def _event(self, event_id: int) -> dict[str, Any]:
+        event = await self.market.main.event(event_id)
+        if event is None:
+            raise NotFound(f"no event {event_id}")
+        return event.public()
+
+    async def handle_admin_distribute(self, request: web.Request) -> web.Response:
+        self._require_operator(request)
+        event_id = path_id(request)
+        await self._event(event_id)
+        try:
+            given = await self.market.main.distribute_tickets(event_id)
+        except TicketingError as exc:
+            raise Conflict(str(exc)) from exc
+        return ok({"event_id": event_id, "given": given})
+
+    async def handle_admin_status(self, request: web.Request) -> web.Response:
+        self._require_operator(request)
+        return ok(await self.market.main.status())
+
+    async def handle_admin_audit(self, request: web.Request) -> web.Response:
+        self._require_operator(request)
+        return ok(await self.market.audit(query_int(request, "event")))
+
+
+def mount_marketplace(app: web.Application, main: MainServer) -> Market:
+    """The default wiring: a Market with the test payment provider, operators from env."""
+    market = Market(main)
+    MarketAPI(market, operator_token=operator_token_from_env()).setup(app)
+    return market
