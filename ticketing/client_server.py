@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,41 @@ from .tokens import NonceCache, TokenVerifier
 log = logging.getLogger("ticketing.shard")
 
 BUILTINS = ("sync", "set_pool", "assign", "release", "status", "ping")
+
+
+class LinkListener:
+    """The shard's link port: accepts TCP connections, each run as TLS from its first byte.
+
+    Not ``start_server(ssl=...)``: a refused handshake would never reach us, and we
+    log it. Not a plain accept + ``start_tls`` either: a ClientHello read before the
+    upgrade stays in the plain stream's buffer and the handshake hangs (uvloop reads
+    as soon as it accepts; uvloop#707, cpython#142352).
+    """
+
+    def __init__(self, host: str, port: int, on_socket: Callable[[socket.socket, Any], Any]):
+        family, _, _, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self.sock = socket.create_server(addr, family=family, backlog=128)
+        self.sock.setblocking(False)
+        self.sockets = [self.sock]
+        self._on_socket = on_socket
+        self._task = asyncio.ensure_future(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, peer = await loop.sock_accept(self.sock)
+            conn.setblocking(False)
+            self._on_socket(conn, peer)
+
+    def close(self) -> None:
+        """Stop accepting; the socket closes once the accept loop has let go of it."""
+        if self._task.done():
+            self.sock.close()
+        else:
+            self._task.cancel()
+            self._task.add_done_callback(lambda _: self.sock.close())
 
 
 class ClientServer:
@@ -66,7 +103,7 @@ class ClientServer:
         self.nonces = NonceCache()
         self.tls_port: int | None = None
         self.https_port: int | None = None
-        self._tls_server: asyncio.Server | None = None
+        self._tls_server: LinkListener | None = None
         self._web: Any = None  # ShardWeb, created by create_https_server
         self._ready = asyncio.Event()  # linked to main and in sync: grants may flow
         self._wake = asyncio.Event()
@@ -135,7 +172,9 @@ class ClientServer:
         ctx = server_context(self._creds())
         await self.start()
         self._link_ctx = ctx
-        self._tls_server = await asyncio.start_server(self._on_connection, host, tls_port)
+        self._tls_server = LinkListener(
+            host, tls_port, lambda sock, peer: self._spawn(self._on_connection(sock, peer))
+        )
         self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         log.info("%s: link port %s:%d (mutual TLS)", self.name, host, self.tls_port)
         return self.tls_port
@@ -178,17 +217,27 @@ class ClientServer:
 
     # -- the link to main -------------------------------------------------------------
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername")
+    async def _on_connection(self, sock: socket.socket, peer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        writer: asyncio.StreamWriter | None = None
         try:
-            # TLS is started here, not in start_server, so a refused handshake is logged.
-            await writer.start_tls(self._link_ctx, ssl_handshake_timeout=self.handshake_timeout)
+            # TLS is run here, not in a TLS server, so a refused handshake is logged.
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=self._link_ctx,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             ident = check_peer(writer.get_extra_info("ssl_object"), "main", self.main_name)
         except (ssl.SSLError, PeerRejected, OSError, TimeoutError) as exc:
             log.warning("%s: refused link from %s: %s", self.name, peer, exc)
-            writer.close()
+            if writer is not None:
+                writer.close()
+            else:
+                sock.close()  # a failed handshake's transport has closed it already
             return
         link = Link(
             reader,

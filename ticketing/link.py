@@ -161,6 +161,9 @@ class Link:
                 return await asyncio.wait_for(fut, timeout or self.request_timeout)
             except CommandError as exc:
                 raise CommandError(cmd, exc.code, exc.message) from None
+            except TimeoutError:
+                self.proto.abandon(rid)
+                raise
             finally:
                 self._pending.pop(rid, None)
 

@@ -138,6 +138,7 @@ class MainServer:
         self.unassigned: dict[int, int] = {}  # event -> tickets in main's pool
         self.sale_listeners: list[Callable[[list[dict[str, Any]]], Any]] = []
         self._stock_lock = asyncio.Lock()  # one stock move at a time
+        self._links: list[ShardLink] = []  # every shard we keep linked, named or not yet
         self._closed = False
 
     # -- configuration -----------------------------------------------------------
@@ -170,7 +171,7 @@ class MainServer:
         if self._closed:
             return
         self._closed = True
-        for sl in self.shards.values():
+        for sl in self._links:
             if sl.task:
                 sl.task.cancel()
             if sl.link:
@@ -211,6 +212,7 @@ class MainServer:
         sl = ShardLink(host, tls_port, https_port, weight)
         first: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         sl.task = asyncio.create_task(self._keep_linked(sl, first), name=f"link-{host}:{tls_port}")
+        self._links.append(sl)  # close() stops it even before its first link is up
         name = await first
         if callback is not None:
             result = callback()
@@ -517,6 +519,8 @@ class MainServer:
             sl = self.shards.get(name)
             if sl:
                 sl.epoch = epoch
+                if sl.link:  # still linked: make it re-sync into the new epoch now
+                    await sl.link.close("fenced by a new epoch")
             await self._refresh_counts()
         log.warning(
             "shard %s fenced at epoch %d; its unsold tickets are back with main", name, epoch

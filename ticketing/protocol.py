@@ -167,6 +167,11 @@ class LineProtocol:
     def in_flight(self) -> int:
         return len(self._sent)
 
+    def abandon(self, request_id: int) -> None:
+        """Stop waiting for a reply (timed out): frees its in-flight slot; a late
+        reply then counts as ``unknown_reply``."""
+        self._sent.pop(request_id, None)
+
     def send_hello(self, hello: dict[str, Any]) -> int:
         if self.state is not State.OPENING or self._hello_sent is not None:
             raise LocalProtocolError("state", "hello already sent")
