@@ -54,7 +54,12 @@ class LinkListener:
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, peer = await loop.sock_accept(self.sock)
+            try:
+                conn, peer = await loop.sock_accept(self.sock)
+            except OSError as exc:  # e.g. out of file descriptors: retry, as asyncio does
+                log.warning("link port: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
             conn.setblocking(False)
             self._on_socket(conn, peer)
 
@@ -309,7 +314,13 @@ class ClientServer:
         if self.link is link:
             self.link = None
             self._ready.clear()
-            log.warning("%s: link to main lost; grants pause until main reconnects", self.name)
+            level = logging.INFO if link.close_reason == "peer closed the link" else logging.WARNING
+            log.log(
+                level,
+                "%s: link to main closed (%s); grants pause until main reconnects",
+                self.name,
+                link.close_reason,
+            )
 
     async def _on_sync(self, args: dict[str, Any]) -> dict[str, Any]:
         """Start of a (re)connection: adopt main's epoch, hand over unacked grants."""
@@ -412,11 +423,16 @@ class ClientServer:
                 link = self.link
                 if link is None:
                     continue
-                batch, starving = d.allocate(self.epoch, self.max_batch)
-                if batch:
-                    await self._report(link, batch)
-                for event in starving:
-                    await self._ask_stock(link, event)
+                try:
+                    batch, starving = d.allocate(self.epoch, self.max_batch)
+                    if batch:
+                        await self._report(link, batch)
+                    for event in starving:
+                        await self._ask_stock(link, event)
+                except Exception:  # a bug must not stop granting; the batch stays unacked
+                    log.exception("%s: dispatch failed; re-syncing with main", self.name)
+                    self._ready.clear()
+                    await link.close("dispatch error")  # main reconnects and settles it
 
     async def _report(self, link: Link, batch: list[Pending]) -> None:
         assert self.journal

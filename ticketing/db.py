@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
@@ -26,3 +29,21 @@ async def open_db(
     await db.executescript(schema)
     await db.commit()
     return db
+
+
+@asynccontextmanager
+async def transaction(
+    db: aiosqlite.Connection, lock: asyncio.Lock
+) -> AsyncIterator[aiosqlite.Connection]:
+    """One writer at a time on a shared connection: commit on success, else roll back.
+
+    Coroutines sharing one aiosqlite connection would otherwise interleave their
+    statements inside one SQLite transaction.
+    """
+    async with lock:
+        try:
+            yield db
+        except BaseException:
+            await db.rollback()
+            raise
+        await db.commit()

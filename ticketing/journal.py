@@ -10,15 +10,17 @@ after a crash the shard re-syncs its pool from main, so the journal can use
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
 
-from .db import open_db
+from .db import open_db, transaction
 from .ledger import Sale
 from .slices import Range, RangeSet
 
@@ -48,13 +50,18 @@ class JournalState:
 class Journal:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        self._lock = asyncio.Lock()  # one write (statements + commit) at a time
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> Journal:
         return cls(await open_db(path, SCHEMA, synchronous="NORMAL"))
 
     async def close(self) -> None:
-        await self.db.close()
+        async with self._lock:
+            await self.db.close()
+
+    def _write(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+        return transaction(self.db, self._lock)
 
     async def load(self) -> JournalState:
         st = JournalState()
@@ -79,12 +86,13 @@ class Journal:
 
     async def record_grants(self, grants: Iterable[tuple[Sale, int]]) -> None:
         """Journal a batch of grants before they are reported (one commit)."""
-        await self.db.executemany(
-            "INSERT OR REPLACE INTO grants(event_id, serial, visitor, account_id, epoch)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(s.event, s.serial, s.visitor, s.account, epoch) for s, epoch in grants],
-        )
-        await self.db.commit()
+        rows = [(s.event, s.serial, s.visitor, s.account, epoch) for s, epoch in grants]
+        async with self._write() as db:
+            await db.executemany(
+                "INSERT OR REPLACE INTO grants(event_id, serial, visitor, account_id, epoch)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
 
     async def save(
         self,
@@ -96,26 +104,27 @@ class Journal:
         replace_all: bool = False,
     ) -> None:
         """Rewrite the given pools and drop settled grants, in one commit."""
-        db = self.db
-        if epoch is not None:
-            await db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?)", (str(epoch),)
-            )
-        for event_id, info in (events or {}).items():
-            await db.execute(
-                "INSERT OR REPLACE INTO events(id, info) VALUES (?, ?)",
-                (event_id, json.dumps(info)),
-            )
-        if replace_all:
-            await db.execute("DELETE FROM pool")
-        for event_id, pool in pools.items():
-            await db.execute("DELETE FROM pool WHERE event_id = ?", (event_id,))
+        # One save at a time: interleaved on the shared connection, two saves of the
+        # same pool inserted its ranges twice (UNIQUE failed) or committed half of each.
+        async with self._write() as db:
+            if epoch is not None:
+                await db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?)", (str(epoch),)
+                )
+            for event_id, info in (events or {}).items():
+                await db.execute(
+                    "INSERT OR REPLACE INTO events(id, info) VALUES (?, ?)",
+                    (event_id, json.dumps(info)),
+                )
+            if replace_all:
+                await db.execute("DELETE FROM pool")
+            for event_id, pool in pools.items():
+                await db.execute("DELETE FROM pool WHERE event_id = ?", (event_id,))
+                await db.executemany(
+                    "INSERT INTO pool(event_id, start, stop) VALUES (?, ?, ?)",
+                    [(event_id, a, b) for a, b in pool.ranges()],
+                )
             await db.executemany(
-                "INSERT INTO pool(event_id, start, stop) VALUES (?, ?, ?)",
-                [(event_id, a, b) for a, b in pool.ranges()],
+                "DELETE FROM grants WHERE event_id = ? AND serial = ?",
+                [(s.event, s.serial) for s in settled],
             )
-        await db.executemany(
-            "DELETE FROM grants WHERE event_id = ? AND serial = ?",
-            [(s.event, s.serial) for s in settled],
-        )
-        await db.commit()

@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiosqlite
 
-from .db import open_db
+from .db import open_db, transaction
 from .slices import Range, compress, count
 
 SCHEMA = """
@@ -234,16 +234,9 @@ class Ledger:
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         return list(await self.db.execute_fetchall(sql, args))
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    def transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
         """Hold the write lock; commit on success, roll back on any error."""
-        async with self._lock:
-            try:
-                yield self.db
-            except BaseException:
-                await self.db.rollback()
-                raise
-            await self.db.commit()
+        return transaction(self.db, self._lock)
 
     # -- events ----------------------------------------------------------------
 

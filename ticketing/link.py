@@ -101,6 +101,7 @@ class Link:
         self.opened = asyncio.Event()
         self.closed = asyncio.Event()
         self.peer_hello: dict[str, Any] = {}
+        self.close_reason = ""
         self.bad_inputs = 0
 
     def __repr__(self) -> str:
@@ -120,6 +121,8 @@ class Link:
             result = await asyncio.wait_for(fut, timeout)
         except CommandError as exc:
             raise PeerRejected(f"hello refused by {self.peer.name}: {exc.message}") from exc
+        finally:
+            self._pending.pop(rid, None)
         self.peer_hello = result
         self.opened.set()
         return result
@@ -128,6 +131,7 @@ class Link:
         if self.closed.is_set():
             return
         self.closed.set()
+        self.close_reason = reason
         self.proto.close()
         for fut in self._pending.values():
             if not fut.done():

@@ -1,0 +1,179 @@
+"""``ticketing bench``: a small real run of each mode, and checks that can fail.
+
+The e2e run is the real thing at toy size (K=2 shard processes, N=30 visitors from a
+worker process over real TLS, M=20 tickets, plus the bare-stack baseline); its
+ticket ids and audit are then fed to the checker whole and broken, to show the
+checker catches an oversold, duplicated or unaudited sale.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ticketing import bench
+from ticketing.bench import check_sale, percentile, split
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parent.parent
+EXACT = {"total": 20, "unassigned": 0, "held": 20, "sold": 0, "exact": True, "problems": []}
+
+
+def run_bench(*args: str, timeout: float = 50) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``ticketing bench ARGS --json F`` as a separate process; returns (process, JSON)."""
+    out = Path(args[args.index("--json") + 1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "ticketing", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    return proc, json.loads(out.read_text()) if out.exists() else None
+
+
+# -- the checker alone -----------------------------------------------------------------
+
+
+def ids(n: int, event: int = 1) -> list[str]:
+    return [f"{event}-{s}" for s in range(n)]
+
+
+def test_a_clean_sale_passes() -> None:
+    v = check_sale(ids(20), 20, EXACT)
+    assert v.ok and v.problems == []
+    assert (v.granted, v.distinct, v.oversold, v.unconfirmed) == (20, 20, 0, 0)
+
+
+def test_a_ticket_granted_twice_fails() -> None:
+    v = check_sale([*ids(19), "1-3"], 20, {**EXACT, "held": 19})
+    assert not v.ok
+    assert v.oversold == 1 and v.distinct == 19 and v.granted == 20
+    assert any("granted twice" in p and "1-3" in p for p in v.problems)
+
+
+def test_more_grants_than_tickets_fails() -> None:
+    v = check_sale(ids(22), 20, {**EXACT, "held": 22})
+    assert not v.ok and v.oversold == 2
+    assert any(p.startswith("oversold 2") for p in v.problems)
+    assert any("not tickets of the event" in p for p in v.problems)  # serials 20 and 21
+
+
+def test_an_inexact_audit_fails() -> None:
+    audit = {**EXACT, "exact": False, "problems": ["19 tickets held but 20 orders await payment"]}
+    v = check_sale(ids(20), 20, audit)
+    assert not v.ok and v.oversold == 0
+    assert v.problems == ["audit not exact: 19 tickets held but 20 orders await payment"]
+
+
+def test_a_grant_the_ledger_never_committed_fails() -> None:
+    v = check_sale(ids(20), 20, {**EXACT, "held": 19, "unassigned": 1})
+    assert not v.ok and v.unconfirmed == 1
+
+
+def test_an_audit_of_another_size_fails() -> None:
+    assert not check_sale(ids(20), 20, {**EXACT, "total": 21}).ok
+
+
+def test_percentile_and_split() -> None:
+    assert percentile([], 50) is None
+    values = [float(x) for x in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 95), percentile(values, 99)) == (
+        50.0,
+        95.0,
+        99.0,
+    )
+    assert percentile([3.0], 99) == 3.0
+    assert split(10, 3) == [4, 3, 3] and sum(split(3000, 2)) == 3000
+
+
+# -- real runs ----------------------------------------------------------------------------------
+
+
+def test_e2e_small_run_and_its_checks(tmp_path: Path) -> None:
+    proc, out = run_bench(
+        "--shards", "2", "--clients", "30", "--tickets", "20", "--workers", "1",
+        "--concurrency", "8", "--max-seconds", "30", "--quiet",
+        "--json", str(tmp_path / "e2e.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RESULT: ok" in proc.stdout and "oversold" in proc.stdout
+    t, b = out["ticketing"], out["baseline"]
+    assert out["ok"] and t["verdict"]["ok"]
+    assert t["granted"] == 20 and t["sold_out"] == 10 and t["errors"] == 0
+    ids_ = out["rounds"][0]["ticketing"]["ticket_ids"]  # kept per round, for re-checking
+    assert len(set(ids_)) == 20 and t["verdict"]["oversold"] == 0
+    assert t["audit"]["exact"] and t["audit"]["held"] == 20
+    assert b["granted"] == 30 and b["errors"] == 0  # the baseline answers every visitor
+    assert t["tickets_per_s"] > 0 and out["ratio"]["throughput"] > 0
+    assert t["latency_ms"]["p50"] <= t["latency_ms"]["p95"] <= t["latency_ms"]["p99"]
+    assert set(t["cpu_s"]) >= {"main+redirect", "shard-1", "shard-2", "ticketing-worker-1"}
+    assert set(b["cpu_s"]) >= {"redirect", "shard-1", "shard-2", "baseline-worker-1"}
+    assert all(v > 0 for v in t["peak_rss_mb"].values())
+
+    # The same sale, broken three ways: the checker must say so.
+    audit = t["audit"]
+    assert check_sale(ids_, 20, audit).ok
+    assert not check_sale([*ids_, ids_[0]], 20, audit).ok  # a ticket id granted twice
+    assert check_sale(ids_, 19, audit).oversold == 1  # more grants than tickets
+    assert not check_sale(ids_, 20, {**audit, "exact": False}).ok  # an inexact audit
+
+
+def test_a_failed_check_makes_the_exit_code_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command turns a failed verdict into exit code 1 (result from a real run's shape)."""
+    verdict = check_sale([*ids(20), "1-0"], 20, EXACT)
+    phase = {
+        "finished": 21, "visitors_per_s": 1.0, "granted": 21, "tickets_per_s": 1.0,
+        "latency_ms": {"p50": 1.0, "p95": 1.0, "p99": 1.0}, "sold_out": 0, "errors": 0,
+        "server_cpu_s": 0.1, "server_cpu_ms_per_ticket": 1.0, "loadgen_cpu_s": 0.1,
+        "cpu_s": {"main+redirect": 0.1}, "peak_rss_mb": {"main+redirect": 50.0},
+        "audit": {**EXACT, "in_pools": 0}, "verdict": verdict.as_dict(), "error_samples": {},
+    }  # fmt: skip
+    broken = {
+        "mode": "e2e",
+        "options": bench.Options(clients=21, tickets=20, baseline=False).public(),
+        "machine": bench.machine(),
+        "rounds": [{"ticketing": phase}],
+        "ticketing": phase,
+        "ok": verdict.ok,
+        "problems": verdict.problems,
+    }
+    monkeypatch.setattr(bench, "run_bench", lambda opts: broken)
+    from ticketing.cli import main
+
+    assert main(["bench", "--no-baseline", "--json", str(tmp_path / "x.json")]) == 1
+    printed = capsys.readouterr().out
+    assert "RESULT: FAILED" in printed and "granted twice" in printed
+    assert json.loads((tmp_path / "x.json").read_text())["ok"] is False
+
+
+def test_ledger_mode_small_run(tmp_path: Path) -> None:
+    proc, out = run_bench(
+        "--mode", "ledger", "--shards", "2", "--tickets", "3000", "--batch", "64",
+        "--uvloop", "off", "--max-seconds", "30", "--quiet",
+        "--json", str(tmp_path / "ledger.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = out["ledger"]
+    assert out["ok"] and r["recorded"] == 3000 and r["refused"] == 0
+    assert r["audit"]["exact"] and r["audit"]["held"] == 3000
+    assert r["reports"] >= 3000 // 64 and r["tickets_per_s"] > 0
+
+
+def test_idle_mode_small_run(tmp_path: Path) -> None:
+    proc, out = run_bench(
+        "--mode", "idle", "--connections", "40", "--workers", "2", "--max-seconds", "30",
+        "--quiet", "--json", str(tmp_path / "idle.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = out["idle"]
+    assert out["ok"] and r["held_by_shard"] == 40 and r["failed"] == 0
+    assert r["shard_rss_mb_held"] >= r["shard_rss_mb_before"] > 0

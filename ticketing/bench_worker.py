@@ -1,0 +1,260 @@
+"""One load-generator process of ``ticketing bench`` (``python -m ticketing.bench_worker``).
+
+The benchmark runs the client side in worker processes so that the load generator
+is neither a single-process bottleneck nor counted as server CPU. A worker talks to
+its parent over stdin/stdout, one line per message:
+
+- parent -> worker: one JSON config line, then ``GO`` (start now), and in ``idle``
+  mode ``CLOSE`` (let the held connections go);
+- worker -> parent: ``READY``, ``P {"done", "granted"}`` progress every 0.25 s,
+  ``HOLDING {...}`` (idle mode), and finally ``RESULT {...}``.
+
+Modes:
+
+- ``visit``: ``clients`` visitors, at most ``concurrency`` in flight, each a fresh
+  :class:`~ticketing.web_client.WebClient` doing what a browser does (GET the
+  redirect, follow it to the WSS, one request, one answer). The same code serves the
+  ticketing run and the bare-stack baseline.
+- ``idle``: open one WSS connection per given admission URL and hold it, sending
+  nothing, until told to close.
+
+Every loop is bounded: ``max_seconds`` caps the whole run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import ssl
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from .web_client import WebClient, ws_url
+
+PROGRESS_EVERY = 0.25  # seconds between progress lines
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def emit(tag: str, payload: Any = None) -> None:
+    line = tag if payload is None else f"{tag} {json.dumps(payload, separators=(',', ':'))}"
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+_stdin: asyncio.StreamReader | None = None
+
+
+async def read_line() -> str:
+    """The parent's next line; ``""`` once it has closed our stdin (or exited)."""
+    global _stdin
+    if _stdin is None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 << 20)  # the idle config lists every URL
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        _stdin = reader
+    return (await _stdin.readline()).decode().strip()
+
+
+async def stop_or_orphaned() -> None:
+    """Return on SIGTERM/SIGINT, or when the parent closes our stdin (it was killed):
+    the benchmark's helper servers never outlive it."""
+    from .cli import wait_for_stop
+
+    async def orphaned() -> None:
+        while await read_line():
+            pass
+
+    waits = [asyncio.ensure_future(wait_for_stop()), asyncio.ensure_future(orphaned())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+class Visits:
+    """The ``visit`` mode: a bounded number of visitors, bounded concurrency and time."""
+
+    def __init__(self, cfg: dict[str, Any], ctx: ssl.SSLContext) -> None:
+        self.front: str = cfg["front"]
+        self.clients: int = cfg["clients"]
+        self.concurrency: int = max(1, cfg["concurrency"])
+        self.timeout: float = cfg["timeout"]
+        self.max_seconds: float = cfg["max_seconds"]
+        self.ctx = ctx
+        self.started = 0
+        self.done = 0
+        self.granted = 0
+        # Per finished visitor: kind, ticket id, latency (s), end (monotonic, s).
+        self.kinds: list[str] = []
+        self.tickets: list[str | None] = []
+        self.latency: list[float] = []
+        self.ends: list[float] = []
+        self.errors: Counter[str] = Counter()
+
+    async def visit(self) -> None:
+        t0 = time.monotonic()
+        async with WebClient(self.ctx, timeout=self.timeout) as client:
+            out = await client.get_ticket(self.front)
+        end = time.monotonic()
+        self.kinds.append(out.kind)
+        self.tickets.append(out.ticket_id)
+        self.latency.append(out.timings.get("total", end - t0))
+        self.ends.append(end)
+        self.done += 1
+        if out.kind == "ticket":
+            self.granted += 1
+        elif out.kind != "sold_out":
+            self.errors[f"{out.kind}: {str(out.message.get('message', out.message))[:120]}"] += 1
+
+    async def runner(self) -> None:
+        while self.started < self.clients:
+            self.started += 1
+            await self.visit()
+
+    async def run(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        runners = [asyncio.ensure_future(self.runner()) for _ in range(self.concurrency)]
+        timed_out = False
+        try:
+            async with asyncio.timeout(self.max_seconds):
+                await asyncio.gather(*runners)
+        except TimeoutError:
+            timed_out = True
+        unfinished = self.clients - self.done
+        if unfinished:
+            self.errors[f"timeout: not finished within {self.max_seconds:g} s"] += unfinished
+        return {
+            "t0": t0,
+            "t1": time.monotonic(),
+            "timed_out": timed_out,
+            "clients": self.clients,
+            "unfinished": unfinished,
+            "kinds": self.kinds,
+            "tickets": self.tickets,
+            "latency": [round(x, 6) for x in self.latency],
+            "ends": self.ends,
+            "errors": dict(self.errors),
+        }
+
+    def progress(self) -> dict[str, int]:
+        return {"done": self.done, "granted": self.granted}
+
+
+class Idle:
+    """The ``idle`` mode: hold one silent WSS connection per admission URL."""
+
+    def __init__(self, cfg: dict[str, Any], ctx: ssl.SSLContext) -> None:
+        self.locations: list[str] = cfg["locations"]
+        self.concurrency: int = max(1, cfg["concurrency"])
+        self.timeout: float = cfg["timeout"]
+        self.max_seconds: float = cfg["max_seconds"]
+        self.ctx = ctx
+        self.conns: list[ClientConnection] = []
+        self.failed: Counter[str] = Counter()
+        self.next = 0
+
+    async def opener(self) -> None:
+        while self.next < len(self.locations):
+            url = ws_url(self.locations[self.next])
+            self.next += 1
+            try:
+                conn = await connect(
+                    url,
+                    ssl=self.ctx,
+                    open_timeout=self.timeout,
+                    max_size=1 << 16,
+                    compression=None,
+                )
+            except Exception as exc:  # any failure is one failed connection, counted
+                self.failed[f"{type(exc).__name__}: {str(exc)[:100]}"] += 1
+            else:
+                self.conns.append(conn)
+
+    async def run(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        openers = [asyncio.ensure_future(self.opener()) for _ in range(self.concurrency)]
+        try:
+            async with asyncio.timeout(self.max_seconds):
+                await asyncio.gather(*openers)
+        except TimeoutError:
+            self.failed["timeout"] += len(self.locations) - len(self.conns) - self.failed.total()
+        t1 = time.monotonic()
+        alive = sum(1 for c in self.conns if c.state.name == "OPEN")
+        emit("HOLDING", {"open": alive, "failed": self.failed.total(), "seconds": t1 - t0})
+        try:
+            async with asyncio.timeout(self.max_seconds):
+                while await read_line() not in ("CLOSE", ""):
+                    pass
+        except TimeoutError:
+            pass
+        still = sum(1 for c in self.conns if c.state.name == "OPEN")
+        await asyncio.gather(*(c.close() for c in self.conns), return_exceptions=True)
+        return {
+            "opened": len(self.conns),
+            "open_at_hold": alive,
+            "open_at_close": still,
+            "failed": dict(self.failed),
+            "open_seconds": t1 - t0,
+        }
+
+    def progress(self) -> dict[str, int]:
+        return {"done": len(self.conns) + self.failed.total(), "granted": len(self.conns)}
+
+
+async def _report_progress(job: Visits | Idle) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        emit("P", job.progress())
+
+
+async def amain() -> int:
+    raise_fd_limit()
+    cfg = json.loads(await read_line())
+    ctx = ssl.create_default_context(cafile=cfg["cafile"])
+    job: Visits | Idle = Visits(cfg, ctx) if cfg["mode"] == "visit" else Idle(cfg, ctx)
+    emit("READY")
+    if await read_line() != "GO":
+        return 1
+    reporter = asyncio.ensure_future(_report_progress(job))
+    cpu0 = time.process_time()
+    try:
+        result = await job.run()
+    finally:
+        reporter.cancel()
+    # Our own CPU and peak RSS: the parent cannot read them once we have exited.
+    result["cpu_s"] = time.process_time() - cpu0
+    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    emit("P", job.progress())
+    emit("RESULT", result)
+    return 0
+
+
+def main() -> int:
+    use_uvloop = "--uvloop" in sys.argv[1:]
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.run(amain())
+    return asyncio.run(amain())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
