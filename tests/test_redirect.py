@@ -44,7 +44,9 @@ async def test_a_dry_shard_gets_half_of_the_richest_shards_stock(make_cluster, c
     assert len(rich.dispenser.pools[1]) == 5 and rich.dispenser.pools[1].ranges() == [(0, 5)]
 
 
-async def test_sold_out_is_a_page_for_browsers_and_json_for_clients(make_cluster, ca_context) -> None:
+async def test_sold_out_is_a_page_for_browsers_and_json_for_clients(
+    make_cluster, ca_context
+) -> None:
     cluster = await make_cluster(1, redirect=True)
     await cluster.main.init_tickets("Gone", "", "10", 0)
     await cluster.main.distribute_tickets()
@@ -52,7 +54,7 @@ async def test_sold_out_is_a_page_for_browsers_and_json_for_clients(make_cluster
         async with s.get(cluster.front, allow_redirects=False) as resp:
             page = await resp.text()
             assert resp.status == 200 and resp.content_type == "text/html"
-            assert "sold out" in page and 'data-testid=status' in page
+            assert "sold out" in page and "data-testid=status" in page
         async with s.get(cluster.front, headers={"Accept": "application/json"}) as resp:
             assert resp.status == 200
             assert (await resp.json())["status"] == "sold_out"
