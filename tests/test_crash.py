@@ -56,7 +56,7 @@ async def test_a_killed_shard_restarts_from_its_journal(tmp_path: Path) -> None:
         await victim.proc.wait()
         # The operator restarts it on the same journal and ports while the crowd goes on
         # (shard-2's buyers wait for shard-1's stock rather than hear "sold out").
-        reborn = await ShardProcess.spawn(
+        reborn = await ShardProcess.launch(
             "shard-1",
             cluster.keys,
             cluster.data,
@@ -116,7 +116,7 @@ async def start_main(data: Path, keys: Path, shards: list[ShardProcess]) -> tupl
 async def test_a_killed_main_restarts_from_its_ledger(tmp_path: Path) -> None:
     keys = write_cluster_keys(tmp_path / "keys", shard_names(2))
     data = tmp_path / "data"
-    shards = [await ShardProcess.spawn(n, keys, data) for n in shard_names(2)]
+    shards = [await ShardProcess.launch(n, keys, data) for n in shard_names(2)]
     ctx = ssl.create_default_context(cafile=str(keys / "ca.crt"))
     main, front = await start_main(data, keys, shards)
     try:

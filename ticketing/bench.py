@@ -43,7 +43,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench_worker import raise_fd_limit
-from .cluster import LocalCluster, shard_names
+from .cluster import Child, LocalCluster, shard_names
 from .ledger import ticket_id
 from .tls import write_cluster_keys
 
@@ -160,78 +159,9 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 # -- child processes -----------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    """A helper process that prints ``READY [json]`` when it is up; stopped by PID."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    ready: dict[str, Any]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @classmethod
-    async def spawn(
-        cls,
-        name: str,
-        args: Sequence[str],
-        *,
-        stdin_lines: Sequence[str] = (),
-        timeout: float = 30.0,
-    ) -> Child:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=STREAM_LIMIT,
-            start_new_session=True,  # Ctrl-C reaches only us; we stop children by PID
-        )
-        child = cls(name, proc, {})
-        try:
-            for line in stdin_lines:
-                await child.send(line)
-            async with asyncio.timeout(timeout):
-                while True:
-                    tag, payload = await child.read()
-                    if tag == "":
-                        raise RuntimeError(f"{name} exited with {await proc.wait()}")
-                    if tag == "READY":
-                        child.ready = payload or {}
-                        return child
-        except BaseException:
-            await child.stop(grace=0)
-            raise
-
-    async def send(self, line: str) -> None:
-        assert self.proc.stdin
-        self.proc.stdin.write(line.encode() + b"\n")
-        await self.proc.stdin.drain()
-
-    async def read(self) -> tuple[str, Any]:
-        """The next ``TAG [json]`` line; ``("", None)`` at EOF."""
-        assert self.proc.stdout
-        line = (await self.proc.stdout.readline()).decode().rstrip("\n")
-        if not line:
-            return "", None
-        tag, _, rest = line.partition(" ")
-        try:
-            return tag, json.loads(rest) if rest else None
-        except ValueError:
-            return tag, rest
-
-    async def stop(self, grace: float = 10.0) -> int:
-        """SIGTERM this PID, SIGKILL after ``grace`` seconds; returns the exit code."""
-        if self.proc.returncode is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except (TimeoutError, ProcessLookupError):
-                if self.proc.returncode is None:
-                    self.proc.kill()
-        return await self.proc.wait()
+async def spawn_child(name: str, args: Sequence[str], **options: Any) -> Child:
+    """A bench helper process; its result lines can be long (one entry per visitor)."""
+    return await Child.spawn(name, args, limit=STREAM_LIMIT, **options)
 
 
 async def stop_all(children: Iterable[Child]) -> None:
@@ -387,7 +317,7 @@ async def drive_visits(
         workers = list(
             await asyncio.gather(
                 *(
-                    Child.spawn(
+                    spawn_child(
                         f"{label}-worker-{i + 1}",
                         ["-m", "ticketing.bench_worker", *opts.loop_flag],
                         stdin_lines=[
@@ -552,7 +482,7 @@ async def run_baseline(data: Path, opts: Options) -> dict[str, Any]:
         wss = list(
             await asyncio.gather(
                 *(
-                    Child.spawn(
+                    spawn_child(
                         f"baseline-{n}",
                         [
                             "-m",
@@ -571,7 +501,7 @@ async def run_baseline(data: Path, opts: Options) -> dict[str, Any]:
         )
         children += wss
         targets = [f"--target=https://127.0.0.1:{c.ready['port']}" for c in wss]
-        redirect = await Child.spawn(
+        redirect = await spawn_child(
             "baseline-redirect",
             [
                 "-m",
@@ -710,7 +640,7 @@ async def run_ledger(opts: Options) -> dict[str, Any]:
             children = list(
                 await asyncio.gather(
                     *(
-                        Child.spawn(
+                        spawn_child(
                             f"synthetic-{n}",
                             [
                                 "-m",
@@ -841,7 +771,7 @@ async def run_idle(opts: Options) -> dict[str, Any]:
                 workers = list(
                     await asyncio.gather(
                         *(
-                            Child.spawn(
+                            spawn_child(
                                 f"idle-worker-{j + 1}",
                                 ["-m", "ticketing.bench_worker", *opts.loop_flag],
                                 stdin_lines=[

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .main_server import MainServer
 from .redirect_server import RedirectServer
@@ -26,11 +26,12 @@ log = logging.getLogger("ticketing.cluster")
 
 
 @dataclass
-class ShardProcess:
+class Child:
+    """A helper process that prints ``READY [json]`` when it is up; stopped by PID."""
+
     name: str
     proc: asyncio.subprocess.Process
-    tls_port: int
-    https_port: int
+    ready: dict[str, Any]
 
     @property
     def pid(self) -> int:
@@ -38,6 +39,81 @@ class ShardProcess:
 
     @classmethod
     async def spawn(
+        cls,
+        name: str,
+        args: Sequence[str],
+        *,
+        stdin_lines: Sequence[str] = (),
+        timeout: float = 30.0,
+        limit: int = 1 << 16,  # longest line it may print
+    ) -> Self:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=limit,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children by PID
+        )
+        child = cls(name, proc, {})
+        try:
+            for line in stdin_lines:
+                await child.send(line)
+            async with asyncio.timeout(timeout):
+                while True:
+                    tag, payload = await child.read()
+                    if tag == "":
+                        raise RuntimeError(f"{name} exited with {await proc.wait()}")
+                    if tag == "READY":
+                        child.ready = payload or {}
+                        return child
+        except BaseException:
+            await child.stop(grace=0)
+            raise
+
+    async def send(self, line: str) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def read(self) -> tuple[str, Any]:
+        """The next ``TAG [json]`` line; ``("", None)`` at EOF."""
+        assert self.proc.stdout
+        line = (await self.proc.stdout.readline()).decode().rstrip("\n")
+        if not line:
+            return "", None
+        tag, _, rest = line.partition(" ")
+        try:
+            return tag, json.loads(rest) if rest else None
+        except ValueError:
+            return tag, rest
+
+    async def stop(self, grace: float = 10.0) -> int:
+        """SIGTERM this PID, SIGKILL after ``grace`` seconds; returns the exit code."""
+        if self.proc.returncode is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except (TimeoutError, ProcessLookupError):
+                if self.proc.returncode is None:
+                    self.proc.kill()
+        return await self.proc.wait()
+
+
+@dataclass
+class ShardProcess(Child):
+    """A ``ticketing shard`` process; its READY line gives the bound ports."""
+
+    @property
+    def tls_port(self) -> int:
+        return int(self.ready["tls_port"])
+
+    @property
+    def https_port(self) -> int:
+        return int(self.ready["https_port"])
+
+    @classmethod
+    async def launch(
         cls,
         name: str,
         keys: Path,
@@ -49,8 +125,7 @@ class ShardProcess:
         extra_args: Sequence[str] = (),
         ready_timeout: float = 30.0,
     ) -> ShardProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
+        args = [
             "-m",
             "ticketing",
             "shard",
@@ -67,37 +142,8 @@ class ShardProcess:
             "--https-port",
             str(https_port),
             *extra_args,
-            stdout=asyncio.subprocess.PIPE,
-            # Own process group: Ctrl-C reaches only the parent, which stops main
-            # first and then each shard by PID, in order.
-            start_new_session=True,
-        )
-        assert proc.stdout
-        try:
-            async with asyncio.timeout(ready_timeout):
-                while True:
-                    line = await proc.stdout.readline()
-                    if not line:
-                        raise RuntimeError(f"shard {name} exited with {await proc.wait()}")
-                    if line.startswith(b"READY "):
-                        ports = json.loads(line[6:])
-                        break
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            raise
-        return cls(name, proc, ports["tls_port"], ports["https_port"])
-
-    async def stop(self, grace: float = 10.0) -> int:
-        """SIGTERM this PID, SIGKILL after ``grace`` seconds; returns the exit code."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except TimeoutError:
-                self.proc.kill()
-        return await self.proc.wait()
+        ]
+        return await cls.spawn(name, args, timeout=ready_timeout)
 
     def kill(self) -> None:
         """Crash it (SIGKILL), as a power cut would."""
@@ -139,7 +185,7 @@ class LocalCluster:
             self.processes = list(
                 await asyncio.gather(
                     *(
-                        ShardProcess.spawn(
+                        ShardProcess.launch(
                             n, keys, self.data, host=self.host, extra_args=self.shard_args
                         )
                         for n in self.shard_names
