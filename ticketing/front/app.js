@@ -305,7 +305,8 @@ async function loadOrders() {
     const li = el("li", { testid: `order-${o.kind}-${o.id}` },
       `${o.kind === "resale" ? "Resale" : "Order"} ${o.id}: ticket ${o.ticket_id} · `,
       money(o.price_cents), " · ", el("span", { testid: `order-status-${o.kind}-${o.id}` },
-        STATUS[o.status] || o.status), " ");
+        // "Paid", not "yours": the ticket may have been resold since ("My tickets" says).
+        o.status === "complete" ? "Paid" : STATUS[o.status] || o.status), " ");
     if (o.status === "awaiting_payment") {
       li.append(el("button", { type: "button", testid: `open-${o.kind}-${o.id}`,
         onclick: () => openCheckout(o.kind, o.id) }, "Checkout"));
