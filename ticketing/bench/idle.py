@@ -1,0 +1,163 @@
+"""``idle`` mode: idle WSS connections held open on one shard, and its RSS per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from collections import Counter
+from typing import Any
+
+from ..bench_worker import raise_fd_limit
+from ..cluster import Child, LocalCluster, shard_names
+from .children import final_line, spawn_child, stop_all
+from .load import split
+from .meter import Meter
+from .options import IDLE_CONNECTIONS, TARGET_IDLE_RSS, Options
+from .progress import SAMPLE_EVERY, Progress
+from .workspace import DataDir, machine
+
+
+async def run_idle(opts: Options) -> dict[str, Any]:
+    from ..shard_web import ADMISSION
+
+    raise_fd_limit()
+    out: dict[str, Any] = {"mode": "idle", "options": opts.public(), "machine": machine()}
+    with DataDir(opts) as data:
+        cluster = LocalCluster(data, shard_names(1), shard_args=opts.loop_flag)
+        async with cluster:
+            main = cluster.main
+            assert main is not None and main.signer is not None
+            event_id = await main.init_tickets("Idle bench", "idle", "1.00", 10)
+            await main.distribute_tickets()
+            shard = cluster.processes[0]
+            sl = main.shards[shard.name]
+            ttl = opts.max_seconds + 60.0
+            # Real admission tokens, signed by main's key exactly as the redirect does.
+            locations = [
+                f"{sl.https_url}/?event={event_id}&token="
+                + main.signer.sign(
+                    ADMISSION,
+                    {
+                        "v": secrets.token_urlsafe(16),
+                        "s": shard.name,
+                        "e": event_id,
+                        "n": secrets.token_urlsafe(12),
+                    },
+                    ttl,
+                )
+                for _ in range(opts.connections)
+            ]
+            await asyncio.sleep(0.5)
+            meter_pids = {"shard": shard.pid, "main+redirect": os.getpid()}
+            workers_n = max(1, min(opts.workers, opts.connections or 1))
+            chunks = split(len(locations), workers_n)
+            parts, i = [], 0
+            for n in chunks:
+                parts.append(locations[i : i + n])
+                i += n
+            workers: list[Child] = []
+            try:
+                workers = list(
+                    await asyncio.gather(
+                        *(
+                            spawn_child(
+                                f"idle-worker-{j + 1}",
+                                ["-m", "ticketing.bench_worker", *opts.loop_flag],
+                                stdin_lines=[
+                                    json.dumps(
+                                        {
+                                            "mode": "idle",
+                                            "cafile": str(cluster.keys / "ca.crt"),
+                                            "locations": part,
+                                            "concurrency": max(1, opts.concurrency // workers_n),
+                                            "timeout": 30.0,
+                                            "max_seconds": opts.max_seconds,
+                                        }
+                                    )
+                                ],
+                            )
+                            for j, part in enumerate(parts)
+                        )
+                    )
+                )
+                meter = Meter({**meter_pids, **{w.name: w.pid for w in workers}})
+                rss_before = meter.rss("shard")
+                result = await _hold_idle(workers, meter, opts)
+                status = await main.call(shard.name, "status")
+                rss_held = meter.rss("shard")
+                meter.end()
+                for w in workers:
+                    await w.send("CLOSE")
+                finals = [await final_line(w, "RESULT", opts.max_seconds) for w in workers]
+            finally:
+                await stop_all(workers)
+    held = int(status.get("connections", 0))
+    per_conn = (rss_held - rss_before) / held if held else None
+    out["idle"] = {
+        "connections": opts.connections,
+        "held_by_shard": held,
+        "open_at_client": result["open"],
+        "failed": result["failed"],
+        "open_seconds": round(result["seconds"], 2),
+        "opened_per_s": round(result["open"] / result["seconds"], 1) if result["seconds"] else None,
+        "shard_rss_mb_before": round(rss_before / 2**20, 1),
+        "shard_rss_mb_held": round(rss_held / 2**20, 1),
+        "shard_kib_per_connection": round(per_conn / 1024, 1) if per_conn is not None else None,
+        "peak_rss_mb": {n: round(v / 2**20, 1) for n, v in meter.rss_peak.items()},
+        "still_open_at_close": sum(int(f.get("open_at_close", 0)) for f in finals if f),
+        "failure_samples": dict(
+            sum((Counter(f.get("failed") or {}) for f in finals if f), Counter()).most_common(5)
+        ),
+    }
+    out["idle"]["target_met"] = bool(
+        held >= min(opts.connections, IDLE_CONNECTIONS) and rss_held <= TARGET_IDLE_RSS
+    )
+    out["ok"] = held == opts.connections
+    if not out["ok"]:
+        out["problems"] = [f"the shard held {held} of {opts.connections} connections"]
+    return out
+
+
+async def _hold_idle(workers: list[Child], meter: Meter, opts: Options) -> dict[str, Any]:
+    bar = Progress("idle", opts.connections, "connections", opts.progress)
+    opened: dict[str, int] = {w.name: 0 for w in workers}
+    failed: dict[str, int] = {w.name: 0 for w in workers}
+    holding: dict[str, dict[str, Any]] = {}
+
+    async def follow(w: Child) -> None:
+        while True:
+            tag, payload = await w.read()
+            if tag == "P":
+                opened[w.name] = payload["granted"]
+                failed[w.name] = payload["done"] - payload["granted"]
+            elif tag == "HOLDING":
+                holding[w.name] = payload
+                return
+            elif tag == "":
+                return
+
+    meter.begin()
+    for w in workers:
+        await w.send("GO")
+    readers = [asyncio.ensure_future(follow(w)) for w in workers]
+    deadline = time.monotonic() + opts.max_seconds + 30.0
+    try:
+        while not all(r.done() for r in readers) and time.monotonic() < deadline:
+            await asyncio.wait(readers, timeout=SAMPLE_EVERY)
+            meter.sample()
+            bar.draw(sum(opened.values()), sum(failed.values()), "failed")
+    finally:
+        for r in readers:
+            r.cancel()
+        bar.close()
+    await asyncio.sleep(2.0)  # let the shard settle (buffers, GC) before measuring
+    meter.sample()
+    seconds = max((h["seconds"] for h in holding.values()), default=0.0)
+    return {
+        "open": sum(h["open"] for h in holding.values()),
+        "failed": sum(h["failed"] for h in holding.values()),
+        "seconds": seconds,
+    }

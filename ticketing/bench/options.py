@@ -1,0 +1,127 @@
+"""What a run is asked to do: defaults, targets, :class:`Options` and its command-line
+arguments."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Defaults: the issue's target configuration.
+DEFAULT_SHARDS = 2
+DEFAULT_CLIENTS = 3000
+DEFAULT_TICKETS = 2000
+DEFAULT_CONCURRENCY = 64
+DEFAULT_WORKERS = 2
+DEFAULT_MAX_SECONDS = 120.0
+LEDGER_TICKETS = 100_000
+IDLE_CONNECTIONS = 5000
+
+# Targets (reported; only the correctness checks decide the exit code).
+TARGET_RATIO = 0.8
+TARGET_LEDGER_TPS = 20_000
+TARGET_IDLE_RSS = 1 << 30  # 5,000 idle connections within 1 GiB
+
+
+@dataclass
+class Options:
+    """One run of ``ticketing bench``, as the command line asked for it."""
+
+    mode: str = "e2e"
+    shards: int = DEFAULT_SHARDS
+    clients: int = DEFAULT_CLIENTS
+    tickets: int = DEFAULT_TICKETS
+    concurrency: int = DEFAULT_CONCURRENCY
+    workers: int = DEFAULT_WORKERS
+    uvloop: bool = True
+    max_seconds: float = DEFAULT_MAX_SECONDS
+    baseline: bool = True
+    rounds: int = 1
+    batch: int = 256
+    in_flight: int = 4
+    connections: int = IDLE_CONNECTIONS
+    progress: bool = True
+    json_path: str | None = None
+    keep: str | None = None  # keep the data directory here (default: a deleted temp dir)
+
+    @property
+    def loop_flag(self) -> list[str]:
+        return ["--uvloop"] if self.uvloop else []
+
+    def public(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("json_path", "progress")}
+
+
+def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
+    """The ``bench`` command's arguments (read back by :func:`options_from_args`)."""
+    p.add_argument("--mode", choices=tuple(modes), default="e2e")
+    # The cluster and the sale
+    p.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help="K shard processes")
+    p.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="N visitors")
+    p.add_argument(
+        "--tickets",
+        type=int,
+        default=None,
+        help=f"M tickets (default {DEFAULT_TICKETS}; {LEDGER_TICKETS} in ledger mode)",
+    )
+    # The load generator
+    p.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="visitors in flight (total)"
+    )
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="load-generator processes")
+    p.add_argument("--uvloop", choices=("on", "off"), default="on", help="every process's loop")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=DEFAULT_MAX_SECONDS,
+        help="bound on each load phase; unfinished visitors count as errors",
+    )
+    p.add_argument("--no-baseline", action="store_true", help="e2e: skip the bare-stack run")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="e2e: baseline/ticketing pairs in ABBA order; the table shows the medians",
+    )
+    # Ledger mode
+    p.add_argument("--batch", type=int, default=256, help="ledger: sales per report")
+    p.add_argument("--in-flight", type=int, default=4, help="ledger: reports in flight per shard")
+    # Idle mode
+    p.add_argument(
+        "--connections", type=int, default=IDLE_CONNECTIONS, help="idle: WSS connections to hold"
+    )
+    # Output
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--keep", metavar="DIR", help="keep keys, ledger and journals in DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """:class:`Options` from the parsed arguments; SystemExit on values out of range."""
+    tickets = args.tickets
+    if tickets is None:
+        tickets = LEDGER_TICKETS if args.mode == "ledger" else DEFAULT_TICKETS
+    for name in ("shards", "clients", "concurrency", "workers", "batch", "in_flight", "rounds"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    if tickets < 0 or args.connections < 0 or args.max_seconds <= 0:
+        raise SystemExit("--tickets/--connections must be >= 0 and --max-seconds > 0")
+    return Options(
+        mode=args.mode,
+        shards=args.shards,
+        clients=args.clients,
+        tickets=tickets,
+        concurrency=args.concurrency,
+        workers=args.workers,
+        uvloop=args.uvloop == "on",
+        max_seconds=args.max_seconds,
+        baseline=not args.no_baseline,
+        rounds=args.rounds,
+        batch=args.batch,
+        in_flight=args.in_flight,
+        connections=args.connections,
+        progress=not args.quiet,
+        json_path=args.json,
+        keep=args.keep,
+    )

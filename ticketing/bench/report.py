@@ -1,0 +1,173 @@
+"""The results as a table for people (the JSON is the results themselves)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .options import IDLE_CONNECTIONS, TARGET_LEDGER_TPS
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:,.3g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_e2e(out: dict[str, Any]) -> str:
+    t, b = out["ticketing"], out.get("baseline") or {}
+    o = out["options"]
+    head = (
+        f"e2e: {o['shards']} shards, {o['clients']} visitors, {o['tickets']} tickets, "
+        f"concurrency {o['concurrency']}, {o['workers']} worker processes, "
+        f"{'uvloop' if o['uvloop'] else 'asyncio'}, {out['machine']['cpus']} CPUs"
+        + (f", {o['rounds']} rounds (medians)" if o["rounds"] > 1 else "")
+    )
+
+    def row(name: str, key: Callable[[dict[str, Any]], Any]) -> tuple[str, str, str]:
+        return (name, _fmt(key(b)) if b else "-", _fmt(key(t)))
+
+    def lat(p: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda r: r["latency_ms"][p]
+
+    def rss(r: dict[str, Any]) -> str:
+        return ", ".join(f"{n} {v:.0f}" for n, v in r["peak_rss_mb"].items() if "worker" not in n)
+
+    rows: list[tuple[str, ...]] = [
+        ("", "baseline", "ticketing"),
+        row("visitors finished", lambda r: r["finished"]),
+        row("visitors/s", lambda r: r["visitors_per_s"]),
+        row("tickets granted", lambda r: r["granted"]),
+        row("tickets/s", lambda r: r["tickets_per_s"]),
+        row("time-to-ticket p50 ms", lat("p50")),
+        row("time-to-ticket p95 ms", lat("p95")),
+        row("time-to-ticket p99 ms", lat("p99")),
+        row("sold-out answers", lambda r: r["sold_out"]),
+        row("errors", lambda r: r["errors"]),
+        row("server CPU s", lambda r: r["server_cpu_s"]),
+        row("server CPU ms/ticket", lambda r: r["server_cpu_ms_per_ticket"]),
+        row("load generator CPU s", lambda r: r["loadgen_cpu_s"]),
+    ]
+    verdicts = [r["ticketing"]["verdict"] for r in out["rounds"]]
+    audits = [r["ticketing"]["audit"] for r in out["rounds"]]
+    every = f" (all {len(verdicts)} rounds)" if len(verdicts) > 1 else ""
+    checks = [
+        ("oversold", _fmt(sum(v["oversold"] for v in verdicts)) + every),
+        (
+            "distinct tickets == granted",
+            ", ".join(f"{v['distinct']} == {v['granted']}" for v in verdicts),
+        ),
+        (
+            "unconfirmed grants",
+            _fmt(sum(v["unconfirmed"] for v in verdicts)) + every,
+        ),
+        (
+            "audit",
+            ("exact" if all(a["exact"] for a in audits) else "NOT EXACT") + every,
+        ),
+        (
+            "audit detail",
+            f"total {t['audit']['total']}, unassigned {t['audit']['unassigned']}, "
+            f"pools {t['audit']['in_pools']}, held {t['audit']['held']}, sold {t['audit']['sold']}",
+        ),
+    ]
+    lines = [head, "", _table(rows), ""]
+    for name, r in (("baseline", b), ("ticketing", t)):
+        if r:
+            cpu = ", ".join(f"{n} {s:.2f}" for n, s in r["cpu_s"].items())
+            lines.append(f"{name} CPU s: {cpu}")
+            lines.append(f"{name} peak RSS MiB: {rss(r)}")
+    if b:
+        lines.append(
+            f"harness overhead (this process during the baseline): {b['harness_cpu_s']:.2f} s CPU"
+        )
+    lines.append("")
+    lines += [f"{k:<28} {v_}" for k, v_ in checks]
+    if "ratio" in out:
+        r = out["ratio"]
+        met = "met" if r["target_met"] else "MISSED"
+        lines.append(
+            f"{'throughput vs baseline':<28} {r['throughput']:.2f}x (target >= {r['target']}: {met})"
+        )
+        if len(r["per_round"]) > 1:
+            per = ", ".join(_fmt(x) for x in r["per_round"])
+            lines.append(f"{'ratio per round':<28} {per} (table: median rounds)")
+        if r["server_cpu_per_ticket"]:
+            lines.append(f"{'server CPU/ticket vs baseline':<28} {r['server_cpu_per_ticket']:.2f}x")
+    for name, r in (("baseline", b), ("ticketing", t)):
+        for msg, n in (r.get("error_samples") or {}).items():
+            lines.append(f"{name} error x{n}: {msg}")
+    lines.append("RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out["problems"])))
+    return "\n".join(lines)
+
+
+def format_ledger(out: dict[str, Any]) -> str:
+    r = out["ledger"]
+    a = r["audit"]
+    rows = [
+        ("", "ledger"),
+        ("tickets recorded", _fmt(r["recorded"])),
+        ("seconds", _fmt(r["seconds"])),
+        ("tickets/s (durable)", _fmt(r["tickets_per_s"])),
+        ("batch (sales/request)", _fmt(r["batch"])),
+        ("reports in flight/shard", _fmt(r["in_flight_per_shard"])),
+        ("report_sales requests", _fmt(r["reports"])),
+        ("main CPU us/ticket", _fmt(r["main_cpu_us_per_ticket"])),
+    ]
+    met = "met" if r["target_met"] else "MISSED"
+    lines = [
+        f"ledger: {out['options']['shards']} synthetic shards, synchronous={r['synchronous']}, "
+        f"{'uvloop' if out['options']['uvloop'] else 'asyncio'}",
+        "",
+        _table(rows),
+        "",
+        "CPU s: " + ", ".join(f"{n} {s:.2f}" for n, s in r["cpu_s"].items()),
+        "peak RSS MiB: " + ", ".join(f"{n} {v:.0f}" for n, v in r["peak_rss_mb"].items()),
+        f"audit: {'exact' if a['exact'] else 'NOT EXACT'} (total {a['total']}, held {a['held']})",
+        f"target >= {TARGET_LEDGER_TPS:,} tickets/s: {met}",
+        "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out.get("problems", []))),
+    ]
+    return "\n".join(lines)
+
+
+def format_idle(out: dict[str, Any]) -> str:
+    r = out["idle"]
+    rows = [
+        ("", "idle"),
+        ("connections asked", _fmt(r["connections"])),
+        ("held by the shard", _fmt(r["held_by_shard"])),
+        ("failed", _fmt(r["failed"])),
+        ("opened/s", _fmt(r["opened_per_s"])),
+        ("shard RSS MiB before", _fmt(r["shard_rss_mb_before"])),
+        ("shard RSS MiB held", _fmt(r["shard_rss_mb_held"])),
+        ("shard KiB/connection", _fmt(r["shard_kib_per_connection"])),
+    ]
+    met = "met" if r["target_met"] else "MISSED"
+    lines = [
+        f"idle: 1 shard, {'uvloop' if out['options']['uvloop'] else 'asyncio'}",
+        "",
+        _table(rows),
+        "",
+        "peak RSS MiB: " + ", ".join(f"{n} {v:.0f}" for n, v in r["peak_rss_mb"].items()),
+        f"target: {IDLE_CONNECTIONS:,} idle connections within 1 GiB shard RSS: {met}",
+        *(f"failed x{n}: {msg}" for msg, n in r["failure_samples"].items()),
+        "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out.get("problems", []))),
+    ]
+    return "\n".join(lines)
