@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from tests.conftest import eventually
 from ticketing.web_client import WebClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,3 +70,24 @@ async def test_no_shard_online_is_503_not_500(make_cluster, ca_context) -> None:
             assert (await resp.json())["status"] == "unavailable"
         async with s.get(cluster.front.rstrip("/") + "/events/not-a-number") as resp:
             assert resp.status == 404
+
+
+async def test_an_offline_shard_gets_no_new_visitors(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(2, redirect=True, reclaim_after=None)
+    await cluster.main.init_tickets("Show", "", "10", 20)
+    await cluster.main.distribute_tickets()
+    down, up = cluster.shards
+    down._tls_server.close()  # main cannot reconnect: it stays offline
+    assert down.link
+    await down.link.close("network cut")
+    await eventually(lambda: not cluster.main.shards["shard-1"].online)
+    ports = set()
+    for _ in range(10):
+        async with WebClient(ca_context) as client:
+            status, location, _ = await client.admission(cluster.front)
+        assert status == 302 and location
+        ports.add(urlsplit(location).port)
+    assert ports == {up.https_port}
+    # Its tickets are not lost: they stay in its pool until it returns or is fenced.
+    audit = await cluster.main.audit()
+    assert audit.exact and audit.pools == {"shard-1": 10, "shard-2": 10}
