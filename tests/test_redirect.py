@@ -91,3 +91,14 @@ async def test_an_offline_shard_gets_no_new_visitors(make_cluster, ca_context) -
     # Its tickets are not lost: they stay in its pool until it returns or is fenced.
     audit = await cluster.main.audit()
     assert audit.exact and audit.pools == {"shard-1": 10, "shard-2": 10}
+
+
+async def test_pages_carry_security_headers(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(1, redirect=True)
+    shard = f"https://127.0.0.1:{cluster.shards[0].https_port}/"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ca_context)) as s:
+        for url in (shard, cluster.front, cluster.front + "app/"):
+            async with s.get(url, allow_redirects=False) as resp:
+                assert resp.headers["Referrer-Policy"] == "no-referrer", url
+                assert resp.headers["X-Frame-Options"] == "DENY", url
+                assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], url

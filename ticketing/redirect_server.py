@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from .headers import SECURITY_HEADERS
 from .main_server import MainServer
 from .tls import browser_server_context
 
@@ -59,6 +60,11 @@ def _page(title: str, body: str, status: int) -> web.Response:
     return web.Response(text=doc, status=status, content_type="text/html")
 
 
+async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
 class RedirectServer:
     """HTTPS redirector in front of the shards. ``async with RedirectServer(main)``."""
 
@@ -77,6 +83,7 @@ class RedirectServer:
         self.token_ttl = token_ttl
         self.ssl_context = ssl_context
         self.app = web.Application(client_max_size=64 * 1024)
+        self.app.on_response_prepare.append(_add_security_headers)
         self.app.add_routes(
             [
                 web.get("/", self.handle_root),

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .errors import TokenError
+from .headers import SECURITY_HEADERS
 from .tls import Credentials, browser_server_context
 
 if TYPE_CHECKING:
@@ -48,8 +49,8 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
             ("Connection", "close"),
+            *SECURITY_HEADERS.items(),
         ]
     )
     return Response(status.value, status.phrase, headers, body)
