@@ -54,6 +54,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .errors import ConfigError, TicketingError, ValidationError
+from .headers import SECURITY_HEADERS
 from .main_server import MainServer, price_to_cents
 from .market import (
     Conflict,
@@ -91,14 +92,11 @@ ID = r"{id:\d{1,12}}"  # ids beyond SQLite's integers are simply not found
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The rest (no-referrer, no framing, nosniff...) comes from the redirect app's hook.
 FRONT_HEADERS = {
     "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Content-Security-Policy": (
-        "default-src 'self'; connect-src 'self'; img-src 'self' data:;"
-        " frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
+    "Content-Security-Policy": SECURITY_HEADERS["Content-Security-Policy"]
+    + "; img-src 'self' data:",
 }
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
