@@ -304,3 +304,22 @@ async def test_concurrent_bumps_are_not_lost(store: Accounts) -> None:
     results = await asyncio.gather(*(store.bump_session_generation(account.id) for _ in range(20)))
     assert sorted(results) == list(range(1, 21))
     assert await store.session_generation(account.id) == 20
+
+
+def test_signin_throttle_counts_failures_per_email_in_a_window() -> None:
+    from ticketing.accounts import SigninThrottle
+
+    now = [1000.0]
+    throttle = SigninThrottle(limit=3, window=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert throttle.retry_after("Ann@Example.com ") == 0
+        throttle.failed("ann@example.com")
+    assert throttle.retry_after("ANN@example.com") == pytest.approx(60)
+    assert throttle.retry_after("bob@example.com") == 0  # other emails are not affected
+    now[0] += 30
+    assert throttle.retry_after("ann@example.com") == pytest.approx(30)
+    now[0] += 31  # the window slid past the failures
+    assert throttle.retry_after("ann@example.com") == 0
+    throttle.failed("ann@example.com")
+    throttle.succeeded("ann@example.com")  # a success forgives
+    assert throttle._failures == {}

@@ -160,6 +160,24 @@ async def test_account_errors_are_clear(make_cluster, client) -> None:
     error(body, 401, status, match="wrong email or password")
 
 
+async def test_repeated_failed_signins_are_throttled_per_email(make_cluster, client) -> None:
+    shop = await open_shop(make_cluster)
+    c = client(shop)
+    await c.signup("eve@example.com")
+    await c.call("DELETE", "/api/v1/session")
+    wrong = {"email": "eve@example.com", "password": "not the password"}
+    for _ in range(5):
+        status, body = await c.call("POST", "/api/v1/session", wrong)
+        error(body, 401, status, match="wrong email or password")
+    right = {"email": "EVE@example.com", "password": PASSWORD}
+    status, body = await c.call("POST", "/api/v1/session", right)
+    error(body, 429, status, field="email", match="too many failed sign-ins")
+    status, body = await c.call(  # another account is not locked out
+        "POST", "/api/v1/session", {"email": "other@example.com", "password": PASSWORD}
+    )
+    error(body, 401, status, match="wrong email or password")
+
+
 async def test_malformed_requests_get_4xx_not_500(make_cluster, client) -> None:
     shop = await open_shop(make_cluster)
     c = client(shop)

@@ -239,3 +239,41 @@ class Accounts:
         if row is None:
             raise LookupError(f"no account {account_id}")
         return int(row[0])
+
+
+class SigninThrottle:
+    """At most ``limit`` failed sign-ins per email within ``window`` seconds.
+
+    In memory, per main process: it slows password guessing against one account
+    without a database write per attempt. A success clears the email's failures.
+    """
+
+    # Limits
+    MAX_TRACKED = 100_000  # emails remembered at once; the oldest are forgotten first
+
+    def __init__(
+        self, limit: int = 5, window: float = 900.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self._failures: dict[str, list[float]] = {}
+
+    def retry_after(self, email: str) -> float:
+        """Seconds until ``email`` may try again; 0 when it may now."""
+        recent = self._recent(normalise_email(email))
+        return 0.0 if len(recent) < self.limit else recent[0] + self.window - self.clock()
+
+    def failed(self, email: str) -> None:
+        key = normalise_email(email)
+        self._failures[key] = [*self._recent(key), self.clock()]
+        while len(self._failures) > self.MAX_TRACKED:
+            del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, email: str) -> None:
+        self._failures.pop(normalise_email(email), None)
+
+    def _recent(self, key: str) -> list[float]:
+        cutoff = self.clock() - self.window
+        recent = [t for t in self._failures.get(key, ()) if t > cutoff]
+        if not recent:
+            self._failures.pop(key, None)
+        return recent

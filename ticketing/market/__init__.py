@@ -36,7 +36,15 @@ from .base import (
     parse_ticket_id,
 )
 from .checkout import MAX_CARD_TOKEN
-from .errors import Conflict, Forbidden, MarketError, NotFound, PaymentFailed, Unauthorized
+from .errors import (
+    Conflict,
+    Forbidden,
+    MarketError,
+    NotFound,
+    PaymentFailed,
+    TooManyAttempts,
+    Unauthorized,
+)
 from .ownership import Principal, owner_of
 from .schema import CLAIMABLE, OPEN_LISTING, SCHEMA, WAITLIST_SHARD
 from .service import Market
@@ -60,6 +68,7 @@ __all__ = [
     "OrderKind",
     "PaymentFailed",
     "Principal",
+    "TooManyAttempts",
     "Unauthorized",
     "Watcher",
     "check_price",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from ..accounts import Accounts
+from ..accounts import Accounts, SigninThrottle
 from ..errors import TicketingError, ValidationError
 from ..ledger import Ledger
 from ..payment import PaymentProvider, TestPaymentProvider
@@ -127,6 +127,7 @@ class MarketBase:
         self.pay_timeout = pay_timeout
         self.sweep_interval = sweep_interval
         self.accounts: Accounts | None = None
+        self.signin_throttle = SigninThrottle()
         self.sessions: SessionManager | None = None
         self.watchers: list[Watcher] = []
         self._accounts_db: aiosqlite.Connection | None = None

@@ -15,7 +15,8 @@ class MarketError(TicketingError):
          ├── PaymentFailed 402  the card was declined or the provider failed
          ├── Forbidden     403  someone else's order, your own listing, ...
          ├── NotFound      404
-         └── Conflict      409  wrong state, locked, version mismatch, duplicate
+         ├── Conflict      409  wrong state, locked, version mismatch, duplicate
+         └── TooManyAttempts 429  too many failed sign-ins for one email
     """
 
     status = 400
@@ -47,3 +48,7 @@ class NotFound(MarketError):
 
 class Conflict(MarketError):
     status = 409
+
+
+class TooManyAttempts(MarketError):
+    status = 429

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from ..accounts import BAD_CREDENTIALS, DUPLICATE_EMAIL, Account, Accounts
 from ..errors import TicketingError, TokenError, ValidationError
 from ..sessions import SessionClaims
 from .base import MarketBase
-from .errors import Conflict, Unauthorized
+from .errors import Conflict, TooManyAttempts, Unauthorized
 from .ownership import Principal
 from .schema import CLAIMABLE
 
@@ -39,10 +41,18 @@ class SigninMixin(MarketBase):
         return account, await self._sign_in(account, p)
 
     async def signin(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
+        key = email if isinstance(email, str) else ""
+        wait = self.signin_throttle.retry_after(key)
+        if wait > 0:
+            raise TooManyAttempts(
+                f"too many failed sign-ins; try again in {math.ceil(wait)} s", "email"
+            )
         try:
             account = await self._accounts().signin(email, password)  # type: ignore[arg-type]
         except ValidationError as exc:
+            self.signin_throttle.failed(key)
             raise Unauthorized(BAD_CREDENTIALS) from exc
+        self.signin_throttle.succeeded(key)
         return account, await self._sign_in(account, p)
 
     async def _sign_in(self, account: Account, p: Principal) -> str:
