@@ -163,3 +163,25 @@ async def test_sold_out_and_unknown_event_answers(make_cluster, ca_context) -> N
         status, location, body = await b.admission(cluster.front.rstrip("/") + "/events/99")
     assert sold.kind == "sold_out" and sold.message["event"]["id"] == event
     assert (status, location, body["status"]) == (404, None, "no_event")
+
+
+async def test_one_ticket_per_signed_in_account_across_browsers(cluster, ca_context) -> None:
+    """Two browsers (two visitor ids) of one account get the same ticket."""
+
+    def for_account(shard: str) -> str:
+        claims = {
+            "v": secrets.token_urlsafe(16),
+            "s": shard,
+            "e": 1,
+            "n": secrets.token_urlsafe(12),
+            "a": 42,
+        }
+        return cluster.main.signer.sign("admission", claims, 60)
+
+    one, two = cluster.shards
+    async with WebClient(ca_context) as a, WebClient(ca_context) as b:
+        first = await a.claim(shard_url(one, for_account("shard-1")))
+        second = await b.claim(shard_url(two, for_account("shard-2")))
+    assert first.kind == second.kind == "ticket"
+    assert first.ticket_id == second.ticket_id
+    await assert_nothing_left_the_pools(cluster, held=1)

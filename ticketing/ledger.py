@@ -86,6 +86,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS orders_one_per_ticket
     ON orders(event_id, serial) WHERE status IN ('awaiting_payment', 'complete');
 CREATE UNIQUE INDEX IF NOT EXISTS orders_one_per_visitor
     ON orders(event_id, visitor) WHERE status IN ('awaiting_payment', 'complete');
+CREATE UNIQUE INDEX IF NOT EXISTS orders_one_per_account
+    ON orders(event_id, account_id)
+    WHERE account_id IS NOT NULL AND status IN ('awaiting_payment', 'complete');
 CREATE INDEX IF NOT EXISTS orders_by_expiry ON orders(status, expires_at);
 """
 
@@ -182,10 +185,15 @@ def decide_sales(
     """
     by_ticket = {(o["event_id"], o["serial"]): o for o in orders}
     by_visitor = {(o["event_id"], o["visitor"]): o for o in by_ticket.values()}
+    by_account = {
+        (o["event_id"], o["account_id"]): o
+        for o in by_ticket.values()
+        if o.get("account_id") is not None
+    }
     new: list[Sale] = []
     dupes: list[tuple[Sale, dict[str, Any]]] = []
     refused: list[tuple[Sale, str, dict[str, Any] | None]] = []
-    taken: set[tuple[int, str]] = set()
+    taken: set[tuple[int, str, object]] = set()
     for sale in sales:
         key = (sale.event, sale.serial)
         existing = by_ticket.get(key)
@@ -195,18 +203,24 @@ def decide_sales(
         if epoch != current_epoch:
             refused.append((sale, "stale_epoch", None))
             continue
+        # One ticket per visitor and per signed-in account (two browsers, one person).
         mine = by_visitor.get((sale.event, sale.visitor))
+        if mine is None and sale.account is not None:
+            mine = by_account.get((sale.event, sale.account))
         if mine is not None:
             refused.append((sale, "visitor_has_ticket", mine))
             continue
-        if (sale.event, sale.visitor) in taken:
+        who: set[tuple[int, str, object]] = {(sale.event, "visitor", sale.visitor)}
+        if sale.account is not None:
+            who.add((sale.event, "account", sale.account))
+        if who & taken:
             refused.append((sale, "visitor_has_ticket", None))
             continue
         state = tickets.get(key)
         if state != ("pool", shard, epoch):
             refused.append((sale, "not_in_pool", None))
             continue
-        taken.add((sale.event, sale.visitor))
+        taken |= who
         new.append(sale)
     return new, dupes, refused
 
@@ -436,16 +450,26 @@ class Ledger:
                         tickets[(event_id, r[0])] = (r[1], r[2], r[3])
                     orders += [
                         dict(r)
-                        # Two lookups, one per partial unique index: with "serial IN
-                        # OR visitor IN" SQLite scanned every active order of the event.
+                        # One lookup per partial unique index: with "serial IN OR
+                        # visitor IN" SQLite scanned every active order of the event.
                         for r in await self._fetch(
                             f"SELECT * FROM orders WHERE event_id = ?"
                             f" AND status IN ('awaiting_payment', 'complete')"
                             f" AND serial IN ({marks}) UNION"
                             f" SELECT * FROM orders WHERE event_id = ?"
                             f" AND status IN ('awaiting_payment', 'complete')"
-                            f" AND visitor IN ({marks})",
-                            (event_id, *serials, event_id, *(s.visitor for s in chunk)),
+                            f" AND visitor IN ({marks}) UNION"
+                            f" SELECT * FROM orders WHERE event_id = ?"
+                            f" AND status IN ('awaiting_payment', 'complete')"
+                            f" AND account_id IN ({marks})",
+                            (
+                                event_id,
+                                *serials,
+                                event_id,
+                                *(s.visitor for s in chunk),
+                                event_id,
+                                *(s.account for s in chunk),
+                            ),
                         )
                     ]
             new, dupes, refused = decide_sales(shard, epoch, current, sales, tickets, orders)
