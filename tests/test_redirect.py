@@ -56,6 +56,7 @@ async def test_sold_out_is_a_page_for_browsers_and_json_for_clients(
             page = await resp.text()
             assert resp.status == 200 and resp.content_type == "text/html"
             assert "sold out" in page and "data-testid=status" in page
+            assert "data-testid=waitlist-link href=/app/" in page
         async with s.get(cluster.front, headers={"Accept": "application/json"}) as resp:
             assert resp.status == 200
             assert (await resp.json())["status"] == "sold_out"

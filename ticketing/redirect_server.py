@@ -51,11 +51,13 @@ def wants_json(request: web.Request) -> bool:
 
 
 def _page(title: str, body: str, status: int) -> web.Response:
+    """A small page for browsers; styled by the front's sheet when the market is mounted."""
     doc = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
-        f"<title>{html.escape(title)}</title></head><body>"
-        f"<main><h1 data-testid=status>{html.escape(title)}</h1>{body}</main></body></html>"
+        "<link rel=icon href='data:,'><link rel=stylesheet href=/app/style.css>"
+        f"<title>{html.escape(title)}</title></head><body><main><section class=card>"
+        f"<h1 data-testid=status>{html.escape(title)}</h1>{body}</section></main></body></html>"
     )
     return web.Response(text=doc, status=status, content_type="text/html")
 
@@ -157,7 +159,18 @@ class RedirectServer:
         if shard is None:
             if self.main.online_shards():
                 resp = self._answer(
-                    request, 200, f"{event.name}: sold out", {"status": "sold_out", **info}
+                    request,
+                    200,
+                    f"{event.name}: sold out",
+                    {"status": "sold_out", **info},
+                    "<p>Every ticket is taken right now. Tickets not paid for in time come"
+                    " back on sale, first to the waiting list."
+                    + (
+                        " <a data-testid=waitlist-link href=/app/>Join the waiting list</a>."
+                        if self.market
+                        else ""
+                    )
+                    + "</p>",
                 )
             else:
                 resp = self._answer(
@@ -191,8 +204,13 @@ class RedirectServer:
         return resp
 
     def _answer(
-        self, request: web.Request, status: int, title: str, payload: dict[str, Any]
+        self,
+        request: web.Request,
+        status: int,
+        title: str,
+        payload: dict[str, Any],
+        body: str = "<p>Please check back later.</p>",
     ) -> web.Response:
         if wants_json(request):
             return web.json_response(payload, status=status)
-        return _page(title, "<p>Please check back later.</p>", status)
+        return _page(title, body, status)
