@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 from ..bench_worker import raise_fd_limit
 from ..cluster import Child, LocalCluster, shard_names
-from .children import final_line, spawn_child, stop_all
+from .children import final_line, spawn_workers, stop_all
 from .load import split
 from .meter import Meter
 from .options import IDLE_CONNECTIONS, TARGET_IDLE_RSS, Options
@@ -60,29 +59,18 @@ async def run_idle(opts: Options) -> dict[str, Any]:
                 i += n
             workers: list[Child] = []
             try:
-                workers = list(
-                    await asyncio.gather(
-                        *(
-                            spawn_child(
-                                f"idle-worker-{j + 1}",
-                                ["-m", "ticketing.bench_worker", *opts.loop_flag],
-                                stdin_lines=[
-                                    json.dumps(
-                                        {
-                                            "mode": "idle",
-                                            "cafile": str(cluster.keys / "ca.crt"),
-                                            "locations": part,
-                                            "concurrency": max(1, opts.concurrency // workers_n),
-                                            "timeout": 30.0,
-                                            "max_seconds": opts.max_seconds,
-                                        }
-                                    )
-                                ],
-                            )
-                            for j, part in enumerate(parts)
-                        )
-                    )
-                )
+                jobs = [
+                    {
+                        "mode": "idle",
+                        "cafile": str(cluster.keys / "ca.crt"),
+                        "locations": part,
+                        "concurrency": max(1, opts.concurrency // workers_n),
+                        "timeout": 30.0,
+                        "max_seconds": opts.max_seconds,
+                    }
+                    for part in parts
+                ]
+                workers = await spawn_workers("idle", jobs, opts.loop_flag)
                 meter = Meter({**meter_pids, **{w.name: w.pid for w in workers}})
                 rss_before = meter.rss("shard")
                 result = await _hold_idle(workers, meter, opts)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from typing import Any
 
 from ..cluster import Child
 from .checks import percentile
-from .children import spawn_child, stop_all
+from .children import spawn_workers, stop_all
 from .meter import Meter
 from .options import Options
 from .progress import SAMPLE_EVERY, Progress
@@ -47,30 +46,19 @@ async def drive_visits(
     timeout = min(60.0, opts.max_seconds)
     workers: list[Child] = []
     try:
-        workers = list(
-            await asyncio.gather(
-                *(
-                    spawn_child(
-                        f"{label}-worker-{i + 1}",
-                        ["-m", "ticketing.bench_worker", *opts.loop_flag],
-                        stdin_lines=[
-                            json.dumps(
-                                {
-                                    "mode": "visit",
-                                    "front": front,
-                                    "cafile": str(cafile),
-                                    "clients": n,
-                                    "concurrency": k,
-                                    "timeout": timeout,
-                                    "max_seconds": opts.max_seconds,
-                                }
-                            )
-                        ],
-                    )
-                    for i, (n, k) in enumerate(zip(shares_c, shares_k, strict=True))
-                )
-            )
-        )
+        jobs = [
+            {
+                "mode": "visit",
+                "front": front,
+                "cafile": str(cafile),
+                "clients": n,
+                "concurrency": k,
+                "timeout": timeout,
+                "max_seconds": opts.max_seconds,
+            }
+            for n, k in zip(shares_c, shares_k, strict=True)
+        ]
+        workers = await spawn_workers(label, jobs, opts.loop_flag)
         meter = Meter(servers)
         assigned = {w.name: n for w, n in zip(workers, shares_c, strict=True)}
         results = await _run_workers(label, workers, assigned, meter, opts, goal)
