@@ -289,7 +289,7 @@ class ClientServer:
                 try:
                     await old.request("ping", timeout=2.0)
                 except CommandError:
-                    pass  # any answer, even an error reply (main has no "ping"), shows it is alive
+                    pass  # any answer, even an error reply, shows it is alive
                 except (LinkClosed, TimeoutError):
                     await old.close("unresponsive; replaced by a new main link")
                 if not old.closed.is_set():

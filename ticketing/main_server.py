@@ -34,7 +34,7 @@ from .tokens import TokenSigner
 
 log = logging.getLogger("ticketing.main")
 
-BUILTINS = ("report_sales", "need_stock")
+BUILTINS = ("report_sales", "need_stock", "ping")
 MAX_REPORT = 10_000  # sales per report_sales request
 
 
@@ -286,6 +286,7 @@ class MainServer:
             {
                 "report_sales": partial(self._on_report_sales, sl),
                 "need_stock": partial(self._on_need_stock, sl),
+                "ping": self._on_ping,
             }
         )
         link.start()
@@ -450,6 +451,9 @@ class MainServer:
             raise CommandError("report_sales", "too_large", f"at most {MAX_REPORT} sales")
         accepted, refused = await self._record(sl.name or "", int(args["epoch"]), sales)
         return {"accepted": accepted, "refused": refused}
+
+    async def _on_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {}
 
     async def _on_need_stock(self, sl: ShardLink, args: dict[str, Any]) -> dict[str, Any]:
         """A shard ran dry: give it unassigned tickets, else half of the richest shard's."""
