@@ -89,12 +89,3 @@ async def make_cluster(keys: Path, tmp_path: Path) -> AsyncIterator[ClusterFacto
     yield factory
     for cluster in made:
         await cluster.close()
-
-
-async def eventually(predicate: Callable[[], Any], seconds: float = 10.0) -> None:
-    """Poll ``predicate`` until true; fail after ``seconds`` (for cross-process state)."""
-    import asyncio
-
-    async with asyncio.timeout(seconds):
-        while not predicate():  # noqa: ASYNC110 - state lives in other processes or files
-            await asyncio.sleep(0.01)

@@ -8,7 +8,9 @@ moved by the last flush, so a test can also check what went over the wire.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ticketing.protocol import Event, LineProtocol
@@ -74,3 +76,10 @@ class ConnectionPair:
         self.reply("shard", rid, result or HELLO_RESULT)
         self.flush()
         return rid
+
+
+async def eventually(predicate: Callable[[], Any], seconds: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fail after ``seconds`` (for cross-process state)."""
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110 - state lives in other processes or files
+            await asyncio.sleep(0.01)

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import eventually
+from tests.helpers import eventually
 from ticketing.tokens import TokenSigner
 from ticketing.web_client import WebClient, ws_url
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cluster, ClusterFactory, eventually
+from tests.conftest import Cluster, ClusterFactory
+from tests.helpers import eventually
 from ticketing import ClientServer, CommandError, MainServer, TicketingError
 from ticketing.ledger import Audit, Sale
 from ticketing.slices import expand

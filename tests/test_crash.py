@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import eventually
+from tests.helpers import eventually
 from ticketing.cluster import LocalCluster, ShardProcess, shard_names
 from ticketing.tls import write_cluster_keys
 from ticketing.web_client import WebClient

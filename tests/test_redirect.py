@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from tests.conftest import eventually
+from tests.helpers import eventually
 from ticketing.web_client import WebClient
 
 pytestmark = pytest.mark.timeout(60)

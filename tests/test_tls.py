@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import eventually
+from tests.helpers import eventually
 from ticketing import ClientServer, MainServer, PeerRejected, TicketingError
 from ticketing.tls import Credentials, client_context
 
