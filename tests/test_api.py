@@ -72,6 +72,16 @@ class Client:
         assert status == 200, body
         return str(msg["ticket_id"])
 
+    async def listed(self, email: str, price_cents: int = 3000) -> dict[str, Any]:
+        """Sign up as ``email``, buy a ticket and list it; returns the listing."""
+        await self.signup(email)
+        ticket = await self.bought()
+        status, listing = await self.call(
+            "POST", "/api/v1/listings", {"ticket_id": ticket, "price_cents": price_cents}
+        )
+        assert status == 201, listing
+        return listing
+
 
 ClientFactory = Callable[[Shop], Client]
 
@@ -405,11 +415,7 @@ async def test_resale_over_http(make_cluster, client) -> None:
 async def test_withdraw_over_http(make_cluster, client) -> None:
     shop = await open_shop(make_cluster)
     seller = client(shop)
-    await seller.signup("seller@example.com")
-    ticket = await seller.bought()
-    _, listing = await seller.call(
-        "POST", "/api/v1/listings", {"ticket_id": ticket, "price_cents": 3000}
-    )
+    listing = await seller.listed("seller@example.com")
     status, body = await seller.call("DELETE", f"/api/v1/listings/{listing['id']}?version=99")
     error(body, 409, status, field="version")
     status, body = await seller.call(
@@ -424,11 +430,7 @@ async def test_fifty_concurrent_purchase_attempts_over_http_give_one_lock(
 ) -> None:
     shop = await open_shop(make_cluster)
     seller = client(shop)
-    await seller.signup("seller@example.com")
-    ticket = await seller.bought()
-    _, listing = await seller.call(
-        "POST", "/api/v1/listings", {"ticket_id": ticket, "price_cents": 3000}
-    )
+    listing = await seller.listed("seller@example.com")
     buyers = [client(shop) for _ in range(50)]
     await asyncio.gather(*(b.call("GET", "/api/v1/me") for b in buyers))  # visitor cookies
     results = await asyncio.gather(
