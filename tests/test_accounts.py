@@ -11,8 +11,9 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from ticketing import accounts
-from ticketing.accounts import (
+from ticketing.errors import ValidationError
+from ticketing.market import accounts
+from ticketing.market.accounts import (
     Account,
     Accounts,
     hash_password,
@@ -20,7 +21,6 @@ from ticketing.accounts import (
     validate_password,
     verify_password,
 )
-from ticketing.errors import ValidationError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -307,7 +307,7 @@ async def test_concurrent_bumps_are_not_lost(store: Accounts) -> None:
 
 
 def test_signin_throttle_counts_failures_per_email_in_a_window() -> None:
-    from ticketing.accounts import SigninThrottle
+    from ticketing.market.accounts import SigninThrottle
 
     now = [1000.0]
     throttle = SigninThrottle(limit=3, window=60, clock=lambda: now[0])

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 
 from tests.test_market import PASSWORD, Shop, open_shop
-from ticketing.api import OPERATOR_ENV, OPERATOR_FILE_ENV, operator_token_from_env
 from ticketing.errors import ConfigError
-from ticketing.sessions import COOKIE_NAME
+from ticketing.market.api import OPERATOR_ENV, OPERATOR_FILE_ENV, operator_token_from_env
+from ticketing.market.sessions import COOKIE_NAME
 from ticketing.web_client import WebClient
 
 pytestmark = pytest.mark.timeout(60)

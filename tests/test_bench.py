@@ -146,7 +146,7 @@ def test_a_failed_check_makes_the_exit_code_non_zero(
         "ok": verdict.ok,
         "problems": verdict.problems,
     }
-    monkeypatch.setattr(bench, "run_bench", lambda opts: broken)
+    monkeypatch.setattr(bench.run, "run_bench", lambda opts: broken)
     from ticketing.cli import main
 
     assert main(["bench", "--no-baseline", "--json", str(tmp_path / "x.json")]) == 1

@@ -18,8 +18,9 @@ import pytest
 from tests.conftest import Cluster, ClusterFactory
 from tests.helpers import eventually
 from ticketing import ClientServer, CommandError, MainServer, TicketingError
-from ticketing.ledger import Audit, Sale
+from ticketing.ledger import Audit
 from ticketing.slices import expand
+from ticketing.wire import Sale
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -291,7 +292,7 @@ async def test_grant_whose_ack_was_lost_is_recorded_once(make_cluster: ClusterFa
     event = await main.init_tickets("Lost ack", "", "20", 6)
     await main.distribute_tickets(event)
     shard = cluster.shards[0]
-    from ticketing.dispenser import Pending
+    from ticketing.shard.dispenser import Pending
 
     serial = shard.dispenser.pools[event].take()
     assert serial is not None

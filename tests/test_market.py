@@ -24,7 +24,7 @@ from ticketing.market import (
     Principal,
     Unauthorized,
 )
-from ticketing.payment import TestPaymentProvider
+from ticketing.market.payment import TestPaymentProvider
 from ticketing.redirect_server import RedirectServer
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ticketing.errors import TicketingError
-from ticketing.payment import (
+from ticketing.market.payment import (
     Charge,
     PaymentDeclined,
     PaymentError,

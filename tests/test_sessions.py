@@ -8,9 +8,9 @@ import json
 import pytest
 from aiohttp import web
 
-from ticketing.accounts import Account
 from ticketing.errors import TokenError
-from ticketing.sessions import (
+from ticketing.market.accounts import Account
+from ticketing.market.sessions import (
     COOKIE_NAME,
     SessionClaims,
     SessionManager,

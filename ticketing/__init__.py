@@ -6,7 +6,6 @@
 - :class:`RedirectServer` sends browsers to a shard with stock, with a signed token.
 """
 
-from .client_server import ClientServer
 from .errors import (
     CommandError,
     ConfigError,
@@ -17,8 +16,9 @@ from .errors import (
     TokenError,
     ValidationError,
 )
-from .main_server import MainServer
-from .redirect_server import RedirectServer
+from .front.server import RedirectServer
+from .main.server import MainServer
+from .shard.server import ClientServer
 from .tls import write_cluster_keys
 from .web_client import Outcome, WebClient, get_ticket
 

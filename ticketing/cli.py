@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from .process import wait_for_stop
 from .tls import DEFAULT_HOSTS, write_cluster_keys
 
 
@@ -21,15 +21,6 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, int]], use_uvloop: bool = Fal
 
         return uvloop.run(coro_fn())
     return asyncio.run(coro_fn())
-
-
-async def wait_for_stop() -> None:
-    """Return on SIGINT or SIGTERM (Ctrl-C stops cleanly)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 # -- keys ---------------------------------------------------------------------
@@ -46,7 +37,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from .client_server import ClientServer
+    from .shard.server import ClientServer
 
     async def run() -> int:
         shard = ClientServer(args.name, data_dir=args.data)
@@ -70,8 +61,8 @@ def _parse_shard(spec: str) -> tuple[str, int, int]:
 
 
 def cmd_main(args: argparse.Namespace) -> int:
-    from .main_server import MainServer
-    from .redirect_server import RedirectServer
+    from .front.server import RedirectServer
+    from .main.server import MainServer
 
     async def run() -> int:
         main = MainServer(data_dir=args.data, hold_seconds=args.hold_seconds)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from .main_server import MainServer
-from .redirect_server import RedirectServer
+from .front.server import RedirectServer
+from .main.server import MainServer
 from .tls import write_cluster_keys
 
 log = logging.getLogger("ticketing.cluster")

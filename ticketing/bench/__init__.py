@@ -7,10 +7,10 @@ time (``--max-seconds``):
     A local cluster (:class:`~ticketing.cluster.LocalCluster`: main + redirect in this
     process, ``--shards`` shard processes, fresh keys and SQLite files in a temporary
     directory) and ``--clients`` visitors for ``--tickets`` tickets, fired by
-    ``--workers`` load-generator processes (``bench_worker.py``) through the redirect
+    ``--workers`` load-generator processes (``worker.py``) through the redirect
     over real TLS, ``--concurrency`` in flight. In the same run, a **baseline**: the
     bare stack doing the same network work with no ticketing logic
-    (``bench_baseline.py``: one aiohttp HTTPS redirect process + ``--shards`` WSS
+    (``baseline.py``: one aiohttp HTTPS redirect process + ``--shards`` WSS
     processes, the same certificates, clients, concurrency and process layout).
     The sale is checked: nothing oversold, every granted id distinct, every granted
     ticket committed in main's ledger, and an exact audit (:func:`check_sale`); the
@@ -18,7 +18,7 @@ time (``--max-seconds``):
 
 ``ledger``
     Main's ledger alone: a real :class:`~ticketing.main_server.MainServer` and
-    synthetic shard processes (``bench_ledger.py``) that report every ticket of their
+    synthetic shard processes (``synthetic_shard.py``) that report every ticket of their
     slice as sold over the real mutual-TLS links, ``--batch`` sales per request, as
     fast as main commits them.
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ledger import ticket_id
+from ..wire import ticket_id
 
 
 @dataclass

@@ -26,7 +26,7 @@ async def spawn_workers(
             *(
                 spawn_child(
                     f"{label}-worker-{i + 1}",
-                    ["-m", "ticketing.bench_worker", *loop_flag],
+                    ["-m", "ticketing.bench.worker", *loop_flag],
                     stdin_lines=[json.dumps(job)],
                 )
                 for i, job in enumerate(jobs)

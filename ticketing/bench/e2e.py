@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..bench_worker import raise_fd_limit
 from ..cluster import Child, LocalCluster, shard_names
+from ..process import raise_fd_limit
 from ..tls import write_cluster_keys
 from .checks import check_sale
 from .children import spawn_child, stop_all
@@ -30,7 +30,7 @@ async def run_baseline(data: Path, opts: Options) -> dict[str, Any]:
                         f"baseline-{n}",
                         [
                             "-m",
-                            "ticketing.bench_baseline",
+                            "ticketing.bench.baseline",
                             "wss",
                             "--keys",
                             str(keys),
@@ -49,7 +49,7 @@ async def run_baseline(data: Path, opts: Options) -> dict[str, Any]:
             "baseline-redirect",
             [
                 "-m",
-                "ticketing.bench_baseline",
+                "ticketing.bench.baseline",
                 "redirect",
                 "--keys",
                 str(keys),

@@ -9,8 +9,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..bench_worker import raise_fd_limit
 from ..cluster import Child, LocalCluster, shard_names
+from ..process import raise_fd_limit
 from .children import final_line, spawn_workers, stop_all
 from .load import split
 from .meter import Meter
@@ -20,7 +20,7 @@ from .workspace import DataDir, machine
 
 
 async def run_idle(opts: Options) -> dict[str, Any]:
-    from ..shard_web import ADMISSION
+    from ..wire import ADMISSION
 
     raise_fd_limit()
     out: dict[str, Any] = {"mode": "idle", "options": opts.public(), "machine": machine()}

@@ -1,5 +1,5 @@
 """``ledger`` mode: main's ledger alone, fed by synthetic shards
-(``python -m ticketing.bench_ledger``)."""
+(``python -m ticketing.bench.synthetic_shard``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .workspace import DataDir, machine
 
 
 async def run_ledger(opts: Options) -> dict[str, Any]:
-    from ..main_server import MainServer
+    from ..main.server import MainServer
 
     names = shard_names(opts.shards)
     out: dict[str, Any] = {"mode": "ledger", "options": opts.public(), "machine": machine()}
@@ -44,7 +44,7 @@ async def run_ledger(opts: Options) -> dict[str, Any]:
                             f"synthetic-{n}",
                             [
                                 "-m",
-                                "ticketing.bench_ledger",
+                                "ticketing.bench.synthetic_shard",
                                 "--name",
                                 n,
                                 "--keys",

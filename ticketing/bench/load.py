@@ -1,5 +1,5 @@
 """The load: ``opts.clients`` visitors fired from worker processes
-(``python -m ticketing.bench_worker``), and what their answers add up to."""
+(``python -m ticketing.bench.worker``), and what their answers add up to."""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ from .ledger_mode import run_ledger
 from .options import Options, add_options, options_from_args
 from .report import format_e2e, format_idle, format_ledger
 
+DESCRIPTION = "``ticketing bench``: how fast is the whole stack, and how much of it is ours?"
+
 MODES: dict[
     str,
     tuple[
@@ -39,9 +41,6 @@ def run_bench(opts: Options) -> dict[str, Any]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``ticketing bench``: 0 when every check passed, 1 otherwise."""
-    # Through the package face, where tests replace run_bench with a canned result.
-    from . import run_bench
-
     opts = options_from_args(args)
     out = run_bench(opts)
     print(MODES[opts.mode][1](out), flush=True)
@@ -53,12 +52,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``bench`` to the ``ticketing`` command's subparsers."""
-    from . import __doc__ as about  # the package docstring: its first paragraph
-
     p: argparse.ArgumentParser = sub.add_parser(
         "bench",
         help="benchmark: e2e (with a bare-stack baseline), ledger, idle",
-        description=about.split("\n\n")[0] if about else None,
+        description=DESCRIPTION,
     )
     add_options(p, tuple(MODES))
     p.set_defaults(fn=cmd_bench)

@@ -1,1 +1,7 @@
-"""Static files of the marketplace front page (served by the redirect server at /app/)."""
+"""The front door: routes each browser to a shard with stock, with a signed admission token."""
+
+from __future__ import annotations
+
+from .server import RedirectServer
+
+__all__ = ["RedirectServer"]

@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from ..accounts import Accounts, SigninThrottle
 from ..errors import TicketingError, ValidationError
 from ..ledger import Ledger
-from ..payment import PaymentProvider, TestPaymentProvider
-from ..sessions import DEFAULT_TTL, SessionManager
+from .accounts import Accounts, SigninThrottle
 from .errors import Conflict
 from .ownership import Principal
+from .payment import PaymentProvider, TestPaymentProvider
+from .sessions import DEFAULT_TTL, SessionManager
 
 if TYPE_CHECKING:
-    from ..main_server import MainServer
+    from ..main.server import MainServer
 
 log = logging.getLogger("ticketing.market")
 

@@ -21,12 +21,12 @@ from typing import Any
 import aiosqlite
 
 from ..errors import ValidationError
-from ..ledger import ticket_id
-from ..payment import PaymentDeclined, PaymentError
+from ..wire import ticket_id
 from .base import KINDS, PRIMARY, RESALE, Effects, Notice, OrderKind, check_version, fetch, log
 from .errors import Conflict, Forbidden, PaymentFailed
 from .expiry import ExpiryMixin
 from .ownership import Principal, owner_of
+from .payment import PaymentDeclined, PaymentError
 
 # Limits
 MAX_CARD_TOKEN = 128

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..ledger import ticket_id
+from ..wire import ticket_id
 from .base import KINDS, PRIMARY, Effects, Notice, OrderKind, fetch, log
 from .ownership import owner_of
 from .schema import WAITLIST_SHARD

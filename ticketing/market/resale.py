@@ -6,7 +6,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..ledger import ticket_id
+from ..wire import ticket_id
 from .base import RESALE, Effects, Notice, check_price, check_version, fetch, parse_ticket_id
 from .errors import Conflict, Forbidden, NotFound, Unauthorized
 from .ownership import Principal

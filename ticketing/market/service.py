@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from ..accounts import Accounts
 from ..db import open_db
-from ..sessions import SessionManager
+from .accounts import Accounts
 from .base import fetch, log
 from .checkout import CheckoutMixin
 from .overview import OverviewMixin
 from .resale import ResaleMixin
 from .schema import SCHEMA
+from .sessions import SessionManager
 from .signin import SigninMixin
 
 

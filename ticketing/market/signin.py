@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-from ..accounts import BAD_CREDENTIALS, DUPLICATE_EMAIL, Account, Accounts
 from ..errors import TicketingError, TokenError, ValidationError
-from ..sessions import SessionClaims
+from .accounts import BAD_CREDENTIALS, DUPLICATE_EMAIL, Account, Accounts
 from .base import MarketBase
 from .errors import Conflict, TooManyAttempts, Unauthorized
 from .ownership import Principal
 from .schema import CLAIMABLE
+from .sessions import SessionClaims
 
 
 class SigninMixin(MarketBase):

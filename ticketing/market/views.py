@@ -7,7 +7,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..ledger import ticket_id
+from ..wire import ticket_id
 from .base import KINDS, RESALE, MarketBase, OrderKind, fetch
 from .errors import Forbidden, NotFound
 from .ownership import Principal

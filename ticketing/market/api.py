@@ -53,10 +53,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .errors import ConfigError, TicketingError, ValidationError
-from .headers import SECURITY_HEADERS
-from .main_server import MainServer, price_to_cents
-from .market import (
+from ..errors import ConfigError, TicketingError, ValidationError
+from ..headers import SECURITY_HEADERS
+from ..main.server import MainServer, price_to_cents
+from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
+from . import (
     Conflict,
     Forbidden,
     Market,
@@ -66,7 +67,6 @@ from .market import (
     Principal,
     Unauthorized,
 )
-from .redirect_server import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
 from .sessions import COOKIE_NAME, SessionClaims, cookie_kwargs
 
 log = logging.getLogger("ticketing.api")
@@ -176,7 +176,7 @@ class MarketAPI:
         self.sockets: dict[web.WebSocketResponse, Principal] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._files = {
-            name: resources.files("ticketing.front").joinpath(name).read_bytes()
+            name: resources.files("ticketing.market.page").joinpath(name).read_bytes()
             for name in FRONT_FILES
         }
 

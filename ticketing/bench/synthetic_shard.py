@@ -1,4 +1,4 @@
-"""A synthetic shard for ``ticketing bench --mode ledger`` (``python -m ticketing.bench_ledger``).
+"""A synthetic shard for ``ticketing bench --mode ledger`` (``python -m ticketing.bench.synthetic_shard``).
 
 It speaks the real main<->shard protocol (``link.py`` over mutual TLS, its own
 ``shard-k`` certificate) but has no browsers: as soon as main assigns it a slice it
@@ -20,12 +20,12 @@ import sys
 import time
 from typing import Any
 
-from .bench_worker import stop_or_orphaned
-from .errors import CommandError, LinkClosed, PeerRejected
-from .link import Commands, Link
-from .protocol import PROTOCOL_VERSION
-from .slices import RangeSet, parse_ranges
-from .tls import Credentials, check_peer, server_context
+from ..errors import CommandError, LinkClosed, PeerRejected
+from ..link import Commands, Link
+from ..protocol import PROTOCOL_VERSION
+from ..slices import RangeSet, parse_ranges
+from ..tls import Credentials, check_peer, server_context
+from .worker import stop_or_orphaned
 
 log = logging.getLogger("ticketing.bench.shard")
 
@@ -179,7 +179,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ticketing.bench_ledger")
+    parser = argparse.ArgumentParser(prog="python -m ticketing.bench.synthetic_shard")
     parser.add_argument("--name", required=True)
     parser.add_argument("--keys", required=True)
     parser.add_argument("--host", default="127.0.0.1")

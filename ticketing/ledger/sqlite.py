@@ -28,8 +28,9 @@ from typing import Any
 
 import aiosqlite
 
-from .db import open_db, transaction
-from .slices import Range, compress, count
+from ..db import open_db, transaction
+from ..slices import Range, compress, count
+from ..wire import Sale
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -96,10 +97,6 @@ ACTIVE = ("awaiting_payment", "complete")
 _CHUNK = 400  # bound for "IN (...)" parameter lists
 
 
-def ticket_id(event_id: int, serial: int) -> str:
-    return f"{event_id}-{serial}"
-
-
 @dataclass(frozen=True)
 class Event:
     id: int
@@ -120,28 +117,6 @@ class ShardRecord:
     tls_port: int
     https_port: int
     weight: float
-
-
-@dataclass(frozen=True)
-class Sale:
-    """A grant reported by a shard: ``visitor`` got ``serial`` of ``event``."""
-
-    event: int
-    serial: int
-    visitor: str
-    account: int | None = None
-
-    @classmethod
-    def from_wire(cls, item: dict[str, Any]) -> Sale:
-        event, serial, visitor = item["event"], item["serial"], item["visitor"]
-        account = item.get("account")
-        if type(event) is not int or type(serial) is not int or serial < 0:
-            raise ValueError("event and serial must be integers")
-        if not isinstance(visitor, str) or not 0 < len(visitor) <= 128:
-            raise ValueError("visitor must be a short string")
-        if account is not None and type(account) is not int:
-            raise ValueError("account must be an integer")
-        return cls(event, serial, visitor, account)
 
 
 @dataclass

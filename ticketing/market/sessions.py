@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import TokenError
-from .tokens import NonceCache, TokenSigner, TokenVerifier
+from ..errors import TokenError
+from ..tokens import NonceCache, TokenSigner, TokenVerifier
 
 if TYPE_CHECKING:
     from .accounts import Account

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 # scrypt parameters (memory-hard: 128 * r * n bytes = 16 MiB per hash)
 SCRYPT_N = 2**14

@@ -1,4 +1,4 @@
-"""The bare-stack baseline of ``ticketing bench`` (``python -m ticketing.bench_baseline``).
+"""The bare-stack baseline of ``ticketing bench`` (``python -m ticketing.bench.baseline``).
 
 The same network work as a ticketing visit with no ticketing logic, so the benchmark
 can say how much of the cost is ours:
@@ -29,9 +29,9 @@ from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from .bench_worker import stop_or_orphaned
-from .redirect_server import VISITOR_COOKIE
-from .tls import Credentials, browser_server_context
+from ..tls import Credentials, browser_server_context
+from ..visitor import VISITOR_COOKIE
+from .worker import stop_or_orphaned
 
 TOKEN_CHARS = 230  # about the length of a real admission token
 
@@ -105,7 +105,7 @@ async def run_wss(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ticketing.bench_baseline")
+    parser = argparse.ArgumentParser(prog="python -m ticketing.bench.baseline")
     parser.add_argument("role", choices=("redirect", "wss"))
     parser.add_argument("--keys", required=True)
     parser.add_argument("--name", required=True, help="whose certificate: main, shard-1, ...")

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ledger import Sale, ticket_id
-from .slices import RangeSet
+from ..slices import RangeSet
+from ..wire import Sale, ticket_id
 
 Message = dict[str, Any]
 

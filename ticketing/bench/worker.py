@@ -1,4 +1,4 @@
-"""One load-generator process of ``ticketing bench`` (``python -m ticketing.bench_worker``).
+"""One load-generator process of ``ticketing bench`` (``python -m ticketing.bench.worker``).
 
 The benchmark runs the client side in worker processes so that the load generator
 is neither a single-process bottleneck nor counted as server CPU. A worker talks to
@@ -34,22 +34,10 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from .web_client import WebClient, ws_url
+from ..process import raise_fd_limit, wait_for_stop
+from ..web_client import WebClient, ws_url
 
 PROGRESS_EVERY = 0.25  # seconds between progress lines
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-files limit to the hard one; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def emit(tag: str, payload: Any = None) -> None:
@@ -75,7 +63,6 @@ async def read_line() -> str:
 async def stop_or_orphaned() -> None:
     """Return on SIGTERM/SIGINT, or when the parent closes our stdin (it was killed):
     the benchmark's helper servers never outlive it."""
-    from .cli import wait_for_stop
 
     async def orphaned() -> None:
         while await read_line():

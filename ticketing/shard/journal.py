@@ -20,9 +20,9 @@ from typing import Any
 
 import aiosqlite
 
-from .db import open_db, transaction
-from .ledger import Sale
-from .slices import Range, RangeSet
+from ..db import open_db, transaction
+from ..slices import Range, RangeSet
+from ..wire import Sale
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -18,7 +18,7 @@ import logging
 import mimetypes
 from http import HTTPStatus
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -26,16 +26,15 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .errors import TokenError
-from .headers import SECURITY_HEADERS
-from .tls import Credentials, browser_server_context
-
-if TYPE_CHECKING:
-    from .client_server import ClientServer
+from ..errors import TokenError
+from ..headers import SECURITY_HEADERS
+from ..tls import Credentials, browser_server_context
+from ..tokens import NonceCache, TokenVerifier
+from ..wire import ADMISSION
+from .dispenser import Dispenser, Waiter
 
 log = logging.getLogger("ticketing.shard.web")
 
-ADMISSION = "admission"
 # asyncio's SSL transport gives every connection a 256 KiB read buffer (sslproto's
 # max_size): ~290 KiB of RSS per idle browser, 1.5 GiB for 5,000. One TLS record
 # (16 KiB) per read is enough. uvloop has its own transport and smaller buffers.
@@ -61,11 +60,28 @@ def json_response(status: HTTPStatus, payload: Any) -> Response:
 
 
 def web_file(name: str) -> bytes:
-    return resources.files("ticketing.web").joinpath(name).read_bytes()
+    return resources.files("ticketing.shard.page").joinpath(name).read_bytes()
+
+
+class Shard(Protocol):
+    """What the browser port needs of its shard (:class:`~.server.ClientServer` is one)."""
+
+    name: str
+    max_message: int
+    grant_timeout: float
+    dispenser: Dispenser
+    verifier: TokenVerifier | None  # None until main's hello brought its key
+    nonces: NonceCache
+
+    def status(self) -> dict[str, Any]: ...
+
+    def enqueue(self, visitor: str, event: int, account: int | None = None) -> Waiter: ...
 
 
 class ShardWeb:
-    def __init__(self, shard: ClientServer, creds: Credentials) -> None:
+    """The browser side of one shard: page, ``/health``, ``/event`` and ``/ws``."""
+
+    def __init__(self, shard: Shard, creds: Credentials) -> None:
         self.shard = shard
         self.ssl = browser_server_context(creds)
         self.server: Server | None = None

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import TicketingError
+from ..errors import TicketingError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,571 @@
+"""The main server: owns the ledger, links to every shard over mutual TLS.
+
+It creates events, splits their tickets among the shards as slices of serials,
+records every grant the shards report (in batches), moves stock from rich shards
+to ones that run dry, and fences a dead shard by bumping its epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected, TicketingError
+from ..ledger import Audit, Event, Ledger
+from ..link import Commands, Handler, Link
+from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
+from ..slices import Range, count, cut, parse_ranges, shares
+from ..tls import Credentials, PemSource, check_peer, client_context
+from ..tokens import TokenSigner
+from ..wire import Sale
+
+log = logging.getLogger("ticketing.main")
+
+BUILTINS = ("report_sales", "need_stock", "ping")
+MAX_REPORT = 10_000  # sales per report_sales request
+
+
+@dataclass(eq=False)
+class ShardLink:
+    """Main's view of one shard: where it is, its link, its epoch, its stock."""
+
+    host: str
+    tls_port: int
+    https_port: int
+    weight: float = 1.0
+    name: str | None = None
+    epoch: int = 0
+    link: Link | None = None
+    online: bool = False
+    offline_since: float | None = None
+    stock: dict[int, int] = field(default_factory=dict)  # event -> tickets in its pool
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def https_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.https_port}"
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "online": self.online,
+            "epoch": self.epoch,
+            "url": self.https_url,
+            "stock": {str(k): v for k, v in self.stock.items()},
+        }
+
+
+def price_to_cents(price: Any) -> int:
+    try:
+        cents = Decimal(str(price)) * 100
+    except InvalidOperation as exc:
+        raise ValueError(f"bad price {price!r}") from exc
+    if cents < 0 or cents != cents.to_integral_value():
+        raise ValueError("price must be >= 0 with at most two decimals")
+    return int(cents)
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The token key survives restarts so sessions and admissions stay valid."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"{path} is not an Ed25519 key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    return key
+
+
+class MainServer:
+    """The main server. ``async with MainServer(data_dir=...) as main: ...``."""
+
+    def __init__(
+        self,
+        name: str = "main",
+        *,
+        data_dir: str | os.PathLike[str] = "data",
+        ledger_path: str | os.PathLike[str] | None = None,
+        # Marketplace
+        hold_seconds: float = 15 * 60,
+        # Limits
+        max_line: int = DEFAULT_MAX_LINE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        # Timeouts
+        connect_timeout: float = 10.0,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 5.0,
+        reclaim_after: float | None = 30.0,
+        # Durability
+        synchronous: str = "FULL",
+    ) -> None:
+        self.name = name
+        self.data_dir = Path(data_dir)
+        self.ledger_path = Path(ledger_path or self.data_dir / "ledger.sqlite3")
+        self.hold_seconds = hold_seconds
+        self.max_line, self.max_in_flight = max_line, max_in_flight
+        self.connect_timeout = connect_timeout
+        self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
+        self.reclaim_after = reclaim_after
+        self.synchronous = synchronous
+        self.credentials: Credentials | None = None
+        self.commands = Commands(BUILTINS)
+        self.ledger: Ledger | None = None
+        self.signer: TokenSigner | None = None
+        self.shards: dict[str, ShardLink] = {}
+        self.unassigned: dict[int, int] = {}  # event -> tickets in main's pool
+        self.sale_listeners: list[Callable[[list[dict[str, Any]]], Any]] = []
+        self._stock_lock = asyncio.Lock()  # one stock move at a time
+        self._links: list[ShardLink] = []  # every shard we keep linked, named or not yet
+        self._closed = False
+
+    # -- configuration -----------------------------------------------------------
+
+    def set_certificate_path(self, path: str | os.PathLike[str]) -> None:
+        """Use ``<path>/ca.crt`` and ``<path>/<name>.crt|.key`` (the seed's API)."""
+        self.credentials = Credentials.from_directory(path, self.name)
+
+    def set_options(self, *, key: PemSource, cert: PemSource, ca: PemSource) -> None:
+        self.credentials = Credentials(cert=cert, key=key, ca=ca)
+
+    def register_command(self, name: str, handler: Handler) -> None:
+        """Add a custom command shards can call: ``async def handler(args) -> result``."""
+        self.commands.register(name, handler)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the ledger and the signing key (idempotent; other calls do it too)."""
+        if self.ledger is not None:
+            return
+        if self.credentials is None:
+            self.set_certificate_path("keys")
+        self.signer = TokenSigner(load_signing_key(self.data_dir / "signing.key"))
+        self.ledger = await Ledger.open(self.ledger_path, synchronous=self.synchronous)
+        await self._refresh_counts()
+        log.info("main started on %s", self.ledger_path)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sl in self._links:
+            if sl.task:
+                sl.task.cancel()
+            if sl.link:
+                await sl.link.close("main closing")
+        if self.ledger:
+            await self.ledger.close()
+        log.info("main closed")
+
+    async def __aenter__(self) -> MainServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _ledger(self) -> Ledger:
+        if self.ledger is None:
+            raise TicketingError("main server not started: await main.start() first")
+        return self.ledger
+
+    # -- linking shards ---------------------------------------------------------------
+
+    async def connect_client_server(
+        self,
+        host: str,
+        tls_port: int,
+        https_port: int,
+        callback: Callable[[], Any] | None = None,
+        *,
+        weight: float = 1.0,
+    ) -> str:
+        """Link to a shard; returns its name once the link is up and in sync.
+
+        The link is then kept up: if it drops, the shard is marked offline and main
+        reconnects with backoff. ``callback`` (sync or async) runs once linked.
+        """
+        await self.start()
+        sl = ShardLink(host, tls_port, https_port, weight)
+        first: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        sl.task = asyncio.create_task(self._keep_linked(sl, first), name=f"link-{host}:{tls_port}")
+        self._links.append(sl)  # close() stops it even before its first link is up
+        name = await first
+        if callback is not None:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        return name
+
+    async def _keep_linked(self, sl: ShardLink, first: asyncio.Future[str]) -> None:
+        delay = self.reconnect_min
+        while not self._closed:
+            try:
+                link = await self._connect(sl)
+            except (
+                OSError,
+                ssl.SSLError,
+                TimeoutError,
+                PeerRejected,
+                LinkClosed,
+                CommandError,
+            ) as exc:
+                if not first.done():
+                    first.set_exception(exc)
+                    return
+                log.warning("reconnect to %s failed: %s (retry in %.1fs)", sl.name, exc, delay)
+                await self._maybe_reclaim(sl)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            delay = self.reconnect_min
+            if not first.done():
+                first.set_result(sl.name or "")
+            await link.closed.wait()
+            sl.online, sl.link, sl.offline_since = False, None, time.monotonic()
+            log.warning("shard %s offline; reconnecting", sl.name)
+
+    async def _maybe_reclaim(self, sl: ShardLink) -> None:
+        if (
+            self.reclaim_after is not None
+            and sl.name
+            and sl.offline_since is not None
+            and time.monotonic() - sl.offline_since >= self.reclaim_after
+            and any(sl.stock.values())
+        ):
+            await self.reclaim_shard(sl.name)
+
+    async def _connect(self, sl: ShardLink) -> Link:
+        assert self.credentials and self.signer
+        ctx = client_context(self.credentials)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(sl.host, sl.tls_port, ssl=ctx, server_hostname=sl.host),
+            self.connect_timeout,
+        )
+        try:
+            ident = check_peer(writer.get_extra_info("ssl_object"), "shard", sl.name)
+            if sl.name is None and ident.name in self.shards:
+                raise PeerRejected(f"shard {ident.name!r} is already linked")
+        except PeerRejected as exc:
+            log.warning("refused shard at %s:%d: %s", sl.host, sl.tls_port, exc)
+            writer.close()
+            raise
+        link = Link(
+            reader,
+            writer,
+            ident,
+            self.commands,
+            log,
+            max_line=self.max_line,
+            max_in_flight=self.max_in_flight,
+        )
+        link.commands = self.commands.extended(
+            {
+                "report_sales": partial(self._on_report_sales, sl),
+                "need_stock": partial(self._on_need_stock, sl),
+                "ping": self._on_ping,
+            }
+        )
+        link.start()
+        try:
+            hello = await link.hello(
+                {
+                    "version": PROTOCOL_VERSION,
+                    "node": self.name,
+                    "role": "main",
+                    "token_key": self.signer.public_key_bytes.hex(),
+                },
+                timeout=self.connect_timeout,
+            )
+            if hello.get("node") != ident.name or hello.get("role") != "shard":
+                raise PeerRejected(
+                    f"hello from {hello.get('node')!r} does not match its certificate"
+                )
+            await self._sync(sl, link, ident.name)
+        except BaseException:
+            await link.close("link setup failed")
+            raise
+        return link
+
+    async def _sync(self, sl: ShardLink, link: Link, name: str) -> None:
+        """Reconcile: record the shard's unacked grants, then send its true pools."""
+        ledger = self._ledger()
+        rec = await ledger.register_shard(name, sl.host, sl.tls_port, sl.https_port, sl.weight)
+        reply = await link.request("sync", {"epoch": rec.epoch})
+        groups: dict[int, list[Sale]] = {}
+        for item in reply["unacked"]:
+            groups.setdefault(int(item["epoch"]), []).append(Sale.from_wire(item))
+        accepted: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+        for epoch, sales in groups.items():
+            a, r = await self._record(name, epoch, sales)
+            accepted += a
+            refused += r
+        pools = await ledger.shard_pools(name, rec.epoch)
+        events = {str(e.id): e.public() for e in await ledger.events()}
+        await link.request(
+            "set_pool",
+            {
+                "epoch": rec.epoch,
+                "events": events,
+                "accepted": accepted,
+                "refused": refused,
+                "pools": {str(e): r for e, r in pools.items()},
+            },
+        )
+        sl.name, sl.epoch, sl.link, sl.online, sl.offline_since = name, rec.epoch, link, True, None
+        sl.stock = {e: count(r) for e, r in pools.items()}
+        self.shards[name] = sl
+        log.info(
+            "shard %s linked and in sync (epoch %d, %d re-reported)",
+            name,
+            rec.epoch,
+            len(accepted) + len(refused),
+        )
+
+    # -- events and distribution --------------------------------------------------------
+
+    async def init_tickets(self, name: str, description: str, price: Any, count: int) -> int:
+        """Create an event with ``count`` tickets at ``price`` (currency units); returns its id."""
+        await self.start()
+        if not isinstance(count, int) or count < 0:
+            raise ValueError("count must be an integer >= 0")
+        if not name:
+            raise ValueError("an event needs a name")
+        event = await self._ledger().create_event(name, description, price_to_cents(price), count)
+        self.unassigned[event.id] = count
+        log.info("event %d %r created with %d tickets", event.id, name, count)
+        return event.id
+
+    def online_shards(self) -> list[ShardLink]:
+        return [s for s in self.shards.values() if s.online and s.link]
+
+    async def distribute_tickets(
+        self,
+        event_id: int | None = None,
+        *,
+        shards: list[str] | None = None,
+        weights: dict[str, float] | None = None,
+    ) -> dict[str, int]:
+        """Split unassigned tickets among online shards (all events when id is None).
+
+        Sizes differ by at most one for equal weights (remainder spread one by one);
+        ``weights`` overrides the shards' own. Returns tickets given per shard.
+        """
+        ledger = self._ledger()
+        targets = [s for s in self.online_shards() if shards is None or s.name in shards]
+        if not targets:
+            raise TicketingError("no shard is linked: connect_client_server first")
+        ids = [event_id] if event_id is not None else [e.id for e in await ledger.events()]
+        given: dict[str, int] = {s.name or "": 0 for s in targets}
+        async with self._stock_lock:
+            for eid in ids:
+                event = await ledger.event(eid)
+                if event is None:
+                    raise ValueError(f"no event {eid}")
+                free = await ledger.unassigned(eid)
+                w = [(weights or {}).get(s.name or "", s.weight) for s in targets]
+                pieces = cut(free, shares(count(free), w))
+                plan = {s: p for s, p in zip(targets, pieces, strict=True) if p}
+                await ledger.assign(eid, {s.name or "": (s.epoch, p) for s, p in plan.items()})
+                await asyncio.gather(*(self._send_assign(s, event, p) for s, p in plan.items()))
+                for s, p in plan.items():
+                    given[s.name or ""] += count(p)
+        await self._refresh_counts()
+        log.info("distributed: %s", given)
+        return given
+
+    async def _send_assign(self, sl: ShardLink, event: Event, ranges: list[Range]) -> None:
+        """Tell a shard about its new slice (the ledger already has it)."""
+        if sl.link is None:
+            return  # offline: the next sync sends it the whole pool
+        try:
+            await sl.link.request(
+                "assign",
+                {
+                    "event": event.id,
+                    "epoch": sl.epoch,
+                    "ranges": ranges,
+                    "info": event.public(),
+                },
+            )
+        except (LinkClosed, CommandError, TimeoutError) as exc:
+            log.warning("assign to %s not confirmed (%s); the next sync repairs it", sl.name, exc)
+
+    async def _refresh_counts(self) -> None:
+        ledger = self._ledger()
+        self.unassigned = {
+            e.id: count(await ledger.unassigned(e.id)) for e in await ledger.events()
+        }
+        counts = await ledger.pool_counts()
+        for sl in self.shards.values():
+            sl.stock = {e: n for (s, e), n in counts.items() if s == sl.name}
+
+    async def refresh_counts(self) -> None:
+        """Re-read stock counts from the ledger (the marketplace released tickets to main)."""
+        await self._refresh_counts()
+
+    # -- commands from shards --------------------------------------------------------------
+
+    async def _record(
+        self, shard: str, epoch: int, sales: list[Sale]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        accepted, refused, fresh = await self._ledger().record_sales(
+            shard, epoch, sales, self.hold_seconds
+        )
+        sl = self.shards.get(shard)
+        for order in fresh:
+            if sl:
+                sl.stock[order["event_id"]] = max(0, sl.stock.get(order["event_id"], 0) - 1)
+        if fresh:
+            for listener in self.sale_listeners:
+                listener(fresh)
+        return accepted, refused
+
+    async def _on_report_sales(self, sl: ShardLink, args: dict[str, Any]) -> dict[str, Any]:
+        sales = [Sale.from_wire(item) for item in args["sales"]]
+        if len(sales) > MAX_REPORT:
+            raise CommandError("report_sales", "too_large", f"at most {MAX_REPORT} sales")
+        accepted, refused = await self._record(sl.name or "", int(args["epoch"]), sales)
+        return {"accepted": accepted, "refused": refused}
+
+    async def _on_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def _on_need_stock(self, sl: ShardLink, args: dict[str, Any]) -> dict[str, Any]:
+        """A shard ran dry: give it unassigned tickets, else half of the richest shard's."""
+        ledger = self._ledger()
+        event = await ledger.event(int(args["event"]))
+        if event is None:
+            raise CommandError("need_stock", "unknown_event", f"no event {args['event']}")
+        async with self._stock_lock:
+            if int(args["epoch"]) != sl.epoch:  # fenced: stock given now could never be sold
+                raise CommandError("need_stock", "stale_epoch", f"{sl.name} is at epoch {sl.epoch}")
+            free = await ledger.unassigned(event.id)
+            if free:
+                n = -(-count(free) // max(1, len(self.online_shards())))
+                piece = cut(free, [n])[0]
+                await ledger.assign(event.id, {sl.name or "": (sl.epoch, piece)})
+                await self._send_assign(sl, event, piece)
+                await self._refresh_counts()
+                return {"added": n}
+            donors = sorted(
+                (s for s in self.online_shards() if s is not sl and s.stock.get(event.id, 0) > 0),
+                key=lambda s: -s.stock.get(event.id, 0),
+            )
+            for donor in donors:
+                moved = await self._move_stock(donor, sl, event)
+                if moved:
+                    return {"added": moved}
+            if any(s.stock.get(event.id, 0) for s in self.shards.values() if not s.online):
+                return {
+                    "wait": 1.0
+                }  # tickets sit on an offline shard until it returns or is reclaimed
+            return {"sold_out": True}
+
+    async def _move_stock(self, donor: ShardLink, to: ShardLink, event: Event) -> int:
+        want = (donor.stock.get(event.id, 0) + 1) // 2
+        assert donor.link
+        try:
+            reply = await donor.link.request(
+                "release", {"event": event.id, "count": want, "epoch": donor.epoch}
+            )
+            ranges = parse_ranges(reply["ranges"])
+        except (LinkClosed, CommandError, TimeoutError, KeyError, ValueError) as exc:
+            log.warning("release from %s failed: %s", donor.name, exc)
+            return 0
+        if not ranges:
+            donor.stock[event.id] = 0  # what it had left is already being granted
+            return 0
+        await self._ledger().transfer(
+            event.id, ranges, (donor.name or "", donor.epoch), (to.name or "", to.epoch)
+        )
+        await self._send_assign(to, event, ranges)
+        await self._refresh_counts()
+        log.info(
+            "moved %d tickets of event %d from %s to %s",
+            count(ranges),
+            event.id,
+            donor.name,
+            to.name,
+        )
+        return count(ranges)
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def reclaim_shard(self, name: str) -> int:
+        """Fence a dead shard: bump its epoch and take back its unsold tickets."""
+        async with self._stock_lock:
+            epoch = await self._ledger().reclaim(name)
+            sl = self.shards.get(name)
+            if sl:
+                sl.epoch = epoch
+                if sl.link:  # still linked: make it re-sync into the new epoch now
+                    await sl.link.close("fenced by a new epoch")
+            await self._refresh_counts()
+        log.warning(
+            "shard %s fenced at epoch %d; its unsold tickets are back with main", name, epoch
+        )
+        return epoch
+
+    async def call(self, shard: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """Send a (custom) command to a linked shard and return its result."""
+        sl = self.shards.get(shard)
+        if sl is None or sl.link is None:
+            raise TicketingError(f"shard {shard!r} is not linked")
+        return await sl.link.request(cmd, args)
+
+    async def events(self) -> list[Event]:
+        return await self._ledger().events()
+
+    async def event(self, event_id: int) -> Event | None:
+        return await self._ledger().event(event_id)
+
+    async def audit(self, event_id: int | None = None) -> Audit:
+        return await self._ledger().audit(event_id)
+
+    async def status(self) -> dict[str, Any]:
+        events = await self._ledger().events()
+        return {
+            "events": [dict(e.public(), unassigned=self.unassigned.get(e.id, 0)) for e in events],
+            "shards": [s.public() for s in self.shards.values()],
+        }
+
+    def pick_shard(self, event_id: int) -> ShardLink | None:
+        """Choose an online shard for a new visitor, weighted by its remaining stock.
+
+        When no shard holds stock but main still has unassigned tickets, any online
+        shard will do: it asks main for stock on the visitor's arrival.
+        """
+        online = self.online_shards()
+        stocked = [s for s in online if s.stock.get(event_id, 0) > 0]
+        if stocked:
+            weights = [s.stock[event_id] for s in stocked]
+            return random.choices(stocked, weights)[0]
+        if online and self.unassigned.get(event_id, 0) > 0:
+            return random.choice(online)
+        return None
