@@ -285,27 +285,6 @@ async def test_concurrent_signups_one_email_two_connections(tmp_path: Path) -> N
         await stores[1].signup("two@example.com", PASSWORD)
 
 
-async def test_session_generation(store: Accounts) -> None:
-    account = await store.signup("erin@example.com", PASSWORD)
-    other = await store.signup("frank@example.com", PASSWORD)
-    assert await store.session_generation(account.id) == 0
-    assert await store.bump_session_generation(account.id) == 1
-    assert await store.bump_session_generation(account.id) == 2
-    assert await store.session_generation(account.id) == 2
-    assert await store.session_generation(other.id) == 0
-    with pytest.raises(LookupError):
-        await store.bump_session_generation(999)
-    with pytest.raises(LookupError):
-        await store.session_generation(999)
-
-
-async def test_concurrent_bumps_are_not_lost(store: Accounts) -> None:
-    account = await store.signup("gina@example.com", PASSWORD)
-    results = await asyncio.gather(*(store.bump_session_generation(account.id) for _ in range(20)))
-    assert sorted(results) == list(range(1, 21))
-    assert await store.session_generation(account.id) == 20
-
-
 def test_signin_throttle_counts_failures_per_email_in_a_window() -> None:
     from ticketing.market.accounts import SigninThrottle
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.test_market import PASSWORD, Shop, open_shop
+from tests.shop import PASSWORD, Shop, open_shop
 from ticketing.errors import ConfigError
 from ticketing.market.api import OPERATOR_ENV, OPERATOR_FILE_ENV, operator_token_from_env
 from ticketing.market.sessions import COOKIE_NAME

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 
-from ticketing.ledger import Ledger
+from ticketing.ledger import open_ledger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,7 +75,7 @@ def test_keys_writes_a_ca_and_one_certificate_per_node(tmp_path: Path) -> None:
 
 
 async def make_ledger(path: Path) -> None:
-    ledger = await Ledger.open(path, synchronous="NORMAL")
+    ledger = await open_ledger(path, synchronous="NORMAL")
     try:
         first = await ledger.create_event("A", "", 2500, 10)
         await ledger.create_event("B", "", 100, 3)

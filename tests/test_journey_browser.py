@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.browser import artifact, browser_context
-from tests.test_market import PASSWORD, Shop, open_shop
+from tests.shop import PASSWORD, Shop, open_shop
 from ticketing.web_client import WebClient
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]

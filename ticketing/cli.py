@@ -131,14 +131,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .ledger import Ledger
+    from .ledger import open_ledger
 
     if not Path(args.ledger).exists():
         print(f"no ledger at {args.ledger}", file=sys.stderr)
         return 2
 
     async def run() -> int:
-        ledger = await Ledger.open(args.ledger)
+        ledger = await open_ledger(args.ledger)
         try:
             audit = await ledger.audit(args.event)
         finally:

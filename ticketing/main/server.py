@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected, TicketingError
-from ..ledger import Audit, Event, Ledger
+from ..ledger import Audit, Event, Ledger, open_ledger
 from ..link import Commands, Handler, Link
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import Range, count, cut, parse_ranges, shares
@@ -136,7 +136,6 @@ class MainServer:
         self.ledger: Ledger | None = None
         self.signer: TokenSigner | None = None
         self.shards: dict[str, ShardLink] = {}
-        self.unassigned: dict[int, int] = {}  # event -> tickets in main's pool
         self.sale_listeners: list[Callable[[list[dict[str, Any]]], Any]] = []
         self._stock_lock = asyncio.Lock()  # one stock move at a time
         self._links: list[ShardLink] = []  # every shard we keep linked, named or not yet
@@ -164,8 +163,8 @@ class MainServer:
         if self.credentials is None:
             self.set_certificate_path("keys")
         self.signer = TokenSigner(load_signing_key(self.data_dir / "signing.key"))
-        self.ledger = await Ledger.open(self.ledger_path, synchronous=self.synchronous)
-        await self._refresh_counts()
+        self.ledger = await open_ledger(self.ledger_path, synchronous=self.synchronous)
+        await self._refresh_stock()
         log.info("main started on %s", self.ledger_path)
 
     async def close(self) -> None:
@@ -357,7 +356,6 @@ class MainServer:
         if not name:
             raise ValueError("an event needs a name")
         event = await self._ledger().create_event(name, description, price_to_cents(price), count)
-        self.unassigned[event.id] = count
         log.info("event %d %r created with %d tickets", event.id, name, count)
         return event.id
 
@@ -395,7 +393,7 @@ class MainServer:
                 await asyncio.gather(*(self._send_assign(s, event, p) for s, p in plan.items()))
                 for s, p in plan.items():
                     given[s.name or ""] += count(p)
-        await self._refresh_counts()
+        await self._refresh_stock()
         log.info("distributed: %s", given)
         return given
 
@@ -416,18 +414,11 @@ class MainServer:
         except (LinkClosed, CommandError, TimeoutError) as exc:
             log.warning("assign to %s not confirmed (%s); the next sync repairs it", sl.name, exc)
 
-    async def _refresh_counts(self) -> None:
-        ledger = self._ledger()
-        self.unassigned = {
-            e.id: count(await ledger.unassigned(e.id)) for e in await ledger.events()
-        }
-        counts = await ledger.pool_counts()
+    async def _refresh_stock(self) -> None:
+        """Re-read each shard's stock from the ledger after main moved slices."""
+        counts = await self._ledger().pool_counts()
         for sl in self.shards.values():
             sl.stock = {e: n for (s, e), n in counts.items() if s == sl.name}
-
-    async def refresh_counts(self) -> None:
-        """Re-read stock counts from the ledger (the marketplace released tickets to main)."""
-        await self._refresh_counts()
 
     # -- commands from shards --------------------------------------------------------------
 
@@ -471,7 +462,7 @@ class MainServer:
                 piece = cut(free, [n])[0]
                 await ledger.assign(event.id, {sl.name or "": (sl.epoch, piece)})
                 await self._send_assign(sl, event, piece)
-                await self._refresh_counts()
+                await self._refresh_stock()
                 return {"added": n}
             donors = sorted(
                 (s for s in self.online_shards() if s is not sl and s.stock.get(event.id, 0) > 0),
@@ -505,7 +496,7 @@ class MainServer:
             event.id, ranges, (donor.name or "", donor.epoch), (to.name or "", to.epoch)
         )
         await self._send_assign(to, event, ranges)
-        await self._refresh_counts()
+        await self._refresh_stock()
         log.info(
             "moved %d tickets of event %d from %s to %s",
             count(ranges),
@@ -526,7 +517,7 @@ class MainServer:
                 sl.epoch = epoch
                 if sl.link:  # still linked: make it re-sync into the new epoch now
                     await sl.link.close("fenced by a new epoch")
-            await self._refresh_counts()
+            await self._refresh_stock()
         log.warning(
             "shard %s fenced at epoch %d; its unsold tickets are back with main", name, epoch
         )
@@ -551,7 +542,9 @@ class MainServer:
     async def status(self) -> dict[str, Any]:
         events = await self._ledger().events()
         return {
-            "events": [dict(e.public(), unassigned=self.unassigned.get(e.id, 0)) for e in events],
+            "events": [
+                dict(e.public(), unassigned=self._ledger().unassigned_count(e.id)) for e in events
+            ],
             "shards": [s.public() for s in self.shards.values()],
         }
 
@@ -566,6 +559,6 @@ class MainServer:
         if stocked:
             weights = [s.stock[event_id] for s in stocked]
             return random.choices(stocked, weights)[0]
-        if online and self.unassigned.get(event_id, 0) > 0:
+        if online and self._ledger().unassigned_count(event_id) > 0:
             return random.choice(online)
         return None

@@ -1,41 +1,32 @@
 """The marketplace behind the front: accounts, checkout holds, payment, resale, waiting list.
 
-It lives in main's process and writes to main's ledger file, inside
-:meth:`Ledger.transaction` whenever tickets or orders change, so a marketplace
-change and the ticket states it implies commit together.
+It runs in main's process. Its rules are plain objects over explicit dependencies
+(:class:`~.context.MarketContext`: the ledger's storage interface, a clock, the hold
+time, the watchers); the ledger is the only code that touches the tables, so a
+marketplace change and the ticket states it implies commit together.
 
 Layout
 ------
 - :mod:`.errors`: the refusals (``MarketError`` and its HTTP statuses).
-- :mod:`.ownership`: who is asking (``Principal``) and which rows are theirs.
-- :mod:`.schema`: the marketplace's tables.
-- :mod:`.base`: notices, order kinds, shared checks, the market's state.
+- :mod:`.context`: what every rule is given; notices and effects.
+- :mod:`.checks`: input checks (prices, ticket ids, card tokens, versions).
 - :mod:`.views`: orders, held tickets and listings as JSON.
-- :mod:`.signin`: accounts and sessions, claiming a visitor's rows.
-- :mod:`.waitlist`: joining and leaving a sold-out event's waiting list.
-- :mod:`.expiry`: the sweeper, and releasing tickets to the waiting list or the pool.
+- :mod:`.orders`: reading an order with the ownership rule.
+- :mod:`.holds`: expiry and cancellation, the waiting-list hand-on, the sweeper.
 - :mod:`.checkout`: pay and cancel (and the pay-against-expiry rules).
-- :mod:`.resale`: listings.
+- :mod:`.resale`: listings. :mod:`.waitlist`: the waiting list.
+- :mod:`.signin`: sign up, in, out; claiming a visitor's rows.
 - :mod:`.overview`: events on sale, and the audit.
-- :mod:`.service`: :class:`Market`, the parts assembled, with its lifecycle.
+- :mod:`.accounts`, :mod:`.sessions`, :mod:`.payment`: accounts, session tokens, cards.
+- :mod:`.service`: :class:`Market`, the rules wired together, with its lifecycle.
+- :mod:`.api`: the REST API and the page (``page/``) on the front's app.
 """
 
 from __future__ import annotations
 
-from .base import (
-    KINDS,
-    MAX_PRICE_CENTS,
-    PRIMARY,
-    RESALE,
-    Notice,
-    OrderKind,
-    Watcher,
-    check_price,
-    check_version,
-    fetch,
-    parse_ticket_id,
-)
-from .checkout import MAX_CARD_TOKEN
+from ..ledger import OrderKind, Principal, owner_of
+from .checks import MAX_CARD_TOKEN, MAX_PRICE_CENTS, check_price, check_version, parse_ticket_id
+from .context import Effects, MarketContext, Notice, Watcher
 from .errors import (
     Conflict,
     Forbidden,
@@ -45,24 +36,18 @@ from .errors import (
     TooManyAttempts,
     Unauthorized,
 )
-from .ownership import Principal, owner_of
-from .schema import CLAIMABLE, OPEN_LISTING, SCHEMA, WAITLIST_SHARD
-from .service import Market
+from .service import Market, MarketHost
 
 __all__ = [
-    "CLAIMABLE",
-    "KINDS",
     "MAX_CARD_TOKEN",
     "MAX_PRICE_CENTS",
-    "OPEN_LISTING",
-    "PRIMARY",
-    "RESALE",
-    "SCHEMA",
-    "WAITLIST_SHARD",
     "Conflict",
+    "Effects",
     "Forbidden",
     "Market",
+    "MarketContext",
     "MarketError",
+    "MarketHost",
     "NotFound",
     "Notice",
     "OrderKind",
@@ -73,7 +58,6 @@ __all__ = [
     "Watcher",
     "check_price",
     "check_version",
-    "fetch",
     "owner_of",
     "parse_ticket_id",
 ]

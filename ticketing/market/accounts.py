@@ -155,8 +155,7 @@ class Accounts:
                 id INTEGER PRIMARY KEY,
                 email TEXT UNIQUE NOT NULL,
                 password_hash TEXT NOT NULL,
-                created_at REAL NOT NULL,
-                session_gen INTEGER NOT NULL DEFAULT 0
+                created_at REAL NOT NULL
             )
             """
         )
@@ -213,32 +212,6 @@ class Accounts:
         ) as cursor:
             row = await cursor.fetchone()
         return Account(row[0], row[1], row[2]) if row is not None else None
-
-    async def session_generation(self, account_id: int) -> int:
-        """The current session generation; :class:`LookupError` for an unknown account."""
-        async with self.db.execute(
-            "SELECT session_gen FROM accounts WHERE id = ?", (account_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            raise LookupError(f"no account {account_id}")
-        return int(row[0])
-
-    async def bump_session_generation(self, account_id: int) -> int:
-        """Increment and return the account's session generation (sign out everywhere).
-
-        :class:`LookupError` for an unknown account.
-        """
-        # RETURNING makes read-after-increment one statement: no other bump can slip in.
-        async with self.db.execute(
-            "UPDATE accounts SET session_gen = session_gen + 1 WHERE id = ? RETURNING session_gen",
-            (account_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
-        await self.db.commit()
-        if row is None:
-            raise LookupError(f"no account {account_id}")
-        return int(row[0])
 
 
 class SigninThrottle:

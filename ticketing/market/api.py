@@ -55,18 +55,12 @@ from aiohttp import WSMsgType, web
 
 from ..errors import ConfigError, TicketingError, ValidationError
 from ..headers import SECURITY_HEADERS
+from ..ledger import Principal
 from ..main.server import MainServer, price_to_cents
 from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
-from . import (
-    Conflict,
-    Forbidden,
-    Market,
-    MarketError,
-    NotFound,
-    Notice,
-    Principal,
-    Unauthorized,
-)
+from .context import Notice
+from .errors import Conflict, Forbidden, MarketError, NotFound, Unauthorized
+from .service import Market
 from .sessions import COOKIE_NAME, SessionClaims, cookie_kwargs
 
 log = logging.getLogger("ticketing.api")
@@ -170,8 +164,11 @@ def path_id(request: web.Request) -> int:
 class MarketAPI:
     """Routes, middlewares and the live socket hub for one :class:`Market`."""
 
-    def __init__(self, market: Market, *, operator_token: str | None = None) -> None:
+    def __init__(
+        self, market: Market, main: MainServer, *, operator_token: str | None = None
+    ) -> None:
         self.market = market
+        self.main = main  # the operator endpoints act on main: events, distribution
         self.operator_token = operator_token
         self.sockets: dict[web.WebSocketResponse, Principal] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -500,12 +497,11 @@ class MarketAPI:
             raise ValidationError(
                 f"count must be a whole number from 1 to {MAX_EVENT_TICKETS}", "count"
             )
-        main = self.market.main
-        event_id = await main.init_tickets(name.strip(), description, price, count)
+        event_id = await self.main.init_tickets(name.strip(), description, price, count)
         return ok({"event": (await self._event(event_id))}, 201)
 
     async def _event(self, event_id: int) -> dict[str, Any]:
-        event = await self.market.main.event(event_id)
+        event = await self.main.event(event_id)
         if event is None:
             raise NotFound(f"no event {event_id}")
         return event.public()
@@ -515,14 +511,14 @@ class MarketAPI:
         event_id = path_id(request)
         await self._event(event_id)
         try:
-            given = await self.market.main.distribute_tickets(event_id)
+            given = await self.main.distribute_tickets(event_id)
         except TicketingError as exc:
             raise Conflict(str(exc)) from exc
         return ok({"event_id": event_id, "given": given})
 
     async def handle_admin_status(self, request: web.Request) -> web.Response:
         self._require_operator(request)
-        return ok(await self.market.main.status())
+        return ok(await self.main.status())
 
     async def handle_admin_audit(self, request: web.Request) -> web.Response:
         self._require_operator(request)
@@ -532,5 +528,5 @@ class MarketAPI:
 def mount_marketplace(app: web.Application, main: MainServer) -> Market:
     """The default wiring: a Market with the test payment provider, operators from env."""
     market = Market(main)
-    MarketAPI(market, operator_token=operator_token_from_env()).setup(app)
+    MarketAPI(market, main, operator_token=operator_token_from_env()).setup(app)
     return market

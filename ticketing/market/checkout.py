@@ -18,63 +18,59 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiosqlite
-
-from ..errors import ValidationError
-from ..wire import ticket_id
-from .base import KINDS, PRIMARY, RESALE, Effects, Notice, OrderKind, check_version, fetch, log
+from ..ledger import LedgerTx, ListingStatus, OrderKind, OrderStatus, PaymentState, Principal
+from ..ledger import TicketState as T
+from .checks import check_card, check_version
+from .context import Effects, MarketContext, Notice, log
 from .errors import Conflict, Forbidden, PaymentFailed
-from .expiry import ExpiryMixin
-from .ownership import Principal, owner_of
-from .payment import PaymentDeclined, PaymentError
-
-# Limits
-MAX_CARD_TOKEN = 128
+from .holds import Holds
+from .orders import owned
+from .payment import PaymentDeclined, PaymentError, PaymentProvider
 
 
-class CheckoutMixin(ExpiryMixin):
+def check_open(order: dict[str, Any]) -> None:
+    """Only a held order can be paid or cancelled as a hold."""
+    status = order["status"]
+    if status == OrderStatus.COMPLETE:
+        raise Conflict("this order is already paid")
+    if status == OrderStatus.EXPIRED:
+        raise Conflict("the hold on this order has expired; the ticket went back on sale")
+    if status == OrderStatus.CANCELLED:
+        raise Conflict("this order was cancelled")
+
+
+class Checkout:
     """Pay and cancel, for primary and resale orders alike."""
 
+    def __init__(self, ctx: MarketContext, holds: Holds, payments: PaymentProvider) -> None:
+        self.ctx = ctx
+        self.holds = holds
+        self.payments = payments
+
     async def pay(
-        self,
-        kind_name: str,
-        order_id: int,
-        p: Principal,
-        card: object,
-        version: int | None = None,
+        self, kind: OrderKind, order_id: int, p: Principal, card: object, version: int | None = None
     ) -> dict[str, Any]:
-        """Pay an order held by ``p`` (see the module docstring for the race rules)."""
-        kind = KINDS[kind_name]
-        if not isinstance(card, str) or not 0 < len(card) <= MAX_CARD_TOKEN:
-            raise ValidationError("card must be a card token such as 'tok_visa'", "card")
-        now = self.clock()
+        """Pay an order held by ``p``; returns the completed order's row."""
+        card = check_card(card)
+        now = self.ctx.clock()
         fx = Effects()
         overdue = False
         key, payment_id = "", None
-        async with self.ledger.transaction() as db:
-            order = await self._owned(db, kind, order_id, p)
+        async with self.ctx.ledger.transaction() as tx:
+            order = await owned(tx, kind, order_id, p)
             check_version(order, version, "order")
-            self._check_open(order)
+            check_open(order)
             if order["expires_at"] <= now:
                 # Overdue but not swept yet: expiry wins, and it commits now.
-                overdue = await self._close_order(db, kind, order, "expired", now, fx)
+                overdue = await self.holds.close(tx, kind, order, OrderStatus.EXPIRED, now, fx)
             else:
-                if await self._pending(db, kind, order_id):
+                if await tx.payment_pending(kind, order_id):
                     raise Conflict("a payment for this order is already in progress")
-                order["version"] += 1
-                await db.execute(
-                    f"UPDATE {kind.table} SET version = ? WHERE id = ?",
-                    (order["version"], order_id),
-                )
-                key = f"{kind.name}-{order_id}-v{order['version']}"
-                cur = await db.execute(
-                    "INSERT INTO payments(kind, order_id, idempotency_key, amount_cents, state,"
-                    " started_at) VALUES (?, ?, ?, ?, 'pending', ?)",
-                    (kind.name, order_id, key, order["price_cents"], now),
-                )
-                payment_id = cur.lastrowid
+                order["version"] = await tx.bump_order_version(kind, order_id)
+                key = f"{kind.value}-{order_id}-v{order['version']}"
+                payment_id = await tx.start_payment(kind, order_id, key, order["price_cents"], now)
         if overdue:
-            await self._finish(fx)
+            await self.ctx.finish(fx)
             raise Conflict("the hold on this order has expired; the ticket went back on sale")
         assert payment_id is not None
         # The charge and its settlement must not be cut in half by a dropped request.
@@ -84,149 +80,107 @@ class CheckoutMixin(ExpiryMixin):
         self, kind: OrderKind, order: dict[str, Any], card: str, key: str, payment_id: int
     ) -> dict[str, Any]:
         charge_id: str | None = None
-        failure: tuple[str, PaymentFailed] | None = None  # (payment state, error to raise)
+        failure: tuple[PaymentState, PaymentFailed] | None = None
         try:
             if order["price_cents"] > 0:
                 charge = await self.payments.charge(
                     amount_cents=order["price_cents"],
-                    currency=self.currency,
+                    currency=self.ctx.currency,
                     card_token=card,
                     idempotency_key=key,
                 )
                 charge_id = charge.id
         except PaymentDeclined as exc:
-            failure = ("declined", PaymentFailed(exc.message, "card"))
+            failure = (PaymentState.DECLINED, PaymentFailed(exc.message, "card"))
         except PaymentError as exc:
-            failure = ("failed", PaymentFailed(f"payment failed: {exc.message}", "card"))
+            failure = (PaymentState.FAILED, PaymentFailed(f"payment failed: {exc.message}", "card"))
         except Exception as exc:  # the provider broke: unlock, never leave it pending
             log.exception("payment provider failed")
-            failure = ("failed", PaymentFailed(f"payment failed: {exc}", "card"))
-        now = self.clock()
+            failure = (PaymentState.FAILED, PaymentFailed(f"payment failed: {exc}", "card"))
+        now = self.ctx.clock()
         fx = Effects(wake=True)
         won = False
-        async with self.ledger.transaction() as db:
+        async with self.ctx.ledger.transaction() as tx:
             if failure is not None:
-                await db.execute(
-                    "UPDATE payments SET state = ?, message = ?, finished_at = ? WHERE id = ?",
-                    (failure[0], failure[1].message, now, payment_id),
-                )
+                state, error = failure
+                await tx.finish_payment(payment_id, state, now, message=error.message)
                 # Unlocked again: if the hold ran out meanwhile, it ends now.
-                rows = await fetch(db, f"SELECT * FROM {kind.table} WHERE id = ?", (order["id"],))
-                current = dict(rows[0])
-                if current["status"] == "awaiting_payment" and current["expires_at"] <= now:
-                    await self._close_order(db, kind, current, "expired", now, fx)
+                current = await tx.order(kind, order["id"])
+                if (
+                    current is not None
+                    and current["status"] == OrderStatus.AWAITING_PAYMENT
+                    and current["expires_at"] <= now
+                ):
+                    await self.holds.close(tx, kind, current, OrderStatus.EXPIRED, now, fx)
             else:
-                won = await self._complete(db, kind, order, now, fx)
-                await db.execute(
-                    "UPDATE payments SET state = 'succeeded', charge_id = ?, finished_at = ?"
-                    " WHERE id = ?",
-                    (charge_id, now, payment_id),
+                won = await self._complete(tx, kind, order, now, fx)
+                await tx.finish_payment(
+                    payment_id, PaymentState.SUCCEEDED, now, charge_id=charge_id
                 )
-        await self._finish(fx)
+        await self.ctx.finish(fx)
         if failure is not None:
             raise failure[1]
         if not won:
             await self._refund(payment_id, charge_id)
             raise Conflict("this order could not be completed; your payment was refunded")
-        return await self.order(kind.name, order["id"], owner_of(order))
+        row = await self.ctx.ledger.reader().order(kind, order["id"])
+        assert row is not None
+        return row
+
+    async def _complete(
+        self, tx: LedgerTx, kind: OrderKind, order: dict[str, Any], now: float, fx: Effects
+    ) -> bool:
+        """Paid: the order completes and the buyer holds the ticket. False if it was lost."""
+        if not await tx.set_order_status(
+            kind, order["id"], OrderStatus.AWAITING_PAYMENT, OrderStatus.COMPLETE
+        ):
+            return False
+        if kind is OrderKind.PRIMARY:
+            await tx.set_ticket_state(order["event_id"], order["serial"], T.HELD, T.SOLD)
+            await tx.add_owner(order, now)
+        else:
+            await tx.set_listing_status(
+                order["listing_id"], ListingStatus.LOCKED, ListingStatus.SOLD, now
+            )
+            await tx.transfer_owner(order, now)
+            fx.notices.append(Notice("listings", {"listing_id": order["listing_id"]}))
+        return True
 
     async def _refund(self, payment_id: int, charge_id: str | None) -> None:
         refund_id = None
         if charge_id is not None:
             refund_id = (await self.payments.refund(charge_id)).id
-        async with self.ledger.transaction() as db:
-            await db.execute(
-                "UPDATE payments SET state = 'refunded', refund_id = ?, finished_at = ?"
-                " WHERE id = ?",
-                (refund_id, self.clock(), payment_id),
+        async with self.ctx.ledger.transaction() as tx:
+            await tx.finish_payment(
+                payment_id, PaymentState.REFUNDED, self.ctx.clock(), refund_id=refund_id
             )
-
-    @staticmethod
-    def _check_open(order: dict[str, Any]) -> None:
-        status = order["status"]
-        if status == "complete":
-            raise Conflict("this order is already paid")
-        if status == "expired":
-            raise Conflict("the hold on this order has expired; the ticket went back on sale")
-        if status == "cancelled":
-            raise Conflict("this order was cancelled")
-
-    async def _pending(self, db: aiosqlite.Connection, kind: OrderKind, order_id: int) -> bool:
-        rows = await fetch(
-            db,
-            "SELECT 1 FROM payments WHERE kind = ? AND order_id = ? AND state = 'pending'",
-            (kind.name, order_id),
-        )
-        return bool(rows)
-
-    async def _complete(
-        self,
-        db: aiosqlite.Connection,
-        kind: OrderKind,
-        order: dict[str, Any],
-        now: float,
-        fx: Effects,
-    ) -> bool:
-        """Paid: the order completes and the buyer holds the ticket. False if it was lost."""
-        cur = await db.execute(
-            f"UPDATE {kind.table} SET status = 'complete', version = version + 1"
-            " WHERE id = ? AND status = 'awaiting_payment'",
-            (order["id"],),
-        )
-        if cur.rowcount != 1:
-            return False
-        key = (order["event_id"], order["serial"])
-        if kind is PRIMARY:
-            await self._set_ticket(db, key, "held", "sold")
-            await db.execute(
-                "INSERT INTO owners(event_id, serial, visitor, account_id, order_id, since)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (*key, order["visitor"], order["account_id"], order["id"], now),
-            )
-        else:
-            await db.execute(
-                "UPDATE listings SET status = 'sold', version = version + 1, updated_at = ?"
-                " WHERE id = ? AND status = 'locked'",
-                (now, order["listing_id"]),
-            )
-            cur = await db.execute(
-                "UPDATE owners SET visitor = ?, account_id = ?, resale_order_id = ?, since = ?"
-                " WHERE event_id = ? AND serial = ?",
-                (order["visitor"], order["account_id"], order["id"], now, *key),
-            )
-            if cur.rowcount != 1:
-                raise ValueError(f"ticket {ticket_id(*key)} has no owner to sell from")
-            fx.notices.append(Notice("listings", {"listing_id": order["listing_id"]}))
-        return True
 
     async def cancel(
-        self, kind_name: str, order_id: int, p: Principal, version: int | None = None
-    ) -> dict[str, Any]:
+        self, kind: OrderKind, order_id: int, p: Principal, version: int | None = None
+    ) -> None:
         """Cancel a held order (the ticket goes back on sale), or a paid booking (refunded)."""
-        kind = KINDS[kind_name]
-        now = self.clock()
+        now = self.ctx.clock()
         fx = Effects()
         refund: dict[str, Any] | None = None
-        async with self.ledger.transaction() as db:
-            order = await self._owned(db, kind, order_id, p)
+        async with self.ctx.ledger.transaction() as tx:
+            order = await owned(tx, kind, order_id, p)
             check_version(order, version, "order")
-            if order["status"] == "complete":
-                refund = await self._cancel_booking(db, kind, order, p, now, fx)
+            if order["status"] == OrderStatus.COMPLETE:
+                refund = await self._cancel_booking(tx, kind, order, p, now, fx)
             else:
-                self._check_open(order)
-                if await self._pending(db, kind, order_id):
+                check_open(order)
+                if await tx.payment_pending(kind, order_id):
                     raise Conflict(
                         "a payment for this order is in progress; it cannot be cancelled"
                     )
-                await self._close_order(db, kind, order, "cancelled", now, fx)
-        await self._finish(fx)
+                await self.holds.close(tx, kind, order, OrderStatus.CANCELLED, now, fx)
+        await self.ctx.finish(fx)
         if refund is not None:
             await self._refund(refund["id"], refund["charge_id"])
-        return await self.order(kind_name, order_id, p)
 
     async def _cancel_booking(
         self,
-        db: aiosqlite.Connection,
+        tx: LedgerTx,
         kind: OrderKind,
         order: dict[str, Any],
         p: Principal,
@@ -234,28 +188,16 @@ class CheckoutMixin(ExpiryMixin):
         fx: Effects,
     ) -> dict[str, Any] | None:
         """A paid primary ticket still held by its buyer, unlisted: cancel and refund."""
-        if kind is RESALE:
+        if kind is OrderKind.RESALE:
             raise Conflict("a ticket bought on resale cannot be cancelled; list it for resale")
-        key = (order["event_id"], order["serial"])
-        rows = await fetch(db, "SELECT * FROM owners WHERE event_id = ? AND serial = ?", key)
-        if not rows or rows[0]["order_id"] != order["id"] or rows[0]["resale_order_id"]:
+        event_id, serial = order["event_id"], order["serial"]
+        holder = await tx.owner(event_id, serial)
+        if holder is None or holder["order_id"] != order["id"] or holder["resale_order_id"]:
             raise Conflict("this ticket has been resold; the booking cannot be cancelled")
-        if not p.owns(dict(rows[0])):
+        if not p.owns(holder):
             raise Forbidden("this ticket belongs to someone else")
-        listed = await fetch(
-            db,
-            "SELECT id FROM listings WHERE event_id = ? AND serial = ?"
-            " AND status IN ('active', 'locked')",
-            key,
-        )
-        if listed:
+        if await tx.open_listing_id(event_id, serial) is not None:
             raise Conflict("this ticket is listed for resale; withdraw the listing first")
-        await db.execute("DELETE FROM owners WHERE event_id = ? AND serial = ?", key)
-        await self._close_order(db, kind, order, "cancelled", now, fx, ticket_from="sold")
-        paid = await fetch(
-            db,
-            "SELECT id, charge_id FROM payments WHERE kind = ? AND order_id = ?"
-            " AND state = 'succeeded'",
-            (kind.name, order["id"]),
-        )
-        return dict(paid[0]) if paid else None
+        await tx.remove_owner(event_id, serial)
+        await self.holds.close(tx, kind, order, OrderStatus.CANCELLED, now, fx, ticket_from=T.SOLD)
+        return await tx.succeeded_payment(kind, order["id"])

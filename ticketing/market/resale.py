@@ -1,196 +1,117 @@
-"""Resale: listing a held ticket, changing or withdrawing it, and buying one."""
+"""Resale: listing a held ticket, changing or withdrawing it, and buying one.
+
+Listings go ``active`` -> ``locked`` (a buyer's checkout) -> ``sold``, or
+``withdrawn``; the price can change only while the listing is unlocked.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
-
+from ..ledger import LedgerTx, ListingStatus, Principal
 from ..wire import ticket_id
-from .base import RESALE, Effects, Notice, check_price, check_version, fetch, parse_ticket_id
+from .checks import check_price, check_version, parse_ticket_id
+from .context import Effects, MarketContext, Notice
 from .errors import Conflict, Forbidden, NotFound, Unauthorized
-from .ownership import Principal
-from .views import OrderViews
 
 
-class ResaleMixin(OrderViews):
-    """Listings go ``active`` -> ``locked`` (a buyer's checkout) -> ``sold``, or ``withdrawn``."""
+def listing_changed(listing_id: int, *, wake: bool = False) -> Effects:
+    return Effects(notices=[Notice("listings", {"listing_id": listing_id})], wake=wake)
 
-    async def listings(
-        self,
-        *,
-        event_id: int | None = None,
-        min_price: int | None = None,
-        max_price: int | None = None,
-        seller: Principal | None = None,
-        viewer: Principal | None = None,
-    ) -> list[dict[str, Any]]:
-        """Open listings (cheapest first), or all of ``seller``'s listings."""
-        where: list[str] = ["1 = 1"]
-        args: list[Any] = []
-        if seller is not None:
-            cond, cargs = seller.match("l.")
-            where.append(cond)
-            args += cargs
-        else:
-            where.append("l.status IN ('active', 'locked')")
-        for cond, value in (
-            ("l.event_id = ?", event_id),
-            ("l.price_cents >= ?", min_price),
-            ("l.price_cents <= ?", max_price),
-        ):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
-        rows = await fetch(
-            self.ledger.db,
-            "SELECT l.*, r.expires_at AS locked_until FROM listings l LEFT JOIN resale_orders r"
-            " ON r.listing_id = l.id AND r.status = 'awaiting_payment'"
-            f" WHERE {' AND '.join(where)} ORDER BY l.price_cents, l.id LIMIT 500",
-            args,
-        )
-        return [self._listing_view(dict(r), viewer) for r in rows]
 
-    async def listing(self, listing_id: int, viewer: Principal | None = None) -> dict[str, Any]:
-        found = await self._listings_by_id([listing_id], viewer)
-        if listing_id not in found:
+class Resale:
+    """The resale rules over the ledger; every change is one transaction."""
+
+    def __init__(self, ctx: MarketContext) -> None:
+        self.ctx = ctx
+
+    async def _listing(self, tx: LedgerTx, listing_id: int) -> dict[str, Any]:
+        row = await tx.listing(listing_id)
+        if row is None:
             raise NotFound(f"no listing {listing_id}")
-        return found[listing_id]
+        return row
 
-    async def _listing_row(self, db: aiosqlite.Connection, listing_id: int) -> dict[str, Any]:
-        rows = await fetch(
-            db,
-            "SELECT l.*, r.expires_at AS locked_until FROM listings l LEFT JOIN resale_orders r"
-            " ON r.listing_id = l.id AND r.status = 'awaiting_payment' WHERE l.id = ?",
-            (listing_id,),
-        )
-        if not rows:
-            raise NotFound(f"no listing {listing_id}")
-        return dict(rows[0])
-
-    def _check_listing_unlocked(self, row: dict[str, Any]) -> None:
-        if row["status"] == "locked":
-            left = max(0, round((row["locked_until"] or 0) - self.clock()))
+    def _check_unlocked(self, row: dict[str, Any]) -> None:
+        if row["status"] == ListingStatus.LOCKED:
+            left = max(0, round((row["locked_until"] or 0) - self.ctx.clock()))
             raise Conflict(
                 "this listing is locked: a buyer is checking out"
                 f" (for up to {left // 60}:{left % 60:02d} more); try again after the hold ends"
             )
-        if row["status"] == "sold":
+        if row["status"] == ListingStatus.SOLD:
             raise Conflict("this listing is already sold")
-        if row["status"] == "withdrawn":
+        if row["status"] == ListingStatus.WITHDRAWN:
             raise Conflict("this listing was withdrawn")
 
-    async def create_listing(
-        self, p: Principal, ticket: object, price_cents: object
-    ) -> dict[str, Any]:
-        """List a ticket ``p`` holds (sold to them) for resale at ``price_cents``."""
+    async def create(self, p: Principal, ticket: object, price_cents: object) -> int:
+        """List a ticket ``p`` holds (sold to them) for resale; returns the listing id."""
         if p.account_id is None:
             raise Unauthorized("sign in to sell a ticket")
         event_id, serial = parse_ticket_id(ticket)
         price = check_price(price_cents)
-        now = self.clock()
-        async with self.ledger.transaction() as db:
-            rows = await fetch(
-                db, "SELECT * FROM owners WHERE event_id = ? AND serial = ?", (event_id, serial)
-            )
-            if not rows:
+        async with self.ctx.ledger.transaction() as tx:
+            owner = await tx.owner(event_id, serial)
+            if owner is None:
                 raise NotFound(
                     f"ticket {ticket_id(event_id, serial)} is not a sold ticket", "ticket_id"
                 )
-            owner = dict(rows[0])
             if not p.owns(owner):
                 raise Forbidden("you can only list a ticket you hold", "ticket_id")
-            listed = await fetch(
-                db,
-                "SELECT id FROM listings WHERE event_id = ? AND serial = ?"
-                " AND status IN ('active', 'locked')",
-                (event_id, serial),
-            )
-            if listed:
-                raise Conflict(
-                    f"this ticket is already listed (listing {listed[0][0]})", "ticket_id"
-                )
-            cur = await db.execute(
-                "INSERT INTO listings(event_id, serial, visitor, account_id, price_cents, status,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
-                (event_id, serial, owner["visitor"], owner["account_id"], price, now, now),
-            )
-            listing_id = cur.lastrowid
-        assert listing_id is not None
-        await self._finish(Effects(notices=[Notice("listings", {"listing_id": listing_id})]))
-        return await self.listing(listing_id, p)
-
-    async def edit_listing(
-        self, p: Principal, listing_id: int, price_cents: object, version: int | None = None
-    ) -> dict[str, Any]:
-        price = check_price(price_cents)
-        async with self.ledger.transaction() as db:
-            row = await self._seller_listing(db, listing_id, p, version)
-            await db.execute(
-                "UPDATE listings SET price_cents = ?, version = version + 1, updated_at = ?"
-                " WHERE id = ? AND status = 'active' AND version = ?",
-                (price, self.clock(), listing_id, row["version"]),
-            )
-        await self._finish(Effects(notices=[Notice("listings", {"listing_id": listing_id})]))
-        return await self.listing(listing_id, p)
-
-    async def withdraw_listing(
-        self, p: Principal, listing_id: int, version: int | None = None
-    ) -> dict[str, Any]:
-        async with self.ledger.transaction() as db:
-            row = await self._seller_listing(db, listing_id, p, version)
-            await db.execute(
-                "UPDATE listings SET status = 'withdrawn', version = version + 1, updated_at = ?"
-                " WHERE id = ? AND status = 'active' AND version = ?",
-                (self.clock(), listing_id, row["version"]),
-            )
-        await self._finish(Effects(notices=[Notice("listings", {"listing_id": listing_id})]))
-        return await self.listing(listing_id, p)
+            listed = await tx.open_listing_id(event_id, serial)
+            if listed is not None:
+                raise Conflict(f"this ticket is already listed (listing {listed})", "ticket_id")
+            listing_id = await tx.insert_listing(owner, price, self.ctx.clock())
+        await self.ctx.finish(listing_changed(listing_id))
+        return listing_id
 
     async def _seller_listing(
-        self, db: aiosqlite.Connection, listing_id: int, p: Principal, version: int | None
+        self, tx: LedgerTx, listing_id: int, p: Principal, version: int | None
     ) -> dict[str, Any]:
         """The seller's listing, unlocked and at ``version``: safe to change in this transaction."""
-        row = await self._listing_row(db, listing_id)
+        row = await self._listing(tx, listing_id)
         if not p.owns(row):
             raise Forbidden("only the seller can change this listing")
-        self._check_listing_unlocked(row)
+        self._check_unlocked(row)
         check_version(row, version, "listing")
         return row
 
-    async def buy_listing(self, p: Principal, listing_id: int) -> dict[str, Any]:
-        """Start a resale checkout: the listing is locked for the hold time, for ``p`` only."""
-        now = self.clock()
-        async with self.ledger.transaction() as db:
-            row = await self._listing_row(db, listing_id)
+    async def edit(
+        self, p: Principal, listing_id: int, price_cents: object, version: int | None = None
+    ) -> None:
+        price = check_price(price_cents)
+        async with self.ctx.ledger.transaction() as tx:
+            row = await self._seller_listing(tx, listing_id, p, version)
+            if not await tx.set_listing_price(listing_id, price, row["version"], self.ctx.clock()):
+                raise Conflict("this listing changed meanwhile; reload and try again")
+        await self.ctx.finish(listing_changed(listing_id))
+
+    async def withdraw(self, p: Principal, listing_id: int, version: int | None = None) -> None:
+        async with self.ctx.ledger.transaction() as tx:
+            row = await self._seller_listing(tx, listing_id, p, version)
+            await tx.set_listing_status(
+                listing_id,
+                ListingStatus.ACTIVE,
+                ListingStatus.WITHDRAWN,
+                self.ctx.clock(),
+                row["version"],
+            )
+        await self.ctx.finish(listing_changed(listing_id))
+
+    async def buy(self, p: Principal, listing_id: int) -> int:
+        """Start a resale checkout: the listing is locked for the hold time, for ``p`` only.
+
+        Returns the resale order's id.
+        """
+        now = self.ctx.clock()
+        async with self.ctx.ledger.transaction() as tx:
+            row = await self._listing(tx, listing_id)
             if p.owns(row):
                 raise Forbidden("you cannot buy your own listing")
-            self._check_listing_unlocked(row)
-            cur = await db.execute(
-                "UPDATE listings SET status = 'locked', version = version + 1, updated_at = ?"
-                " WHERE id = ? AND status = 'active'",
-                (now, listing_id),
-            )
-            if cur.rowcount != 1:
+            self._check_unlocked(row)
+            if not await tx.set_listing_status(
+                listing_id, ListingStatus.ACTIVE, ListingStatus.LOCKED, now
+            ):
                 raise Conflict("this listing is no longer available")
-            cur = await db.execute(
-                "INSERT INTO resale_orders(listing_id, event_id, serial, visitor, account_id,"
-                " price_cents, status, created_at, expires_at) VALUES"
-                " (?, ?, ?, ?, ?, ?, 'awaiting_payment', ?, ?)",
-                (
-                    listing_id,
-                    row["event_id"],
-                    row["serial"],
-                    p.visitor,
-                    p.account_id,
-                    row["price_cents"],
-                    now,
-                    now + self.main.hold_seconds,
-                ),
-            )
-            order_id = cur.lastrowid
-        assert order_id is not None
-        await self._finish(
-            Effects(notices=[Notice("listings", {"listing_id": listing_id})], wake=True)
-        )
-        return await self.order(RESALE.name, order_id, p)
+            order_id = await tx.insert_resale_order(row, p, now, self.ctx.hold_seconds)
+        await self.ctx.finish(listing_changed(listing_id, wake=True))
+        return order_id

@@ -1,61 +1,128 @@
-"""The :class:`Market` assembled from its parts, and its lifecycle."""
+"""The :class:`Market`: the rules wired together, with their lifecycle and JSON views.
+
+The rules (:class:`~.holds.Holds`, :class:`~.checkout.Checkout`,
+:class:`~.resale.Resale`, :class:`~.waitlist.Waitlist`, :class:`~.signin.Signin`)
+are plain objects over a :class:`~.context.MarketContext`; this class builds them
+once its host (main) has opened the ledger, and answers the API in JSON.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiosqlite
 
 from ..db import open_db
-from .accounts import Accounts
-from .base import fetch, log
-from .checkout import CheckoutMixin
-from .overview import OverviewMixin
-from .resale import ResaleMixin
-from .schema import SCHEMA
-from .sessions import SessionManager
-from .signin import SigninMixin
+from ..ledger import Ledger, OrderKind, Principal
+from ..tokens import TokenSigner
+from .accounts import Account, Accounts, SigninThrottle
+from .checkout import Checkout
+from .context import Clock, MarketContext, Watcher, log
+from .errors import NotFound
+from .holds import Holds
+from .orders import owned
+from .overview import audit, events_overview
+from .payment import PaymentProvider, TestPaymentProvider
+from .resale import Resale
+from .sessions import DEFAULT_TTL, SessionClaims, SessionManager
+from .signin import Signin
+from .views import listing_json, ticket_json
+from .waitlist import Waitlist
 
 
-class Market(SigninMixin, CheckoutMixin, ResaleMixin, OverviewMixin):
+class MarketHost(Protocol):
+    """What the market needs of the process it runs in (:class:`~ticketing.main.MainServer`)."""
+
+    ledger: Ledger | None
+    signer: TokenSigner | None
+    hold_seconds: float
+    synchronous: str
+    sale_listeners: list[Callable[[list[dict[str, Any]]], Any]]
+
+    @property
+    def ledger_path(self) -> os.PathLike[str]: ...
+
+    async def start(self) -> None: ...
+
+
+class Market:
     """The marketplace of one main server. Started and closed by the front (``api.py``)."""
 
+    def __init__(
+        self,
+        main: MarketHost,
+        *,
+        payments: PaymentProvider | None = None,
+        currency: str = "EUR",
+        clock: Clock | None = None,
+        session_ttl: float = DEFAULT_TTL,
+        # Timeouts
+        pay_timeout: float = 120.0,
+        sweep_interval: float = 5.0,
+    ) -> None:
+        self.main = main
+        self._payments: PaymentProvider = payments or TestPaymentProvider()
+        self.currency = currency
+        self.session_ttl = session_ttl
+        self.pay_timeout, self.sweep_interval = pay_timeout, sweep_interval
+        self.watchers: list[Watcher] = []
+        self.throttle = SigninThrottle()
+        self._clock = clock
+        self._ctx: MarketContext | None = None
+        self._accounts_db: aiosqlite.Connection | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- wiring and lifecycle ------------------------------------------------------------
+
     async def start(self) -> None:
-        """Create the tables, expire overdue holds now, then sweep on every deadline."""
-        if self._started:
+        """Wire the rules over main's ledger, expire overdue holds now, then sweep."""
+        if self._ctx is not None:
             return
-        self._started = True
         await self.main.start()
-        async with self.ledger.transaction() as db:
-            await db.executescript(SCHEMA)
+        assert self.main.ledger is not None and self.main.signer is not None
+        ctx = MarketContext(
+            self.main.ledger,
+            hold_seconds=self.main.hold_seconds,
+            currency=self.currency,
+            watchers=self.watchers,
+        )
+        if self._clock is not None:
+            ctx.clock = self._clock
         # Accounts get their own connection: their commits must never land in the
         # middle of a ledger transaction on the shared one.
         self._accounts_db = await open_db(
             self.main.ledger_path, "", synchronous=self.main.synchronous
         )
-        self.accounts = Accounts(self._accounts_db, clock=self.clock)
-        await self.accounts.init_schema()
-        assert self.main.signer is not None
-        self.sessions = SessionManager(self.main.signer, ttl=self.session_ttl)
-        rows = await fetch(
-            self.ledger.db, "SELECT sid, exp FROM revoked_sessions WHERE exp > ?", (self.clock(),)
-        )
-        self.sessions.add_revocations((r[0], r[1]) for r in rows)
-        self.main.sale_listeners.append(self._on_sales)
-        await self.sweep()
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="market-sweeper")
-        log.info("market started (hold %.0fs)", self.main.hold_seconds)
+        accounts = Accounts(self._accounts_db, clock=ctx.clock)
+        await accounts.init_schema()
+        sessions = SessionManager(self.main.signer, ttl=self.session_ttl)
+        self.holds = Holds(ctx, pay_timeout=self.pay_timeout, sweep_interval=self.sweep_interval)
+        self.checkout = Checkout(ctx, self.holds, self._payments)
+        self.resale = Resale(ctx)
+        self.waitlist = Waitlist(ctx)
+        self.signins = Signin(ctx, accounts, sessions, self.throttle)
+        await self.signins.load_revocations()
+        self._ctx = ctx
+        self.main.sale_listeners.append(self.holds.on_sales)
+        await self.holds.sweep()
+        self._sweeper = asyncio.create_task(self.holds.run(), name="market-sweeper")
+        log.info("market started (hold %.0fs)", ctx.hold_seconds)
 
     async def close(self) -> None:
-        if not self._started:
+        ctx, self._ctx = self._ctx, None
+        if ctx is None:
             return
-        self._started = False
         with contextlib.suppress(ValueError):
-            self.main.sale_listeners.remove(self._on_sales)
-        for task in [self._sweeper, *self._tasks]:
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            self.main.sale_listeners.remove(self.holds.on_sales)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._accounts_db is not None:
             await self._accounts_db.close()
             self._accounts_db = None
@@ -67,3 +134,167 @@ class Market(SigninMixin, CheckoutMixin, ResaleMixin, OverviewMixin):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def ctx(self) -> MarketContext:
+        if self._ctx is None:
+            raise RuntimeError("market not started")
+        return self._ctx
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.ctx.ledger
+
+    @property
+    def clock(self) -> Clock:
+        return self.ctx.clock if self._ctx is not None else (self._clock or time.time)
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self._clock = clock
+        if self._ctx is not None:
+            self._ctx.clock = clock
+
+    @property
+    def payments(self) -> PaymentProvider:
+        return self._payments
+
+    @payments.setter
+    def payments(self, provider: PaymentProvider) -> None:
+        self._payments = provider
+        if self._ctx is not None:
+            self.checkout.payments = provider
+
+    @property
+    def sessions(self) -> SessionManager:
+        return self.signins.sessions
+
+    @property
+    def accounts(self) -> Accounts:
+        return self.signins.accounts
+
+    async def sweep(self, now: float | None = None) -> float | None:
+        return await self.holds.sweep(now)
+
+    # -- accounts ------------------------------------------------------------------------
+
+    def session(self, token: str | None) -> SessionClaims | None:
+        return self.signins.session(token) if self._ctx is not None else None
+
+    async def signup(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
+        return await self.signins.signup(email, password, p)
+
+    async def signin(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
+        return await self.signins.signin(email, password, p)
+
+    async def signout(self, claims: SessionClaims | None) -> bool:
+        return await self.signins.signout(claims)
+
+    async def account(self, account_id: int) -> Account | None:
+        return await self.accounts.get(account_id)
+
+    # -- orders ----------------------------------------------------------------------------
+
+    async def order(self, kind: str, order_id: int, p: Principal) -> dict[str, Any]:
+        row = await owned(self.ledger.reader(), OrderKind(kind), order_id, p)
+        return self.ctx.order_json(OrderKind(kind), row, await self.ctx.event_names())
+
+    async def orders_of(self, p: Principal) -> list[dict[str, Any]]:
+        """The requester's orders of both kinds, newest first."""
+        events = await self.ctx.event_names()
+        tx = self.ledger.reader()
+        out = [
+            self.ctx.order_json(kind, row, events)
+            for kind in OrderKind
+            for row in await tx.orders_of(kind, p)
+        ]
+        return sorted(out, key=lambda o: -o["created_at"])
+
+    async def pay(
+        self, kind: str, order_id: int, p: Principal, card: object, version: int | None = None
+    ) -> dict[str, Any]:
+        row = await self.checkout.pay(OrderKind(kind), order_id, p, card, version)
+        return self.ctx.order_json(OrderKind(kind), row, await self.ctx.event_names())
+
+    async def cancel(
+        self, kind: str, order_id: int, p: Principal, version: int | None = None
+    ) -> dict[str, Any]:
+        await self.checkout.cancel(OrderKind(kind), order_id, p, version)
+        return await self.order(kind, order_id, p)
+
+    async def tickets_of(self, p: Principal) -> list[dict[str, Any]]:
+        """Sold tickets the requester holds now, with their open listing if any."""
+        tx = self.ledger.reader()
+        rows = await tx.tickets_of(p)
+        listings = await self._listings_by_id([r["listing_id"] for r in rows if r["listing_id"]])
+        events = await self.ctx.event_names()
+        return [ticket_json(r, events, listings.get(r["listing_id"])) for r in rows]
+
+    # -- resale ------------------------------------------------------------------------------
+
+    async def _listings_by_id(
+        self, ids: list[int], viewer: Principal | None = None
+    ) -> dict[int, dict[str, Any]]:
+        rows = await self.ledger.reader().listings_by_id(ids)
+        return {r["id"]: listing_json(r, currency=self.currency, viewer=viewer) for r in rows}
+
+    async def listings(
+        self,
+        *,
+        event_id: int | None = None,
+        min_price: int | None = None,
+        max_price: int | None = None,
+        seller: Principal | None = None,
+        viewer: Principal | None = None,
+    ) -> list[dict[str, Any]]:
+        """Open listings (cheapest first), or all of ``seller``'s listings."""
+        rows = await self.ledger.reader().find_listings(
+            event_id=event_id, min_price=min_price, max_price=max_price, seller=seller
+        )
+        return [listing_json(r, currency=self.currency, viewer=viewer) for r in rows]
+
+    async def listing(self, listing_id: int, viewer: Principal | None = None) -> dict[str, Any]:
+        found = await self._listings_by_id([listing_id], viewer)
+        if listing_id not in found:
+            raise NotFound(f"no listing {listing_id}")
+        return found[listing_id]
+
+    async def create_listing(
+        self, p: Principal, ticket: object, price_cents: object
+    ) -> dict[str, Any]:
+        return await self.listing(await self.resale.create(p, ticket, price_cents), p)
+
+    async def edit_listing(
+        self, p: Principal, listing_id: int, price_cents: object, version: int | None = None
+    ) -> dict[str, Any]:
+        await self.resale.edit(p, listing_id, price_cents, version)
+        return await self.listing(listing_id, p)
+
+    async def withdraw_listing(
+        self, p: Principal, listing_id: int, version: int | None = None
+    ) -> dict[str, Any]:
+        await self.resale.withdraw(p, listing_id, version)
+        return await self.listing(listing_id, p)
+
+    async def buy_listing(self, p: Principal, listing_id: int) -> dict[str, Any]:
+        order_id = await self.resale.buy(p, listing_id)
+        return await self.order(OrderKind.RESALE, order_id, p)
+
+    # -- waiting list, events, audit ------------------------------------------------------
+
+    async def join_waitlist(self, p: Principal, event_id: int) -> dict[str, Any]:
+        await self.waitlist.join(p, event_id)
+        return await self.waitlist.status(p, event_id)
+
+    async def waitlist_status(self, p: Principal, event_id: int) -> dict[str, Any]:
+        return await self.waitlist.status(p, event_id)
+
+    async def leave_waitlist(self, p: Principal, event_id: int) -> dict[str, Any]:
+        await self.waitlist.leave(p, event_id)
+        return await self.waitlist.status(p, event_id)
+
+    async def events_overview(self) -> list[dict[str, Any]]:
+        return await events_overview(self.ctx)
+
+    async def audit(self, event_id: int | None = None) -> dict[str, Any]:
+        return await audit(self.ctx, event_id)

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import math
 
-from ..errors import TicketingError, TokenError, ValidationError
-from .accounts import BAD_CREDENTIALS, DUPLICATE_EMAIL, Account, Accounts
-from .base import MarketBase
+from ..errors import TokenError, ValidationError
+from ..ledger import Principal
+from .accounts import BAD_CREDENTIALS, DUPLICATE_EMAIL, Account, Accounts, SigninThrottle
+from .context import MarketContext
 from .errors import Conflict, TooManyAttempts, Unauthorized
-from .ownership import Principal
-from .schema import CLAIMABLE
-from .sessions import SessionClaims
+from .sessions import SessionClaims, SessionManager
 
 
-class SigninMixin(MarketBase):
-    """The accounts wiring: who is signed in, and what their visitor id brings along."""
+class Signin:
+    """Who is signed in, and what their visitor id brings along."""
 
-    def _accounts(self) -> Accounts:
-        if self.accounts is None:
-            raise TicketingError("market not started")
-        return self.accounts
+    def __init__(
+        self,
+        ctx: MarketContext,
+        accounts: Accounts,
+        sessions: SessionManager,
+        throttle: SigninThrottle | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.accounts = accounts
+        self.sessions = sessions
+        self.throttle = throttle or SigninThrottle()
+
+    async def load_revocations(self) -> None:
+        """Sign-outs survive a restart: they are in the ledger."""
+        revoked = await self.ctx.ledger.reader().revoked_sessions(self.ctx.clock())
+        self.sessions.add_revocations(revoked)
 
     def session(self, token: str | None) -> SessionClaims | None:
         """The valid session of a cookie value, or None (no DB lookup: a signature check)."""
-        if not token or self.sessions is None:
+        if not token:
             return None
         try:
             return self.sessions.verify(token)
@@ -33,7 +44,7 @@ class SigninMixin(MarketBase):
     async def signup(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
         """Create an account, sign it in and claim the visitor's orders and tickets."""
         try:
-            account = await self._accounts().signup(email, password)  # type: ignore[arg-type]
+            account = await self.accounts.signup(email, password)  # type: ignore[arg-type]
         except ValidationError as exc:
             if exc.message == DUPLICATE_EMAIL:
                 raise Conflict(exc.message, "email") from exc
@@ -42,52 +53,35 @@ class SigninMixin(MarketBase):
 
     async def signin(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
         key = email if isinstance(email, str) else ""
-        wait = self.signin_throttle.retry_after(key)
+        wait = self.throttle.retry_after(key)
         if wait > 0:
             raise TooManyAttempts(
                 f"too many failed sign-ins; try again in {math.ceil(wait)} s", "email"
             )
         try:
-            account = await self._accounts().signin(email, password)  # type: ignore[arg-type]
+            account = await self.accounts.signin(email, password)  # type: ignore[arg-type]
         except ValidationError as exc:
-            self.signin_throttle.failed(key)
+            self.throttle.failed(key)
             raise Unauthorized(BAD_CREDENTIALS) from exc
-        self.signin_throttle.succeeded(key)
+        self.throttle.succeeded(key)
         return account, await self._sign_in(account, p)
 
     async def _sign_in(self, account: Account, p: Principal) -> str:
         await self.claim(Principal(p.visitor, account.id))
-        assert self.sessions is not None
         return self.sessions.issue(account)
 
     async def signout(self, claims: SessionClaims | None) -> bool:
         """Revoke the session (persisted, so a restart keeps it signed out)."""
-        if claims is None or self.sessions is None:
+        if claims is None:
             return False
         revoked = self.sessions.revoke(claims)
-        async with self.ledger.transaction() as db:
-            await db.execute(
-                "INSERT OR IGNORE INTO revoked_sessions(sid, exp) VALUES (?, ?)",
-                (claims.sid, claims.exp),
-            )
-            await db.execute("DELETE FROM revoked_sessions WHERE exp <= ?", (self.clock(),))
+        async with self.ctx.ledger.transaction() as tx:
+            await tx.revoke_session(claims.sid, claims.exp, self.ctx.clock())
         return revoked
-
-    async def account(self, account_id: int) -> Account | None:
-        return await self._accounts().get(account_id)
 
     async def claim(self, p: Principal) -> int:
         """Give the visitor's account-less rows to ``p.account_id``; returns how many."""
         if p.account_id is None:
             return 0
-        n = 0
-        async with self.ledger.transaction() as db:
-            for table in CLAIMABLE:
-                # OR IGNORE: an account already waiting for that event keeps its place.
-                cur = await db.execute(
-                    f"UPDATE OR IGNORE {table} SET account_id = ?"
-                    " WHERE visitor = ? AND account_id IS NULL",
-                    (p.account_id, p.visitor),
-                )
-                n += cur.rowcount
-        return n
+        async with self.ctx.ledger.transaction() as tx:
+            return await tx.claim(p)
