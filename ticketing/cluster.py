@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -221,7 +220,3 @@ class LocalCluster:
 
 def shard_names(n: int) -> list[str]:
     return [f"shard-{i}" for i in range(1, n + 1)]
-
-
-def pids(cluster: LocalCluster) -> list[int]:
-    return [os.getpid(), *(p.pid for p in cluster.processes)]

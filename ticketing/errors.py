@@ -5,15 +5,16 @@
     TicketingError
      ├── ConfigError               bad certificate paths, options, keys
      ├── ProtocolError             the main<->shard line protocol
-     │    ├── LocalProtocolError   we misused the protocol object
-     │    └── RemoteProtocolError  the peer sent something invalid
+     │    └── LocalProtocolError   we misused the protocol object
      ├── PeerRejected              TLS identity (role/name) or hello refused
      ├── CommandError              a peer answered a request with an error reply
      ├── LinkClosed                the link went away with requests in flight
      ├── TokenError                a signed token is forged, expired or malformed
      └── ValidationError           bad user input for the REST API (has a field)
 
-Library errors (ssl, OSError, sqlite3) are translated into these at the boundary.
+What the peer sends wrong never raises: the protocol turns it into an error event
+or reply. Library errors (ssl, OSError, sqlite3) are translated into these at the
+boundary.
 """
 
 from __future__ import annotations
@@ -44,10 +45,6 @@ class ProtocolError(TicketingError):
 
 class LocalProtocolError(ProtocolError):
     """This side misused the protocol object (a bug in our code)."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer sent bytes that break the protocol."""
 
 
 class PeerRejected(TicketingError):

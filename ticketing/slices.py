@@ -2,7 +2,7 @@
 
 A pool travels and is stored as sorted, disjoint half-open ranges ``[start, end)`` of
 ticket serials, never as one message or row per ticket. Everything here is plain
-synchronous code: decide first, then do I/O (see STYLE.md, httpcore).
+synchronous code: callers decide here first, then do the I/O.
 """
 
 from __future__ import annotations

@@ -1,15 +1,44 @@
 """Cross-process contracts, defined once and imported by every side.
 
-- the token types (``ADMISSION``) that fronts sign and shards verify;
-- :class:`Sale`, a grant as it travels from a shard to main in ``report_sales``.
+- link commands: :class:`ToMain` (a shard asks main), :class:`ToShard` (main asks a shard);
+- :class:`Sale`, a grant as it travels from a shard to main in ``report_sales``;
+- signed tokens: :class:`Admission` (the front signs, the shard verifies) and
+  :class:`SessionClaims` (main signs, the front and the market verify), each with
+  its claims encoded and decoded here and nowhere else.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
+from .errors import TokenError
+from .tokens import TokenSigner, TokenVerifier
+
+# Token types: an admission token is never accepted as a session token, or the reverse.
 ADMISSION = "admission"
+SESSION = "session"
+
+
+class ToMain(StrEnum):
+    """Commands a shard sends to main."""
+
+    REPORT_SALES = "report_sales"  # {"epoch", "sales": [Sale]} -> {"accepted", "refused"}
+    NEED_STOCK = "need_stock"  # {"event", "epoch"} -> {"added"} | {"wait"} | {"sold_out"}
+    PING = "ping"
+
+
+class ToShard(StrEnum):
+    """Commands main sends to a shard (after the hello)."""
+
+    SYNC = "sync"  # {"epoch"} -> {"unacked": [Sale + epoch]}
+    SET_POOL = "set_pool"  # {"epoch", "events", "pools", "accepted", "refused"}
+    ASSIGN = "assign"  # {"event", "epoch", "ranges", "info"} -> {"remaining"}
+    RELEASE = "release"  # {"event", "count", "epoch"} -> {"ranges"}
+    STATUS = "status"
+    PING = "ping"
 
 
 def ticket_id(event_id: int, serial: int) -> str:
@@ -37,3 +66,96 @@ class Sale:
         if account is not None and type(account) is not int:
             raise ValueError("account must be an integer")
         return cls(event, serial, visitor, account)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "serial": self.serial,
+            "visitor": self.visitor,
+            "account": self.account,
+        }
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What an admission token says: this visitor may queue for ``event`` on ``shard``.
+
+    ``visitor`` is the visitor's public id (never the cookie itself); ``nonce`` makes
+    the token single-use; ``account`` is the signed-in account, if any.
+    """
+
+    visitor: str
+    shard: str
+    event: int
+    nonce: str
+    account: int | None = None
+    exp: float = 0.0  # set by the signature; unused when signing
+
+    @classmethod
+    def new(cls, visitor: str, shard: str, event: int, account: int | None = None) -> Admission:
+        return cls(visitor, shard, event, secrets.token_urlsafe(12), account)
+
+    def claims(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": self.visitor, "s": self.shard, "e": self.event, "n": self.nonce}
+        if self.account is not None:
+            out["a"] = self.account
+        return out
+
+    @classmethod
+    def from_claims(cls, c: dict[str, Any]) -> Admission:
+        visitor, shard, event, nonce, account = (
+            c.get("v"),
+            c.get("s"),
+            c.get("e"),
+            c.get("n"),
+            c.get("a"),
+        )
+        if (
+            not isinstance(visitor, str)
+            or not isinstance(shard, str)
+            or type(event) is not int
+            or not isinstance(nonce, str)
+            or (account is not None and type(account) is not int)
+        ):
+            raise TokenError("malformed claims")
+        return cls(visitor, shard, event, nonce, account, float(c["exp"]))
+
+    def sign(self, signer: TokenSigner, ttl: float) -> str:
+        return signer.sign(ADMISSION, self.claims(), ttl)
+
+    @classmethod
+    def verify(cls, verifier: TokenVerifier, token: str) -> Admission:
+        """The admission a token carries, or :class:`TokenError` saying why not."""
+        return cls.from_claims(verifier.verify(token, ADMISSION))
+
+
+@dataclass(frozen=True)
+class SessionClaims:
+    """What a valid session token says: the account, its email, a session id (``sid``)."""
+
+    account_id: int
+    email: str
+    sid: str
+    exp: float
+
+    @classmethod
+    def new(cls, account_id: int, email: str) -> SessionClaims:
+        return cls(account_id, email, secrets.token_urlsafe(16), 0.0)
+
+    def claims(self) -> dict[str, Any]:
+        return {"sub": self.account_id, "sid": self.sid, "email": self.email}
+
+    @classmethod
+    def from_claims(cls, c: dict[str, Any]) -> SessionClaims:
+        sub, email, sid = c.get("sub"), c.get("email"), c.get("sid")
+        # bool is an int subclass; a token saying sub=true is not ours
+        if type(sub) is not int or not isinstance(email, str) or not isinstance(sid, str):
+            raise TokenError("malformed")
+        return cls(account_id=sub, email=email, sid=sid, exp=float(c["exp"]))
+
+    def sign(self, signer: TokenSigner, ttl: float) -> str:
+        return signer.sign(SESSION, self.claims(), ttl)
+
+    @classmethod
+    def verify(cls, verifier: TokenVerifier, token: str) -> SessionClaims:
+        return cls.from_claims(verifier.verify(token, SESSION))

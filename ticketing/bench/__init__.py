@@ -17,7 +17,7 @@ time (``--max-seconds``):
     exit code is 1 when a check fails.
 
 ``ledger``
-    Main's ledger alone: a real :class:`~ticketing.main_server.MainServer` and
+    Main's ledger alone: a real :class:`~ticketing.main.MainServer` and
     synthetic shard processes (``synthetic_shard.py``) that report every ticket of their
     slice as sold over the real mutual-TLS links, ``--batch`` sales per request, as
     fast as main commits them.

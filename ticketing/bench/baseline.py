@@ -66,9 +66,7 @@ async def run_redirect(args: argparse.Namespace) -> int:
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ctx, backlog=4096)
     await site.start()
-    sockets = getattr(site._server, "sockets", None)  # aiohttp exposes the port only here
-    assert sockets
-    print("READY " + json.dumps({"port": sockets[0].getsockname()[1]}), flush=True)
+    print("READY " + json.dumps({"port": runner.addresses[-1][1]}), flush=True)
     try:
         await stop_or_orphaned()
     finally:

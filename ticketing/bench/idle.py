@@ -11,6 +11,7 @@ from typing import Any
 
 from ..cluster import Child, LocalCluster, shard_names
 from ..process import raise_fd_limit
+from ..wire import Admission
 from .children import final_line, spawn_workers, stop_all
 from .load import split
 from .meter import Meter
@@ -20,8 +21,6 @@ from .workspace import DataDir, machine
 
 
 async def run_idle(opts: Options) -> dict[str, Any]:
-    from ..wire import ADMISSION
-
     raise_fd_limit()
     out: dict[str, Any] = {"mode": "idle", "options": opts.public(), "machine": machine()}
     with DataDir(opts) as data:
@@ -37,15 +36,8 @@ async def run_idle(opts: Options) -> dict[str, Any]:
             # Real admission tokens, signed by main's key exactly as the redirect does.
             locations = [
                 f"{sl.https_url}/?event={event_id}&token="
-                + main.signer.sign(
-                    ADMISSION,
-                    {
-                        "v": secrets.token_urlsafe(16),
-                        "s": shard.name,
-                        "e": event_id,
-                        "n": secrets.token_urlsafe(12),
-                    },
-                    ttl,
+                + Admission.new(secrets.token_urlsafe(16), shard.name, event_id).sign(
+                    main.signer, ttl
                 )
                 for _ in range(opts.connections)
             ]

@@ -25,6 +25,7 @@ from ..link import Commands, Link
 from ..protocol import PROTOCOL_VERSION
 from ..slices import RangeSet, parse_ranges
 from ..tls import Credentials, check_peer, server_context
+from ..wire import Sale, ToMain, ToShard
 from .worker import stop_or_orphaned
 
 log = logging.getLogger("ticketing.bench.shard")
@@ -48,7 +49,7 @@ class SyntheticShard:
 
     async def listen(self, host: str, port: int) -> int:
         # TLS from the first byte: upgrading an accepted plain stream can lose the
-        # ClientHello (see client_server.LinkListener); no need to log refusals here.
+        # ClientHello (see shard.server.LinkListener); no need to log refusals here.
         server = await asyncio.start_server(
             self._on_connection, host, port, ssl=self.ctx, ssl_handshake_timeout=10.0
         )
@@ -68,11 +69,11 @@ class SyntheticShard:
         link.commands = Commands().extended(
             {
                 "hello": self._on_hello,
-                "sync": self._on_sync,
-                "set_pool": self._on_set_pool,
-                "assign": self._on_assign,
-                "release": self._on_release,
-                "ping": self._on_ping,
+                ToShard.SYNC: self._on_sync,
+                ToShard.SET_POOL: self._on_set_pool,
+                ToShard.ASSIGN: self._on_assign,
+                ToShard.RELEASE: self._on_release,
+                ToShard.PING: self._on_ping,
             }
         )
         self.link = link
@@ -115,13 +116,13 @@ class SyntheticShard:
         for event, pool in self.pools.items():
             while pool and len(sales) < self.batch:
                 serial = pool.take()
-                sales.append({"event": event, "serial": serial, "visitor": f"{self.name}-{serial}"})
+                sales.append(Sale(event, serial, f"{self.name}-{serial}").to_wire())
             if len(sales) >= self.batch:
                 break
         return sales
 
     async def _report(self, link: Link, sales: list[dict[str, Any]]) -> None:
-        reply = await link.request("report_sales", {"epoch": self.epoch, "sales": sales})
+        reply = await link.request(ToMain.REPORT_SALES, {"epoch": self.epoch, "sales": sales})
         self.accepted += len(reply["accepted"])
         self.refused += len(reply["refused"])
         self.reports += 1

@@ -26,7 +26,7 @@ from ..headers import SECURITY_HEADERS
 from ..main.server import MainServer
 from ..tls import browser_server_context
 from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
-from ..wire import ADMISSION
+from ..wire import Admission
 
 if TYPE_CHECKING:
     from ..market import Market
@@ -102,10 +102,7 @@ class RedirectServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ctx, backlog=4096)
         await site.start()
-        server = site._server  # aiohttp exposes the bound port only here
-        sockets = getattr(server, "sockets", None)
-        assert sockets
-        self.port = int(sockets[0].getsockname()[1])
+        self.port = int(self.runner.addresses[-1][1])
         log.info("redirect server on https://%s:%d", host, self.port)
         return self.port
 
@@ -169,17 +166,11 @@ class RedirectServer:
                 )
                 resp.headers["Retry-After"] = "5"
         else:
-            claims: dict[str, Any] = {
-                "v": visitor,
-                "s": shard.name,
-                "e": event_id,
-                "n": secrets.token_urlsafe(12),
-            }
-            account = request.get("account_id")
-            if account is not None:
-                claims["a"] = account
+            admission = Admission.new(
+                visitor, shard.name or "", event_id, request.get("account_id")
+            )
             assert self.main.signer
-            token = self.main.signer.sign(ADMISSION, claims, self.token_ttl)
+            token = admission.sign(self.main.signer, self.token_ttl)
             front = quote(str(request.url.origin()), safe="")
             location = f"{shard.https_url}/?event={event_id}&token={token}&front={front}"
             resp = web.json_response(

@@ -31,11 +31,10 @@ from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import Range, count, cut, parse_ranges, shares
 from ..tls import Credentials, PemSource, check_peer, client_context
 from ..tokens import TokenSigner
-from ..wire import Sale
+from ..wire import Sale, ToMain, ToShard
 
 log = logging.getLogger("ticketing.main")
 
-BUILTINS = ("report_sales", "need_stock", "ping")
 MAX_REPORT = 10_000  # sales per report_sales request
 
 
@@ -132,7 +131,7 @@ class MainServer:
         self.reclaim_after = reclaim_after
         self.synchronous = synchronous
         self.credentials: Credentials | None = None
-        self.commands = Commands(BUILTINS)
+        self.commands = Commands(tuple(ToMain))
         self.ledger: Ledger | None = None
         self.signer: TokenSigner | None = None
         self.shards: dict[str, ShardLink] = {}
@@ -284,9 +283,9 @@ class MainServer:
         )
         link.commands = self.commands.extended(
             {
-                "report_sales": partial(self._on_report_sales, sl),
-                "need_stock": partial(self._on_need_stock, sl),
-                "ping": self._on_ping,
+                ToMain.REPORT_SALES: partial(self._on_report_sales, sl),
+                ToMain.NEED_STOCK: partial(self._on_need_stock, sl),
+                ToMain.PING: self._on_ping,
             }
         )
         link.start()
@@ -314,7 +313,7 @@ class MainServer:
         """Reconcile: record the shard's unacked grants, then send its true pools."""
         ledger = self._ledger()
         rec = await ledger.register_shard(name, sl.host, sl.tls_port, sl.https_port, sl.weight)
-        reply = await link.request("sync", {"epoch": rec.epoch})
+        reply = await link.request(ToShard.SYNC, {"epoch": rec.epoch})
         groups: dict[int, list[Sale]] = {}
         for item in reply["unacked"]:
             groups.setdefault(int(item["epoch"]), []).append(Sale.from_wire(item))
@@ -327,7 +326,7 @@ class MainServer:
         pools = await ledger.shard_pools(name, rec.epoch)
         events = {str(e.id): e.public() for e in await ledger.events()}
         await link.request(
-            "set_pool",
+            ToShard.SET_POOL,
             {
                 "epoch": rec.epoch,
                 "events": events,
@@ -403,7 +402,7 @@ class MainServer:
             return  # offline: the next sync sends it the whole pool
         try:
             await sl.link.request(
-                "assign",
+                ToShard.ASSIGN,
                 {
                     "event": event.id,
                     "epoch": sl.epoch,
@@ -440,7 +439,7 @@ class MainServer:
     async def _on_report_sales(self, sl: ShardLink, args: dict[str, Any]) -> dict[str, Any]:
         sales = [Sale.from_wire(item) for item in args["sales"]]
         if len(sales) > MAX_REPORT:
-            raise CommandError("report_sales", "too_large", f"at most {MAX_REPORT} sales")
+            raise CommandError(ToMain.REPORT_SALES, "too_large", f"at most {MAX_REPORT} sales")
         accepted, refused = await self._record(sl.name or "", int(args["epoch"]), sales)
         return {"accepted": accepted, "refused": refused}
 
@@ -452,10 +451,12 @@ class MainServer:
         ledger = self._ledger()
         event = await ledger.event(int(args["event"]))
         if event is None:
-            raise CommandError("need_stock", "unknown_event", f"no event {args['event']}")
+            raise CommandError(ToMain.NEED_STOCK, "unknown_event", f"no event {args['event']}")
         async with self._stock_lock:
             if int(args["epoch"]) != sl.epoch:  # fenced: stock given now could never be sold
-                raise CommandError("need_stock", "stale_epoch", f"{sl.name} is at epoch {sl.epoch}")
+                raise CommandError(
+                    ToMain.NEED_STOCK, "stale_epoch", f"{sl.name} is at epoch {sl.epoch}"
+                )
             free = await ledger.unassigned(event.id)
             if free:
                 n = -(-count(free) // max(1, len(self.online_shards())))
@@ -483,7 +484,7 @@ class MainServer:
         assert donor.link
         try:
             reply = await donor.link.request(
-                "release", {"event": event.id, "count": want, "epoch": donor.epoch}
+                ToShard.RELEASE, {"event": event.id, "count": want, "epoch": donor.epoch}
             )
             ranges = parse_ranges(reply["ranges"])
         except (LinkClosed, CommandError, TimeoutError, KeyError, ValueError) as exc:

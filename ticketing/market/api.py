@@ -58,10 +58,11 @@ from ..headers import SECURITY_HEADERS
 from ..ledger import Principal
 from ..main.server import MainServer, price_to_cents
 from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
+from ..wire import SessionClaims
 from .context import Notice
 from .errors import Conflict, Forbidden, MarketError, NotFound, Unauthorized
 from .service import Market
-from .sessions import COOKIE_NAME, SessionClaims, cookie_kwargs
+from .sessions import COOKIE_NAME, cookie_kwargs
 
 log = logging.getLogger("ticketing.api")
 
@@ -71,7 +72,7 @@ FRONT_FILES = ("index.html", "app.js", "style.css")
 MARKET = web.AppKey("market", Market)
 VISITOR = web.RequestKey("visitor", str)
 SESSION = web.RequestKey("session", SessionClaims)
-ACCOUNT_ID = "account_id"  # the redirect server reads this plain key (see redirect_server.py)
+ACCOUNT_ID = "account_id"  # the front reads this plain key (see front/server.py)
 
 # Operators
 OPERATOR_ENV = "TICKETING_OPERATOR_TOKEN"

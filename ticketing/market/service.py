@@ -20,6 +20,7 @@ import aiosqlite
 from ..db import open_db
 from ..ledger import Ledger, OrderKind, Principal
 from ..tokens import TokenSigner
+from ..wire import SessionClaims
 from .accounts import Account, Accounts, SigninThrottle
 from .checkout import Checkout
 from .context import Clock, MarketContext, Watcher, log
@@ -29,7 +30,7 @@ from .orders import owned
 from .overview import audit, events_overview
 from .payment import PaymentProvider, TestPaymentProvider
 from .resale import Resale
-from .sessions import DEFAULT_TTL, SessionClaims, SessionManager
+from .sessions import DEFAULT_TTL, SessionManager
 from .signin import Signin
 from .views import listing_json, ticket_json
 from .waitlist import Waitlist

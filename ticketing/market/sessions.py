@@ -1,31 +1,27 @@
-"""Browser sessions as signed, expiring tokens (typ ``"session"``).
+"""Browser sessions as signed, expiring tokens (:class:`~ticketing.wire.SessionClaims`).
 
-A session token carries ``sub`` (account id), ``sid`` (a random session id) and
-``email``, so a shard holding only the public key can check it without a database.
-Signing out puts the ``sid`` on a revocation list until the token would have expired
-anyway; main pushes that list to shards (:meth:`SessionVerifier.revoked_sids` on
-main, :meth:`SessionVerifier.add_revocations` on the shard).
+A session token carries the account id, a random session id (``sid``) and the
+email, so anyone holding only the public key can check it without a database.
+Signing out puts the ``sid`` on a revocation list until the token would have
+expired anyway; the list is kept in the ledger so a restart keeps it.
 
-``SessionVerifier`` is the shard's half (verify, revocations); ``SessionManager`` adds
-issuing on main, where the private key is.
+``SessionVerifier`` needs only the public key (verify, revocations: what a process
+other than main would run); ``SessionManager`` adds issuing, where the private key is.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TokenError
 from ..tokens import NonceCache, TokenSigner, TokenVerifier
+from ..wire import SessionClaims
 
 if TYPE_CHECKING:
     from .accounts import Account
 
-SESSION_TYP = "session"
 DEFAULT_TTL = 12 * 3600.0
-SID_BYTES = 16
 
 # Cookie
 COOKIE_NAME = "ticketing_session"
@@ -44,16 +40,6 @@ def cookie_kwargs(max_age: float) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class SessionClaims:
-    """What a valid session token says."""
-
-    account_id: int
-    email: str
-    sid: str
-    exp: float
-
-
 class _RevocationSet(NonceCache):
     """Signed-out sids, each kept until its token's expiry (then it is harmless)."""
 
@@ -66,14 +52,6 @@ class _RevocationSet(NonceCache):
         return [(sid, exp) for exp, sid in sorted(self._expiry)]
 
 
-def _claims_from(payload: dict[str, Any]) -> SessionClaims:
-    sub, email, sid = payload.get("sub"), payload.get("email"), payload.get("sid")
-    # bool is an int subclass; a token saying sub=true is not ours
-    if type(sub) is not int or not isinstance(email, str) or not isinstance(sid, str):
-        raise TokenError("malformed")
-    return SessionClaims(account_id=sub, email=email, sid=sid, exp=float(payload["exp"]))
-
-
 class SessionVerifier:
     """Checks session tokens and remembers sign-outs; needs only the public key."""
 
@@ -84,7 +62,7 @@ class SessionVerifier:
 
     def verify(self, token: str) -> SessionClaims:
         """Return the claims, or raise :class:`TokenError` (forged, expired, signed out...)."""
-        claims = _claims_from(self.verifier.verify(token, SESSION_TYP))
+        claims = SessionClaims.verify(self.verifier, token)
         if claims.sid in self._revoked:
             raise TokenError("signed out")
         return claims
@@ -124,9 +102,4 @@ class SessionManager(SessionVerifier):
 
     def issue(self, account: Account) -> str:
         """A new session token for ``account`` with a fresh ``sid``."""
-        claims = {
-            "sub": account.id,
-            "sid": secrets.token_urlsafe(SID_BYTES),
-            "email": account.email,
-        }
-        return self.signer.sign(SESSION_TYP, claims, self.ttl)
+        return SessionClaims.new(account.id, account.email).sign(self.signer, self.ttl)

@@ -6,10 +6,11 @@ import math
 
 from ..errors import TokenError, ValidationError
 from ..ledger import Principal
+from ..wire import SessionClaims
 from .accounts import BAD_CREDENTIALS, DUPLICATE_EMAIL, Account, Accounts, SigninThrottle
 from .context import MarketContext
 from .errors import Conflict, TooManyAttempts, Unauthorized
-from .sessions import SessionClaims, SessionManager
+from .sessions import SessionManager
 
 
 class Signin:

@@ -155,14 +155,6 @@ class Dispenser:
             self.queues.setdefault(w.event, deque()).appendleft(w)
         return changed, settled
 
-    def void_unacked(self) -> list[Waiter]:
-        """A new epoch fenced us: old grants are void, their waiters must retry."""
-        waiters = [p.waiter for p in self.unacked.values() if p.waiter]
-        self.unacked.clear()
-        for w in reversed(waiters):
-            self.queues.setdefault(w.event, deque()).appendleft(w)
-        return waiters
-
     def fail_event(self, event: int, message: Message) -> int:
         """Answer every waiter of ``event`` (sold out); returns how many."""
         q = self.queues.pop(event, deque())

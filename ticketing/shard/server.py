@@ -24,12 +24,11 @@ from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import RangeSet, parse_ranges
 from ..tls import Credentials, PemSource, check_peer, server_context
 from ..tokens import NonceCache, TokenVerifier
+from ..wire import ToMain, ToShard
 from .dispenser import Dispenser, Pending, Waiter, sold_out_message
 from .journal import Journal
 
 log = logging.getLogger("ticketing.shard")
-
-BUILTINS = ("sync", "set_pool", "assign", "release", "status", "ping")
 
 
 class LinkListener:
@@ -99,7 +98,7 @@ class ClientServer:
         self.max_line, self.max_in_flight, self.max_message = max_line, max_in_flight, max_message
         self.handshake_timeout, self.grant_timeout = handshake_timeout, grant_timeout
         self.credentials: Credentials | None = None
-        self.commands = Commands(BUILTINS)
+        self.commands = Commands(tuple(ToShard))
         self.dispenser = Dispenser()
         self.epoch = 0
         self.journal: Journal | None = None
@@ -256,12 +255,12 @@ class ClientServer:
         link.commands = self.commands.extended(
             {
                 "hello": lambda args: self._on_hello(link, args),
-                "sync": self._on_sync,
-                "set_pool": self._on_set_pool,
-                "assign": self._on_assign,
-                "release": self._on_release,
-                "status": self._on_status,
-                "ping": self._on_ping,
+                ToShard.SYNC: self._on_sync,
+                ToShard.SET_POOL: self._on_set_pool,
+                ToShard.ASSIGN: self._on_assign,
+                ToShard.RELEASE: self._on_release,
+                ToShard.STATUS: self._on_status,
+                ToShard.PING: self._on_ping,
             }
         )
         link.start()
@@ -287,7 +286,7 @@ class ClientServer:
             old = self.link
             if old is not None and not old.closed.is_set():
                 try:
-                    await old.request("ping", timeout=2.0)
+                    await old.request(ToShard.PING, timeout=2.0)
                 except CommandError:
                     pass  # any answer, even an error reply, shows it is alive
                 except (LinkClosed, TimeoutError):
@@ -326,7 +325,7 @@ class ClientServer:
         """Start of a (re)connection: adopt main's epoch, hand over unacked grants."""
         epoch = int(args["epoch"])
         if epoch < self.epoch:
-            raise CommandError("sync", "epoch_regressed", f"shard is at epoch {self.epoch}")
+            raise CommandError(ToShard.SYNC, "epoch_regressed", f"shard is at epoch {self.epoch}")
         self._ready.clear()
         if epoch > self.epoch:
             if self.epoch:
@@ -336,7 +335,7 @@ class ClientServer:
             await self.journal.save({}, epoch=epoch)
         return {
             "unacked": [
-                {**_sale_wire(p), "epoch": p.epoch} for p in self.dispenser.unacked.values()
+                {**p.sale.to_wire(), "epoch": p.epoch} for p in self.dispenser.unacked.values()
             ]
         }
 
@@ -439,7 +438,8 @@ class ClientServer:
         await self.journal.record_grants((p.sale, p.epoch) for p in batch)
         try:
             reply = await link.request(
-                "report_sales", {"epoch": self.epoch, "sales": [_sale_wire(p) for p in batch]}
+                ToMain.REPORT_SALES,
+                {"epoch": self.epoch, "sales": [p.sale.to_wire() for p in batch]},
             )
         except (LinkClosed, CommandError, TimeoutError) as exc:
             # Stays unacknowledged; main settles it when the link is re-synced.
@@ -456,7 +456,7 @@ class ClientServer:
 
     async def _ask_stock(self, link: Link, event: int) -> None:
         try:
-            reply = await link.request("need_stock", {"event": event, "epoch": self.epoch})
+            reply = await link.request(ToMain.NEED_STOCK, {"event": event, "epoch": self.epoch})
         except (LinkClosed, TimeoutError):
             self._ready.clear()
             return
@@ -478,8 +478,3 @@ class ClientServer:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _sale_wire(p: Pending) -> dict[str, Any]:
-    s = p.sale
-    return {"event": s.event, "serial": s.serial, "visitor": s.visitor, "account": s.account}

@@ -30,7 +30,7 @@ from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
 from ..tls import Credentials, browser_server_context
 from ..tokens import NonceCache, TokenVerifier
-from ..wire import ADMISSION
+from ..wire import Admission
 from .dispenser import Dispenser, Waiter
 
 log = logging.getLogger("ticketing.shard.web")
@@ -147,21 +147,18 @@ class ShardWeb:
                 return self._refuse(
                     HTTPStatus.SERVICE_UNAVAILABLE, "shard is not linked to main yet"
                 )
-            claims = shard.verifier.verify(token, ADMISSION)
-            if claims.get("s") != shard.name:
+            admission = Admission.verify(shard.verifier, token)
+            if admission.shard != shard.name:
                 raise TokenError("token is for another shard")
-            visitor, event, nonce = claims.get("v"), claims.get("e"), claims.get("n")
-            if not isinstance(visitor, str) or type(event) is not int or not isinstance(nonce, str):
-                raise TokenError("malformed claims")
         except TokenError as exc:
             return self._refuse(HTTPStatus.FORBIDDEN, str(exc))
-        other = self.live.get(visitor)
+        other = self.live.get(admission.visitor)
         if other is not None and other.state.name != "CLOSED":
             return self._refuse(HTTPStatus.CONFLICT, "this visitor already has a live connection")
-        if not shard.nonces.use(nonce, claims["exp"]):
+        if not shard.nonces.use(admission.nonce, admission.exp):
             return self._refuse(HTTPStatus.FORBIDDEN, "token refused: already used")
-        self.live[visitor] = conn  # claimed now, so a racing second upgrade is refused
-        conn.claims = claims  # type: ignore[attr-defined]
+        self.live[admission.visitor] = conn  # claimed now, so a racing second upgrade is refused
+        conn.admission = admission  # type: ignore[attr-defined]
         return None
 
     def _refuse(self, status: HTTPStatus, reason: str) -> Response:
@@ -172,9 +169,8 @@ class ShardWeb:
     # -- after the upgrade ---------------------------------------------------------
 
     async def _handler(self, conn: ServerConnection) -> None:
-        claims: dict[str, Any] = conn.claims  # type: ignore[attr-defined]
-        visitor, event = claims["v"], claims["e"]
-        account = claims.get("a")
+        admission: Admission = conn.admission  # type: ignore[attr-defined]
+        visitor, event, account = admission.visitor, admission.event, admission.account
         try:
             async for raw in conn:
                 try:
