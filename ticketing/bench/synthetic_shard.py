@@ -114,8 +114,7 @@ class SyntheticShard:
     def _next_batch(self) -> list[dict[str, Any]]:
         sales: list[dict[str, Any]] = []
         for event, pool in self.pools.items():
-            while pool and len(sales) < self.batch:
-                serial = pool.take()
+            while len(sales) < self.batch and (serial := pool.take()) is not None:
                 sales.append(Sale(event, serial, f"{self.name}-{serial}").to_wire())
             if len(sales) >= self.batch:
                 break
