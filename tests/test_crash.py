@@ -116,10 +116,13 @@ async def start_main(data: Path, keys: Path, shards: list[ShardProcess]) -> tupl
 async def test_a_killed_main_restarts_from_its_ledger(tmp_path: Path) -> None:
     keys = write_cluster_keys(tmp_path / "keys", shard_names(2))
     data = tmp_path / "data"
-    shards = [await ShardProcess.launch(n, keys, data) for n in shard_names(2)]
     ctx = ssl.create_default_context(cafile=str(keys / "ca.crt"))
-    main, front = await start_main(data, keys, shards)
-    try:
+    shards: list[ShardProcess] = []
+    main: asyncio.subprocess.Process | None = None
+    try:  # every process started here is stopped, whichever step fails
+        for name in shard_names(2):
+            shards.append(await ShardProcess.launch(name, keys, data))
+        main, front = await start_main(data, keys, shards)
         first = asyncio.ensure_future(crowd(front, ctx, 120))
         ledger = data / "ledger.sqlite3"
         await eventually(lambda: ledger.exists() and len(held_tickets(ledger)) >= 30, 60)
@@ -129,8 +132,9 @@ async def test_a_killed_main_restarts_from_its_ledger(tmp_path: Path) -> None:
         outcomes = await first
         outcomes += await crowd(front, ctx, 120)
     finally:
-        main.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(main.wait(), 30)
+        if main is not None and main.returncode is None:
+            main.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(main.wait(), 30)
         for p in shards:
             await p.stop()
 

@@ -41,6 +41,7 @@ from .states import (
     PaymentState,
     TicketState,
     WaitlistStatus,
+    sql_list,
 )
 
 _CHUNK = 400  # rows per multi-row statement: well under SQLite's parameter limit
@@ -48,6 +49,10 @@ TABLES = {OrderKind.PRIMARY: "orders", OrderKind.RESALE: "resale_orders"}
 WAITLIST_SHARD = "main"  # orders offered from the waiting list were never on a shard
 
 _AWAITING = OrderStatus.AWAITING_PAYMENT
+# Literal, not bound: SQLite uses a partial index only when it can see that the
+# query's condition implies the index's (a bound parameter hides it).
+_ACTIVE = sql_list(ACTIVE_ORDER)
+_OPEN = sql_list(OPEN_LISTING)
 _ORDER_COLUMNS = (
     "event_id, serial, visitor, account_id, shard, epoch, price_cents, status,"
     " created_at, expires_at, version"
@@ -146,12 +151,11 @@ class SqliteTx:
         """An active order or an owned ticket of the event, by visitor or by account."""
         return bool(
             await self._rows(
-                f"SELECT 1 FROM orders WHERE event_id = ? AND status IN {_in(ACTIVE_ORDER)}"
+                f"SELECT 1 FROM orders WHERE event_id = ? AND status IN {_ACTIVE}"
                 " AND (visitor = ? OR account_id = ?)"
                 " UNION ALL SELECT 1 FROM owners WHERE event_id = ? AND (visitor = ? OR account_id = ?)",
                 (
                     event_id,
-                    *ACTIVE_ORDER,
                     p.visitor,
                     p.account_id,
                     event_id,
@@ -355,9 +359,9 @@ class SqliteTx:
         return await self._rows(
             "SELECT o.*, l.id AS listing_id FROM owners o LEFT JOIN listings l"
             " ON l.event_id = o.event_id AND l.serial = o.serial"
-            f" AND l.status IN {_in(OPEN_LISTING)} WHERE {where}"
+            f" AND l.status IN {_OPEN} WHERE {where}"
             " ORDER BY o.event_id, o.serial",
-            (*OPEN_LISTING, *args),
+            args,
         )
 
     # -- listings ----------------------------------------------------------------------------
@@ -395,8 +399,7 @@ class SqliteTx:
             where.append(cond)
             args += cargs
         else:
-            where.append(f"l.status IN {_in(OPEN_LISTING)}")
-            args += OPEN_LISTING
+            where.append(f"l.status IN {_OPEN}")
         for cond, value in (
             ("l.event_id = ?", event_id),
             ("l.price_cents >= ?", min_price),
@@ -412,8 +415,8 @@ class SqliteTx:
 
     async def open_listing_id(self, event_id: int, serial: int) -> int | None:
         return await self._scalar(
-            f"SELECT id FROM listings WHERE event_id = ? AND serial = ? AND status IN {_in(OPEN_LISTING)}",
-            (event_id, serial, *OPEN_LISTING),
+            f"SELECT id FROM listings WHERE event_id = ? AND serial = ? AND status IN {_OPEN}",
+            (event_id, serial),
         )
 
     async def insert_listing(self, owner: dict[str, Any], price_cents: int, now: float) -> int:
@@ -569,9 +572,8 @@ class SqliteTx:
         foreign = await n(
             "SELECT count(*) FROM listings x JOIN owners o"
             " ON o.event_id = x.event_id AND o.serial = x.serial"
-            f" WHERE x.status IN {_in(OPEN_LISTING)}"
+            f" WHERE x.status IN {_OPEN}"
             " AND (o.visitor != x.visitor OR o.account_id IS NOT x.account_id)",
-            *OPEN_LISTING,
         )
         if foreign:
             problems.append(f"{foreign} open listings are not their ticket holder's")
@@ -839,7 +841,7 @@ class SqliteLedger:
         by_event: dict[int, list[Sale]] = {}
         for s in sales:
             by_event.setdefault(s.event, []).append(s)
-        active = f"status IN {_in(ACTIVE_ORDER)}"
+        active = f"status IN {_ACTIVE}"
         for event_id, group in by_event.items():
             for i in range(0, len(group), _CHUNK):
                 chunk = group[i : i + _CHUNK]
@@ -859,9 +861,9 @@ class SqliteLedger:
                         for col in ("serial", "visitor", "account_id")
                     ),
                     (
-                        *(event_id, *ACTIVE_ORDER, *serials),
-                        *(event_id, *ACTIVE_ORDER, *(s.visitor for s in chunk)),
-                        *(event_id, *ACTIVE_ORDER, *(s.account for s in chunk)),
+                        *(event_id, *serials),
+                        *(event_id, *(s.visitor for s in chunk)),
+                        *(event_id, *(s.account for s in chunk)),
                     ),
                 )
         return tickets, orders
