@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.conftest import Cluster
-from ticketing.ledger import OrderKind, SqliteLedger
+from ticketing.ledger import OrderKind
 from ticketing.market import Market, Principal
 from ticketing.market.payment import TestPaymentProvider
 
@@ -68,13 +68,7 @@ class Shop:
         return await self.market.ledger.reader().payment_states(OrderKind(kind), order_id)
 
     async def ticket_state(self, event: int, serial: int) -> str:
-        """A ticket's state, read straight from the SQLite file (the test's own view)."""
-        ledger = self.market.ledger
-        assert isinstance(ledger, SqliteLedger)
-        rows = await ledger.db.execute_fetchall(
-            "SELECT state FROM tickets WHERE event_id = ? AND serial = ?", (event, serial)
-        )
-        return str(list(rows)[0][0])
+        return str(await self.market.ledger.reader().ticket_state(event, serial))
 
     async def buy(self, p: Principal) -> dict[str, Any]:
         """Grant and pay: ``p`` holds a sold ticket."""

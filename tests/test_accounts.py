@@ -6,12 +6,14 @@ import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from ticketing.errors import ValidationError
+from ticketing.ledger import open_ledger
+from ticketing.ledger.driver import Driver
 from ticketing.market import accounts
 from ticketing.market.accounts import (
     Account,
@@ -27,17 +29,24 @@ pytestmark = pytest.mark.timeout(30)
 PASSWORD = "correct horse battery staple"
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
-    conn = await aiosqlite.connect(tmp_path / "accounts.db")
+@asynccontextmanager
+async def ledger_db(path: Path) -> AsyncIterator[Driver]:
+    """The ledger's database (migrated: it has the accounts table), as Accounts uses it."""
+    ledger = await open_ledger(path)
     try:
-        yield conn
+        yield ledger.driver
     finally:
-        await conn.close()
+        await ledger.close()
 
 
 @pytest.fixture
-async def store(db: aiosqlite.Connection) -> Accounts:
+async def db(tmp_path: Path) -> AsyncIterator[Driver]:
+    async with ledger_db(tmp_path / "accounts.db") as driver:
+        yield driver
+
+
+@pytest.fixture
+async def store(db: Driver) -> Accounts:
     store = Accounts(db, clock=lambda: 1234.5)
     await store.init_schema()
     return store
@@ -231,7 +240,7 @@ async def test_unknown_email_and_wrong_password_look_the_same(
 async def test_password_never_stored_in_clear(tmp_path: Path) -> None:
     path = tmp_path / "clear.db"
     password = "Zebra-Quartz-7741-unique"
-    async with aiosqlite.connect(path) as db:
+    async with ledger_db(path) as db:
         store = Accounts(db)
         await store.init_schema()
         await store.signup("carol@example.com", password)
@@ -245,11 +254,11 @@ async def test_password_never_stored_in_clear(tmp_path: Path) -> None:
 
 async def test_schema_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "reopen.db"
-    async with aiosqlite.connect(path) as db:
+    async with ledger_db(path) as db:
         store = Accounts(db)
         await store.init_schema()
         account = await store.signup("dave@example.com", PASSWORD)
-    async with aiosqlite.connect(path) as db:
+    async with ledger_db(path) as db:
         store = Accounts(db)
         await store.init_schema()  # IF NOT EXISTS: keeps the data
         assert await store.signin("dave@example.com", PASSWORD) == account
@@ -271,7 +280,7 @@ async def test_concurrent_signups_one_email_one_connection(store: Accounts) -> N
 
 async def test_concurrent_signups_one_email_two_connections(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
-    async with aiosqlite.connect(path) as first, aiosqlite.connect(path) as second:
+    async with ledger_db(path) as first, ledger_db(path) as second:
         stores = [Accounts(first), Accounts(second)]
         await stores[0].init_schema()
         results = await asyncio.gather(

@@ -69,10 +69,10 @@ async def grant(shard: ClientServer, visitor: str, event: int) -> dict[str, Any]
 
 async def orders(main: MainServer) -> list[tuple[int, int, str, str, str]]:
     assert main.ledger
-    rows = await main.ledger.db.execute_fetchall(
+    rows = await main.ledger.driver.fetch(
         "SELECT id, serial, visitor, shard, status FROM orders ORDER BY id"
     )
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    return [tuple(r.values()) for r in rows]  # type: ignore[misc]
 
 
 async def restart_shard(cluster: Cluster, old: ClientServer) -> ClientServer:

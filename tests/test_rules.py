@@ -17,9 +17,10 @@ from ticketing.ledger import (
     OrderKind,
     OrderStatus,
     Principal,
-    SqliteLedger,
+    SqlLedger,
     TicketState,
     decide_sales,
+    open_ledger,
 )
 from ticketing.market import Conflict, MarketContext, Notice, Unauthorized
 from ticketing.market.checkout import Checkout
@@ -68,9 +69,10 @@ def test_decide_answers_a_resent_sale_with_its_order() -> None:
 
 
 def test_decide_refuses_a_stale_epoch_a_foreign_ticket_and_a_second_ticket() -> None:
-    assert decide_sales(SHARD, 1, 2, [Sale(1, 0, "a")], pooled(0), []).refusals()[0][
-        "reason"
-    ] == "stale_epoch"
+    assert (
+        decide_sales(SHARD, 1, 2, [Sale(1, 0, "a")], pooled(0), []).refusals()[0]["reason"]
+        == "stale_epoch"
+    )
     foreign = {(1, 0): (TicketState.POOL, "shard-2", 1)}
     assert decide_sales(SHARD, 1, 1, [Sale(1, 0, "a")], foreign, []).refused[0][1] == "not_in_pool"
     mine = order(5, "a")
@@ -92,13 +94,13 @@ def test_decide_allows_one_ticket_per_visitor_and_account_within_a_batch() -> No
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
-    led = await SqliteLedger.open(tmp_path / "ledger.sqlite3", synchronous="OFF")
+async def ledger(tmp_path: Path) -> AsyncIterator[SqlLedger]:
+    led = await open_ledger(tmp_path / "ledger.sqlite3", synchronous="OFF")
     yield led
     await led.close()
 
 
-async def on_sale(ledger: SqliteLedger, tickets: int = 3) -> int:
+async def on_sale(ledger: SqlLedger, tickets: int = 3) -> int:
     """An event whose tickets all sit in one (imaginary) shard's pool."""
     event = await ledger.create_event("Gig", "", 2500, tickets)
     await ledger.register_shard(SHARD, "127.0.0.1", 1, 2, 1.0)
@@ -106,7 +108,7 @@ async def on_sale(ledger: SqliteLedger, tickets: int = 3) -> int:
     return event.id
 
 
-async def grant(ledger: SqliteLedger, event: int, serial: int, p: Principal) -> dict[str, Any]:
+async def grant(ledger: SqlLedger, event: int, serial: int, p: Principal) -> dict[str, Any]:
     accepted, refused, fresh = await ledger.record_sales(
         SHARD, 1, [Sale(event, serial, p.visitor, p.account_id)], HOLD
     )
@@ -114,13 +116,13 @@ async def grant(ledger: SqliteLedger, event: int, serial: int, p: Principal) -> 
     return fresh[0]
 
 
-def rules(ledger: SqliteLedger, clock: FakeClock) -> tuple[MarketContext, Holds, Checkout]:
+def rules(ledger: SqlLedger, clock: FakeClock) -> tuple[MarketContext, Holds, Checkout]:
     ctx = MarketContext(ledger, clock=clock, hold_seconds=HOLD)
     holds = Holds(ctx)
     return ctx, holds, Checkout(ctx, holds, TestPaymentProvider())
 
 
-async def test_order_ids_come_from_the_database(ledger: SqliteLedger) -> None:
+async def test_order_ids_come_from_the_database(ledger: SqlLedger) -> None:
     event = await on_sale(ledger, 5)
     _, _, fresh = await ledger.record_sales(
         SHARD, 1, [Sale(event, s, f"v{s}") for s in range(5)], HOLD
@@ -132,7 +134,7 @@ async def test_order_ids_come_from_the_database(ledger: SqliteLedger) -> None:
         assert row is not None and (row["serial"], row["visitor"]) == (o["serial"], o["visitor"])
 
 
-async def test_expiry_returns_the_ticket_and_mains_count_follows(ledger: SqliteLedger) -> None:
+async def test_expiry_returns_the_ticket_and_mains_count_follows(ledger: SqlLedger) -> None:
     """No repair call: the ledger's own stock count moves with the commit."""
     clock = FakeClock()
     _, holds, _ = rules(ledger, clock)
@@ -150,7 +152,7 @@ async def test_expiry_returns_the_ticket_and_mains_count_follows(ledger: SqliteL
 
 
 async def test_a_released_ticket_goes_to_the_head_of_the_waiting_list(
-    ledger: SqliteLedger,
+    ledger: SqlLedger,
 ) -> None:
     clock = FakeClock()
     ctx, holds, checkout = rules(ledger, clock)
@@ -171,7 +173,7 @@ async def test_a_released_ticket_goes_to_the_head_of_the_waiting_list(
     assert ledger.unassigned_count(event) == 0  # it never went back to the pool
 
 
-async def test_pay_completes_and_a_decline_keeps_the_hold(ledger: SqliteLedger) -> None:
+async def test_pay_completes_and_a_decline_keeps_the_hold(ledger: SqlLedger) -> None:
     clock = FakeClock()
     _, _, checkout = rules(ledger, clock)
     event = await on_sale(ledger, 2)
@@ -190,7 +192,7 @@ async def test_pay_completes_and_a_decline_keeps_the_hold(ledger: SqliteLedger) 
 
 
 async def test_resale_locks_for_one_buyer_and_only_an_unlocked_price_changes(
-    ledger: SqliteLedger,
+    ledger: SqlLedger,
 ) -> None:
     clock = FakeClock()
     ctx, _, checkout = rules(ledger, clock)

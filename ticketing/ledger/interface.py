@@ -4,8 +4,8 @@
 transaction); :class:`LedgerTx` is one unit of work of the marketplace, from
 ``async with ledger.transaction() as tx`` (committed at the end, rolled back on an
 error) or ``ledger.reader()`` (reads, no transaction). Rows travel as plain dicts
-keyed by column name. :class:`~.sqlite.SqliteLedger` is the embedded backend; a
-second backend implements the same methods with the same invariants.
+keyed by column name. :class:`~.sql.SqlLedger` implements both over a
+:class:`~.driver.Driver`: SQLite (embedded, the default) or PostgreSQL.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ class LedgerTx(Protocol):
     ) -> None:
         """Move one ticket between states; it must be in ``src``."""
         ...
+
+    async def ticket_state(self, event_id: int, serial: int) -> str | None: ...
 
     async def available(self, event_id: int) -> int:
         """Tickets of the event still on sale (main's pool or a shard's)."""
@@ -162,6 +164,10 @@ class LedgerTx(Protocol):
     async def skip_waitlist_entry(self, entry_id: int) -> None: ...
 
     async def mark_offered(self, entry_id: int, order_id: int, now: float) -> None: ...
+
+    async def claim_conflicts(self, p: Principal) -> list[dict[str, Any]]:
+        """The visitor's held orders that claiming would make a second ticket of its account."""
+        ...
 
     async def claim(self, p: Principal) -> int:
         """Give the visitor's account-less rows to ``p.account_id``; returns how many."""

@@ -1,4 +1,4 @@
-"""The ledger's tables (SQLite dialect): main's ticket states and the marketplace's rows.
+"""The ledger's tables, for both backends, and the ordered migrations that build them.
 
 - ``events``, ``shards`` (with each shard's fencing ``epoch``), ``tickets`` (one row
   per ticket in exactly one state), ``slices`` (the log of slice moves), ``orders``.
@@ -15,10 +15,15 @@
 The invariants are the database's: partial unique indexes allow one active order
 per ticket, per visitor and per account and event, one open listing per ticket,
 one resale checkout per listing, one pending payment per order.
+
+Schema versions: ``schema_version`` holds the version applied; :data:`MIGRATIONS`
+are applied in order at start, and a ledger newer than the code is refused.
 """
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+from .driver import Driver
 from .records import OrderKind
 from .states import (
     ACTIVE_ORDER,
@@ -33,14 +38,14 @@ from .states import (
 
 ACTIVE = sql_list(ACTIVE_ORDER)
 
-SCHEMA = f"""
+V1 = f"""
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
+    id {{ID}},
     name TEXT NOT NULL,
     description TEXT NOT NULL,
     price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
     count INTEGER NOT NULL CHECK (count >= 0),
-    created_at REAL NOT NULL
+    created_at {{REAL}} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS shards (
     name TEXT PRIMARY KEY,
@@ -48,7 +53,7 @@ CREATE TABLE IF NOT EXISTS shards (
     host TEXT NOT NULL,
     tls_port INTEGER NOT NULL,
     https_port INTEGER NOT NULL,
-    weight REAL NOT NULL DEFAULT 1.0
+    weight {{REAL}} NOT NULL DEFAULT 1.0
 );
 CREATE TABLE IF NOT EXISTS tickets (
     event_id INTEGER NOT NULL REFERENCES events(id),
@@ -57,20 +62,20 @@ CREATE TABLE IF NOT EXISTS tickets (
     shard TEXT,
     epoch INTEGER,
     PRIMARY KEY (event_id, serial)
-) WITHOUT ROWID;
+){{NO_ROWID}};
 CREATE INDEX IF NOT EXISTS tickets_by_state ON tickets(event_id, state, shard);
 CREATE TABLE IF NOT EXISTS slices (
-    id INTEGER PRIMARY KEY,
+    id {{ID}},
     event_id INTEGER NOT NULL,
     shard TEXT NOT NULL,
     epoch INTEGER NOT NULL,
     start INTEGER NOT NULL,
     stop INTEGER NOT NULL,
     action TEXT NOT NULL,
-    at REAL NOT NULL
+    at {{REAL}} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS orders (
-    id INTEGER PRIMARY KEY,
+    id {{ID}},
     event_id INTEGER NOT NULL,
     serial INTEGER NOT NULL,
     visitor TEXT NOT NULL,
@@ -79,8 +84,8 @@ CREATE TABLE IF NOT EXISTS orders (
     epoch INTEGER NOT NULL,
     price_cents INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN {sql_list(tuple(OrderStatus))}),
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
+    created_at {{REAL}} NOT NULL,
+    expires_at {{REAL}} NOT NULL,
     version INTEGER NOT NULL DEFAULT 1
 );
 CREATE UNIQUE INDEX IF NOT EXISTS orders_one_per_ticket
@@ -97,28 +102,28 @@ CREATE TABLE IF NOT EXISTS owners (
     account_id INTEGER,
     order_id INTEGER NOT NULL,
     resale_order_id INTEGER,
-    since REAL NOT NULL,
+    since {{REAL}} NOT NULL,
     PRIMARY KEY (event_id, serial)
 );
 CREATE INDEX IF NOT EXISTS owners_by_account ON owners(account_id);
 CREATE INDEX IF NOT EXISTS owners_by_visitor ON owners(visitor);
 CREATE TABLE IF NOT EXISTS listings (
-    id INTEGER PRIMARY KEY,
+    id {{ID}},
     event_id INTEGER NOT NULL,
     serial INTEGER NOT NULL,
     visitor TEXT NOT NULL,
     account_id INTEGER,
     price_cents INTEGER NOT NULL CHECK (price_cents > 0),
     status TEXT NOT NULL CHECK (status IN {sql_list(tuple(ListingStatus))}),
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
+    created_at {{REAL}} NOT NULL,
+    updated_at {{REAL}} NOT NULL,
     version INTEGER NOT NULL DEFAULT 1
 );
 CREATE UNIQUE INDEX IF NOT EXISTS listings_one_open_per_ticket
     ON listings(event_id, serial) WHERE status IN {sql_list(OPEN_LISTING)};
 CREATE INDEX IF NOT EXISTS listings_by_event ON listings(event_id, status, price_cents);
 CREATE TABLE IF NOT EXISTS resale_orders (
-    id INTEGER PRIMARY KEY,
+    id {{ID}},
     listing_id INTEGER NOT NULL REFERENCES listings(id),
     event_id INTEGER NOT NULL,
     serial INTEGER NOT NULL,
@@ -126,15 +131,15 @@ CREATE TABLE IF NOT EXISTS resale_orders (
     account_id INTEGER,
     price_cents INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN {sql_list(tuple(OrderStatus))}),
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
+    created_at {{REAL}} NOT NULL,
+    expires_at {{REAL}} NOT NULL,
     version INTEGER NOT NULL DEFAULT 1
 );
 CREATE UNIQUE INDEX IF NOT EXISTS resale_orders_one_lock
     ON resale_orders(listing_id) WHERE status = '{OrderStatus.AWAITING_PAYMENT.value}';
 CREATE INDEX IF NOT EXISTS resale_orders_by_expiry ON resale_orders(status, expires_at);
 CREATE TABLE IF NOT EXISTS payments (
-    id INTEGER PRIMARY KEY,
+    id {{ID}},
     kind TEXT NOT NULL CHECK (kind IN {sql_list(tuple(OrderKind))}),
     order_id INTEGER NOT NULL,
     idempotency_key TEXT NOT NULL UNIQUE,
@@ -143,20 +148,20 @@ CREATE TABLE IF NOT EXISTS payments (
     charge_id TEXT,
     refund_id TEXT,
     message TEXT,
-    started_at REAL NOT NULL,
-    finished_at REAL
+    started_at {{REAL}} NOT NULL,
+    finished_at {{REAL}}
 );
 CREATE UNIQUE INDEX IF NOT EXISTS payments_one_pending
     ON payments(kind, order_id) WHERE state = '{PaymentState.PENDING.value}';
 CREATE TABLE IF NOT EXISTS waitlist (
-    id INTEGER PRIMARY KEY,
+    id {{ID}},
     event_id INTEGER NOT NULL,
     visitor TEXT NOT NULL,
     account_id INTEGER,
     status TEXT NOT NULL CHECK (status IN {sql_list(tuple(WaitlistStatus))}),
     order_id INTEGER,
-    joined_at REAL NOT NULL,
-    offered_at REAL
+    joined_at {{REAL}} NOT NULL,
+    offered_at {{REAL}}
 );
 CREATE UNIQUE INDEX IF NOT EXISTS waitlist_one_per_visitor
     ON waitlist(event_id, visitor) WHERE status = '{WaitlistStatus.WAITING.value}';
@@ -164,6 +169,64 @@ CREATE UNIQUE INDEX IF NOT EXISTS waitlist_one_per_account
     ON waitlist(event_id, account_id) WHERE status = '{WaitlistStatus.WAITING.value}';
 CREATE TABLE IF NOT EXISTS revoked_sessions (
     sid TEXT PRIMARY KEY,
-    exp REAL NOT NULL
+    exp {{REAL}} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    id {{ID}},
+    email TEXT UNIQUE NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at {{REAL}} NOT NULL
 );
 """
+
+# One sold ticket per event per account: claiming anonymous tickets on sign-in
+# must not give an account a second one.
+V2 = """
+CREATE UNIQUE INDEX IF NOT EXISTS owners_one_per_account
+    ON owners(event_id, account_id) WHERE account_id IS NOT NULL;
+"""
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "ledger, marketplace and account tables", V1),
+    (2, "one owned ticket per event per account", V2),
+]
+LATEST = MIGRATIONS[-1][0]
+
+DIALECTS = {
+    "sqlite": {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "NO_ROWID": " WITHOUT ROWID"},
+    "postgresql": {
+        "ID": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        "REAL": "DOUBLE PRECISION",
+        "NO_ROWID": "",
+    },
+}
+
+
+def ddl(template: str, dialect: str) -> str:
+    """A migration's DDL in one backend's dialect."""
+    out = template
+    for key, value in DIALECTS[dialect].items():
+        out = out.replace("{" + key + "}", value)
+    return out
+
+
+async def schema_version(driver: Driver) -> int:
+    await driver.script("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")
+    rows = await driver.fetch("SELECT MAX(version) AS v FROM schema_version")
+    return int(rows[0]["v"] or 0)
+
+
+async def migrate(driver: Driver) -> int:
+    """Apply the missing migrations in order; returns the version now in force."""
+    current = await schema_version(driver)
+    if current > LATEST:
+        raise ConfigError(
+            f"the ledger at {driver.url} has schema version {current}, newer than this"
+            f" code knows ({LATEST}): upgrade ticketing before opening it"
+        )
+    for version, _, template in MIGRATIONS:
+        if version > current:
+            # One script: the DDL and its version row (one transaction on PostgreSQL).
+            record = f"INSERT INTO schema_version(version) VALUES ({int(version)});"
+            await driver.script(ddl(template, driver.dialect) + record)
+    return max(current, LATEST)

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected, TicketingError
-from ..ledger import Audit, Event, Ledger, open_ledger
+from ..ledger import Audit, Event, SqlLedger, open_ledger
+from ..ledger.driver import redact
 from ..link import Commands, Handler, Link
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import Range, count, cut, parse_ranges, shares
@@ -108,6 +109,7 @@ class MainServer:
         *,
         data_dir: str | os.PathLike[str] = "data",
         ledger_path: str | os.PathLike[str] | None = None,
+        ledger_url: str | None = None,  # postgresql://... or sqlite:///...; default: ledger_path
         # Marketplace
         hold_seconds: float = 15 * 60,
         # Limits
@@ -124,6 +126,7 @@ class MainServer:
         self.name = name
         self.data_dir = Path(data_dir)
         self.ledger_path = Path(ledger_path or self.data_dir / "ledger.sqlite3")
+        self.ledger_url = ledger_url or f"sqlite:///{self.ledger_path.resolve()}"
         self.hold_seconds = hold_seconds
         self.max_line, self.max_in_flight = max_line, max_in_flight
         self.connect_timeout = connect_timeout
@@ -132,7 +135,7 @@ class MainServer:
         self.synchronous = synchronous
         self.credentials: Credentials | None = None
         self.commands = Commands(tuple(ToMain))
-        self.ledger: Ledger | None = None
+        self.ledger: SqlLedger | None = None
         self.signer: TokenSigner | None = None
         self.shards: dict[str, ShardLink] = {}
         self.sale_listeners: list[Callable[[list[dict[str, Any]]], Any]] = []
@@ -162,9 +165,9 @@ class MainServer:
         if self.credentials is None:
             self.set_certificate_path("keys")
         self.signer = TokenSigner(load_signing_key(self.data_dir / "signing.key"))
-        self.ledger = await open_ledger(self.ledger_path, synchronous=self.synchronous)
+        self.ledger = await open_ledger(self.ledger_url, synchronous=self.synchronous)
         await self._refresh_stock()
-        log.info("main started on %s", self.ledger_path)
+        log.info("main started on %s", redact(self.ledger_url))
 
     async def close(self) -> None:
         if self._closed:
@@ -186,7 +189,7 @@ class MainServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _ledger(self) -> Ledger:
+    def _ledger(self) -> SqlLedger:
         if self.ledger is None:
             raise TicketingError("main server not started: await main.start() first")
         return self.ledger

@@ -15,14 +15,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiosqlite
-
 from ..errors import ValidationError
+from ..ledger.driver import Driver
 
 # scrypt parameters (memory-hard: 128 * r * n bytes = 16 MiB per hash)
 SCRYPT_N = 2**14
@@ -137,30 +135,18 @@ class Account:
 
 
 class Accounts:
-    """Account storage over an open :class:`aiosqlite.Connection` owned by the caller.
+    """The ``accounts`` table (made by the ledger's migrations), on the ledger's database.
 
-    Every write is one statement followed by a commit, so sharing the connection with
-    other stores never leaves half of a multi-statement change visible.
+    Every write is one statement in its own transaction of the ledger's driver, so it
+    never lands in the middle of a ledger transaction.
     """
 
-    def __init__(self, db: aiosqlite.Connection, *, clock: Callable[[], float] = time.time):
+    def __init__(self, db: Driver, *, clock: Callable[[], float] = time.time):
         self.db = db
         self.clock = clock
 
     async def init_schema(self) -> None:
-        """Create the ``accounts`` table when it does not exist yet."""
-        await self.db.execute(
-            """
-            CREATE TABLE IF NOT EXISTS accounts (
-                id INTEGER PRIMARY KEY,
-                email TEXT UNIQUE NOT NULL,
-                password_hash TEXT NOT NULL,
-                created_at REAL NOT NULL
-            )
-            """
-        )
-        await self.db.commit()
-        # Make the dummy hash now, so the first sign-in to an unknown email is not slower.
+        """Make the dummy hash now, so the first sign-in to an unknown email is not slower."""
         await asyncio.to_thread(_dummy_hash)
 
     async def signup(self, email: str, password: str) -> Account:
@@ -169,21 +155,16 @@ class Accounts:
         validate_password(password)
         password_hash = await asyncio.to_thread(hash_password, password)
         created_at = self.clock()
-        try:
-            # The UNIQUE constraint decides races between concurrent sign-ups.
-            async with self.db.execute(
-                "INSERT INTO accounts (email, password_hash, created_at) VALUES (?, ?, ?)",
+        # The UNIQUE constraint decides races between concurrent sign-ups.
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(
+                "INSERT INTO accounts (email, password_hash, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (email) DO NOTHING RETURNING id",
                 (email, password_hash, created_at),
-            ) as cursor:
-                account_id = cursor.lastrowid
-        except sqlite3.IntegrityError as exc:
-            raise ValidationError(DUPLICATE_EMAIL, "email") from exc
-        finally:
-            # Commit even after a failed INSERT: the implicit transaction it opened
-            # would otherwise hold SQLite's write lock until some later commit.
-            await self.db.commit()
-        assert account_id is not None  # an INSERT into a rowid table always sets it
-        return Account(account_id, email, created_at)
+            )
+        if not rows:
+            raise ValidationError(DUPLICATE_EMAIL, "email")
+        return Account(int(rows[0]["id"]), email, created_at)
 
     async def signin(self, email: str, password: str) -> Account:
         """Return the account for these credentials.
@@ -195,23 +176,24 @@ class Accounts:
             raise ValidationError(BAD_CREDENTIALS, None)
         if len(password) > MAX_PASSWORD_LENGTH:
             raise ValidationError(BAD_CREDENTIALS, None)
-        async with self.db.execute(
+        rows = await self.db.fetch(
             "SELECT id, email, created_at, password_hash FROM accounts WHERE email = ?",
             (normalise_email(email),),
-        ) as cursor:
-            row = await cursor.fetchone()
-        ok = await asyncio.to_thread(_check_password, password, row[3] if row else None)
+        )
+        row = rows[0] if rows else None
+        ok = await asyncio.to_thread(
+            _check_password, password, row["password_hash"] if row else None
+        )
         if row is None or not ok:
             raise ValidationError(BAD_CREDENTIALS, None)
-        return Account(row[0], row[1], row[2])
+        return Account(row["id"], row["email"], row["created_at"])
 
     async def get(self, account_id: int) -> Account | None:
         """The account with this id, or None."""
-        async with self.db.execute(
+        rows = await self.db.fetch(
             "SELECT id, email, created_at FROM accounts WHERE id = ?", (account_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return Account(row[0], row[1], row[2]) if row is not None else None
+        )
+        return Account(**rows[0]) if rows else None
 
 
 class SigninThrottle:

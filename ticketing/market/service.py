@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import aiosqlite
-
-from ..db import open_db
-from ..ledger import Ledger, OrderKind, Principal
+from ..ledger import Ledger, OrderKind, Principal, SqlLedger
 from ..tokens import TokenSigner
 from ..wire import SessionClaims
 from .accounts import Account, Accounts, SigninThrottle
@@ -39,14 +35,10 @@ from .waitlist import Waitlist
 class MarketHost(Protocol):
     """What the market needs of the process it runs in (:class:`~ticketing.main.MainServer`)."""
 
-    ledger: Ledger | None
+    ledger: SqlLedger | None
     signer: TokenSigner | None
     hold_seconds: float
-    synchronous: str
     sale_listeners: list[Callable[[list[dict[str, Any]]], Any]]
-
-    @property
-    def ledger_path(self) -> os.PathLike[str]: ...
 
     async def start(self) -> None: ...
 
@@ -75,7 +67,6 @@ class Market:
         self.throttle = SigninThrottle()
         self._clock = clock
         self._ctx: MarketContext | None = None
-        self._accounts_db: aiosqlite.Connection | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- wiring and lifecycle ------------------------------------------------------------
@@ -94,12 +85,7 @@ class Market:
         )
         if self._clock is not None:
             ctx.clock = self._clock
-        # Accounts get their own connection: their commits must never land in the
-        # middle of a ledger transaction on the shared one.
-        self._accounts_db = await open_db(
-            self.main.ledger_path, "", synchronous=self.main.synchronous
-        )
-        accounts = Accounts(self._accounts_db, clock=ctx.clock)
+        accounts = Accounts(self.main.ledger.driver, clock=ctx.clock)
         await accounts.init_schema()
         sessions = SessionManager(self.main.signer, ttl=self.session_ttl)
         self.holds = Holds(ctx, pay_timeout=self.pay_timeout, sweep_interval=self.sweep_interval)
@@ -124,9 +110,6 @@ class Market:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._accounts_db is not None:
-            await self._accounts_db.close()
-            self._accounts_db = None
         log.info("market closed")
 
     async def __aenter__(self) -> Market:
