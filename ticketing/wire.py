@@ -1,6 +1,7 @@
 """Cross-process contracts, defined once and imported by every side.
 
-- the token types (``ADMISSION``) that fronts sign and shards verify;
+- the token types (``ADMISSION``) that fronts sign and shards verify, and
+  ``PLACE``, which a front signs for itself; the arrival claim ``ARRIVED``;
 - :class:`Sale`, a grant as it travels from a shard to main in ``report_sales``.
 """
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ADMISSION = "admission"
+PLACE = "place"  # a visitor's place in line, signed by the front (front/admission.py)
+ARRIVED = "t"  # claim of admission and place tokens: first arrival at the front, unix s
 
 
 def ticket_id(event_id: int, serial: int) -> str:
