@@ -46,8 +46,10 @@ class Child:
         stdin_lines: Sequence[str] = (),
         timeout: float = 30.0,
         limit: int = 1 << 16,  # longest line it may print
+        prefix: Sequence[str] = (),  # e.g. ("ip", "netns", "exec", NS): it execs python
     ) -> Self:
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             sys.executable,
             *args,
             stdin=asyncio.subprocess.PIPE,
