@@ -81,6 +81,7 @@ def cmd_main(args: argparse.Namespace) -> int:
                 port = await redirect.create_server(args.port, args.host)
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
                 print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
+                print("READY " + json.dumps({"port": port}), flush=True)  # for scripts
                 await wait_for_stop()
         return 0
 

@@ -152,7 +152,10 @@ class WebClient:
             if "total" in out.timings or out.status is not None:
                 clock.answered()  # a message on the WSS, or an HTTP refusal
             again = back_to_front(location)
-            if again and (out.kind == "retry" or (out.kind == "refused" and out.status == 503)):
+            lost = self.persistent and out.kind == "error" and out.message.get("unreachable")
+            if again and (
+                out.kind == "retry" or lost or (out.kind == "refused" and out.status == 503)
+            ):
                 hops += 1
                 url = again
                 continue
@@ -195,8 +198,11 @@ class WebClient:
             if opened:
                 return Outcome("retry", {"reason": f"connection lost: {exc!r}"}, timings=timings)
             return Outcome("error", {"message": f"wss failed: {exc!r}"}, timings=timings)
-        except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
+        except (TimeoutError, WebSocketException, ValueError) as exc:
             return Outcome("error", {"message": f"wss failed: {exc!r}"}, timings=timings)
+        except OSError as exc:  # refused, reset: the shard is gone (persistent: go back)
+            message = {"message": f"wss failed: {exc!r}", "unreachable": True}
+            return Outcome("error", message, timings=timings)
         timings["total"] = time.perf_counter() - t0
         return Outcome(msg.get("type", "error"), msg, timings=timings)
 
