@@ -64,45 +64,47 @@ def test_heartbeat_lines_need_no_answer_and_make_no_event() -> None:
 
 
 @pytest.mark.parametrize(
-    ("view", "earlier", "answer"),
+    ("view", "ahead", "answer"),
     [
-        (StockView(2, in_live_pools=5), False, Answer.REDIRECT),
-        (StockView(2, unassigned=5), False, Answer.REDIRECT),  # a shard asks main for it
-        (StockView(2, in_live_pools=5), True, Answer.WAIT),  # an earlier arrival goes first
-        (StockView(1, stranded=300), False, Answer.WAIT),  # out of reach, not sold out
-        (StockView(0, stranded=3), False, Answer.UNAVAILABLE),
-        (StockView(0, unassigned=3), False, Answer.UNAVAILABLE),
-        (StockView(2), False, Answer.SOLD_OUT),
-        (StockView(2), True, Answer.SOLD_OUT),
-        (StockView(0), False, Answer.SOLD_OUT),
+        (StockView(2, in_live_pools=5), 0, Answer.REDIRECT),
+        (StockView(2, unassigned=5), 0, Answer.REDIRECT),  # a shard asks main for it
+        (StockView(2, in_live_pools=5), 4, Answer.REDIRECT),  # enough for those ahead too
+        (StockView(2, in_live_pools=5, unassigned=1), 5, Answer.REDIRECT),
+        (StockView(2, in_live_pools=5), 5, Answer.WAIT),  # the earlier 5 need all 5
+        (StockView(1, stranded=300), 0, Answer.WAIT),  # out of reach, not sold out
+        (StockView(0, stranded=3), 0, Answer.UNAVAILABLE),
+        (StockView(0, unassigned=3), 0, Answer.UNAVAILABLE),
+        (StockView(2), 0, Answer.SOLD_OUT),
+        (StockView(2), 9, Answer.SOLD_OUT),
+        (StockView(0), 0, Answer.SOLD_OUT),
     ],
 )
 def test_sold_out_only_when_nothing_is_left_anywhere(
-    view: StockView, earlier: bool, answer: Answer
+    view: StockView, ahead: int, answer: Answer
 ) -> None:
-    assert choose_answer(view, earlier_waiting=earlier) is answer
+    assert choose_answer(view, waiting_ahead=ahead) is answer
 
 
 def test_the_waiting_room_lets_waiters_through_in_arrival_order() -> None:
     room = WaitingRoom(stale_after=5.0)
     room.wait("b", arrived=20.0, now=0.0)
     room.wait("a", arrived=10.0, now=0.5)
-    assert room.earlier_waiting("b", 20.0, now=1.0)  # a arrived first
-    assert not room.earlier_waiting("a", 10.0, now=1.0)
-    assert room.earlier_waiting("new", 30.0, now=1.0)  # a newcomer is behind both
+    assert room.ahead("b", 20.0, now=1.0) == 1  # a arrived first
+    assert room.ahead("a", 10.0, now=1.0) == 0
+    assert room.ahead("new", 30.0, now=1.0) == 2  # a newcomer is behind both
     room.leave("a")
-    assert not room.earlier_waiting("b", 20.0, now=1.5)
-    assert room.earlier_waiting("new", 30.0, now=1.5)
+    assert room.ahead("b", 20.0, now=1.5) == 0
+    assert room.ahead("new", 30.0, now=1.5) == 1
     # b stops coming back (tab closed): after stale_after it no longer holds anyone up.
-    assert not room.earlier_waiting("new", 30.0, now=6.1) and len(room) == 0
+    assert room.ahead("new", 30.0, now=6.1) == 0 and len(room) == 0
 
 
 def test_a_waiter_coming_back_refreshes_its_entry() -> None:
     room = WaitingRoom(stale_after=2.0)
     room.wait("a", 1.0, now=0.0)
     room.wait("a", 999.0, now=1.5)  # its arrival never changes, only when it was seen
-    assert room.earlier_waiting("x", 2.0, now=3.0)
-    assert not room.earlier_waiting("x", 2.0, now=3.6)
+    assert room.ahead("x", 2.0, now=3.0) == 1
+    assert room.ahead("x", 2.0, now=3.6) == 0
 
 
 # -- the shard's queue -------------------------------------------------------------

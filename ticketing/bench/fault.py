@@ -146,9 +146,7 @@ def analyze(
         "stranded": len(stranded),
         "stranded_sold_elsewhere": len(elsewhere),
         "stranded_first_sold_after_s": since_fault(elsewhere[0] if elsewhere else None),
-        "stranded_all_sold_after_s": (
-            since_fault(elsewhere[-1]) if stranded and len(elsewhere) == len(stranded) else None
-        ),
+        "stranded_last_sold_after_s": since_fault(elsewhere[-1] if elsewhere else None),
         "first_ticket_after_fault_s": since_fault(after_fault[0] if after_fault else None),
         "timeline": answer_timeline(t0, arrivals, ends, kinds),
     }
@@ -324,7 +322,7 @@ async def run_fault(opts: Options) -> dict[str, Any]:
     downtime = opts.fault_seconds
     if downtime is None:
         downtime = 3.0 if fault == "kill-main" else opts.reclaim_after + 5.0
-    fault_at = opts.fault_at if opts.fault_at is not None else opts.duration / 4
+    fault_at = opts.fault_at if opts.fault_at is not None else opts.duration * 0.4
     hb = [
         f"--heartbeat-interval={opts.heartbeat_interval}",
         f"--heartbeat-timeout={opts.heartbeat_timeout}",

@@ -52,7 +52,7 @@ class Options:
     fault: str | None = None
     arrival_rate: float = DEFAULT_ARRIVAL_RATE
     duration: float = DEFAULT_DURATION
-    fault_at: float | None = None  # seconds after the first arrival (default: a quarter in)
+    fault_at: float | None = None  # seconds after the first arrival (default: 40 % in)
     fault_seconds: float | None = None  # partition/main down for this long
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 3.0
@@ -114,7 +114,7 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
     p.add_argument(
         "--duration", type=float, default=DEFAULT_DURATION, help="fault: seconds of arrivals"
     )
-    p.add_argument("--fault-at", type=float, help="fault: seconds in (default: duration / 4)")
+    p.add_argument("--fault-at", type=float, help="fault: seconds in (default: 40 %% of duration)")
     p.add_argument(
         "--fault-seconds",
         type=float,

@@ -3,9 +3,10 @@
 The rule (issue 10): "sold out" only when no ticket is unassigned, in a live shard's
 pool, or stranded on an unreachable shard that is not fenced yet. While tickets are
 out of reach the visitor is told to wait and comes back by itself; the
-:class:`WaitingRoom` then lets the waiters through in the order they first arrived,
-so a later arrival cannot overtake an earlier one just by retrying at a luckier
-moment.
+:class:`WaitingRoom` then keeps the order they first arrived in: a visitor is let
+through only while the stock within reach covers everyone still waiting ahead of
+it, so a later arrival cannot take the last tickets from an earlier one just by
+retrying at a luckier moment, and while stock is plentiful nobody is held up.
 
 Places are kept without trusting the client: the arrival time travels in a *place*
 token the front signs (``wire.PLACE``, claim ``t``). A visitor sent back by a shard
@@ -31,19 +32,20 @@ class Answer(enum.Enum):
     SOLD_OUT = "sold_out"
 
 
-def choose_answer(view: StockView, *, earlier_waiting: bool = False) -> Answer:
+def choose_answer(view: StockView, *, waiting_ahead: int = 0) -> Answer:
     """The answer for one visitor, from where the stock is and who waits ahead of it.
 
-    ``earlier_waiting``: someone who arrived before this visitor is still waiting
-    for a turn, so this one waits too (first come, first served).
+    ``waiting_ahead``: visitors who arrived before this one and still wait for a
+    turn. It goes now only if the stock within reach covers them all (first come,
+    first served; no one-at-a-time trickle when there is plenty).
     """
     if view.remaining == 0:
         return Answer.SOLD_OUT
     if view.online_shards == 0:
         return Answer.UNAVAILABLE
-    if view.routable and not earlier_waiting:
+    if view.routable and waiting_ahead < view.in_live_pools + view.unassigned:
         return Answer.REDIRECT
-    return Answer.WAIT  # stranded stock, or earlier waiters go first
+    return Answer.WAIT  # stranded stock, or the earlier waiters need what is left
 
 
 @dataclass
@@ -80,10 +82,10 @@ class WaitingRoom:
         """``nonce`` was let through (or is no longer waiting)."""
         self._waiting.pop(nonce, None)
 
-    def earlier_waiting(self, nonce: str, arrived: float, now: float) -> bool:
-        """Is anyone who arrived before ``arrived`` still waiting (other than ``nonce``)?"""
+    def ahead(self, nonce: str, arrived: float, now: float) -> int:
+        """How many who arrived before ``arrived`` are still waiting (not ``nonce``)."""
         self._prune(now)
-        return any(e.arrived < arrived for n, e in self._waiting.items() if n != nonce)
+        return sum(1 for n, e in self._waiting.items() if e.arrived < arrived and n != nonce)
 
     def _prune(self, now: float) -> None:
         stale = [n for n, e in self._waiting.items() if now - e.seen > self.stale_after]

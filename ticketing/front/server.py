@@ -165,7 +165,7 @@ class RedirectServer:
         place, arrived = self._place(request, visitor, event_id)
         view = self.main.stock_view(event_id)
         answer = choose_answer(
-            view, earlier_waiting=self.waiting.earlier_waiting(place, arrived, time.monotonic())
+            view, waiting_ahead=self.waiting.ahead(place, arrived, time.monotonic())
         )
         shard = self.main.pick_shard(event_id) if answer is Answer.REDIRECT else None
         if answer is Answer.REDIRECT and shard is None:  # counts moved under us
