@@ -13,7 +13,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ticketing.bench.relay import Relay  # the silent-partition relay (bench uses it too)
 from ticketing.protocol import Event, LineProtocol
+
+__all__ = ["ConnectionPair", "Relay", "eventually", "lines", "other"]
 
 SIDES = ("main", "shard")
 HELLO_ARGS = {"version": 1, "node": "main", "role": "main"}

@@ -40,7 +40,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from .shard.server import ClientServer
 
     async def run() -> int:
-        shard = ClientServer(args.name, data_dir=args.data)
+        shard = ClientServer(args.name, data_dir=args.data, **_heartbeats(args))
         shard.set_certificate_path(args.keys)
         async with shard:
             tls = await shard.create_client_server(args.tls_port, args.host)
@@ -65,7 +65,12 @@ def cmd_main(args: argparse.Namespace) -> int:
     from .main.server import MainServer
 
     async def run() -> int:
-        main = MainServer(data_dir=args.data, hold_seconds=args.hold_seconds)
+        main = MainServer(
+            data_dir=args.data,
+            hold_seconds=args.hold_seconds,
+            reclaim_after=_reclaim_after(args),
+            **_heartbeats(args),
+        )
         main.set_certificate_path(args.keys)
         async with main:
             for spec in args.shard:
@@ -76,6 +81,7 @@ def cmd_main(args: argparse.Namespace) -> int:
                 port = await redirect.create_server(args.port, args.host)
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
                 print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
+                print("READY " + json.dumps({"port": port}), flush=True)  # for scripts
                 await wait_for_stop()
         return 0
 
@@ -105,7 +111,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             shard_names(args.shards),
             host=args.host,
             redirect_port=args.port,
-            main_options={"hold_seconds": args.hold_seconds},
+            main_options={
+                "hold_seconds": args.hold_seconds,
+                "reclaim_after": _reclaim_after(args),
+                **_heartbeats(args),
+            },
+            shard_args=_heartbeat_flags(args),
         )
         async with cluster:
             assert cluster.main
@@ -159,6 +170,49 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------
 
 
+def _failure_options(p: argparse.ArgumentParser, *, main: bool) -> None:
+    from .heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
+
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        help="seconds of quiet before a link sends a heartbeat",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
+        help="seconds of silence after which the peer is gone",
+    )
+    if main:
+        p.add_argument(
+            "--reclaim-after",
+            type=float,
+            default=10.0,
+            help="fence a shard unreachable this long (seconds; 0: never)",
+        )
+
+
+def _heartbeats(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "heartbeat_interval": args.heartbeat_interval,
+        "heartbeat_timeout": args.heartbeat_timeout,
+    }
+
+
+def _heartbeat_flags(args: argparse.Namespace) -> list[str]:
+    """The same heartbeat options for the shard processes a cluster starts."""
+    return [
+        f"--heartbeat-interval={args.heartbeat_interval}",
+        f"--heartbeat-timeout={args.heartbeat_timeout}",
+    ]
+
+
+def _reclaim_after(args: argparse.Namespace) -> float | None:
+    return args.reclaim_after or None
+
+
 def _event_options(p: argparse.ArgumentParser, tickets: int) -> None:
     p.add_argument("--tickets", type=int, default=tickets, help="tickets of the demo event")
     p.add_argument("--event-name", default="Opening night")
@@ -187,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-port", type=int, default=9001)
     p.add_argument("--https-port", type=int, default=9101)
     p.add_argument("--uvloop", action="store_true")
+    _failure_options(p, main=False)
     p.set_defaults(fn=cmd_shard)
 
     for name, help_text in (
@@ -200,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
         _event_options(p, 0)
+        _failure_options(p, main=True)
         p.set_defaults(fn=cmd_main)
 
     p = sub.add_parser("cluster", help="main + redirect + N shard processes on this machine")
@@ -208,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
     _event_options(p, 100)
+    _failure_options(p, main=True)
     p.set_defaults(fn=cmd_cluster)
 
     p = sub.add_parser("audit", help="account for every ticket in a ledger file")

@@ -45,12 +45,16 @@ class Child:
         stdin_lines: Sequence[str] = (),
         timeout: float = 30.0,
         limit: int = 1 << 16,  # longest line it may print
+        prefix: Sequence[str] = (),  # e.g. ("ip", "netns", "exec", NS): it execs python
+        stderr: Any = None,  # where its log goes (default: ours)
     ) -> Self:
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             sys.executable,
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
             limit=limit,
             start_new_session=True,  # Ctrl-C reaches only us; we stop children by PID
         )

@@ -4,6 +4,9 @@ It reads bytes from the TLS stream into the protocol, runs handlers for the peer
 requests (each in its own task, so a handler that itself waits on the peer cannot
 deadlock the reader), and matches replies to :meth:`Link.request` callers. A
 semaphore bounds our requests in flight: unbounded pipelining starves the peer.
+A heartbeat task drives :class:`~ticketing.heartbeat.Heartbeat`: it sends a
+heartbeat line when we have been quiet and closes the link when the peer has been
+silent for the timeout (a silent partition closes nothing by itself).
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .errors import CommandError, LinkClosed, PeerRejected, ProtocolError, TicketingError
+from .errors import (
+    CommandError,
+    LinkClosed,
+    LocalProtocolError,
+    PeerRejected,
+    ProtocolError,
+    TicketingError,
+)
+from .heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, Beat, Heartbeat
 from .protocol import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_LINE,
@@ -85,6 +96,8 @@ class Link:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         # Timeouts
         request_timeout: float = 30.0,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     ) -> None:
         self.reader, self.writer = reader, writer
         self.peer = peer
@@ -94,10 +107,12 @@ class Link:
         self.debug = logger.isEnabledFor(logging.DEBUG)
         self.request_timeout = request_timeout
         self.proto = LineProtocol(max_line=max_line, max_in_flight=max_in_flight)
+        self.heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
         self.opened = asyncio.Event()
         self.closed = asyncio.Event()
         self.peer_hello: dict[str, Any] = {}
@@ -110,7 +125,9 @@ class Link:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
+        self.heartbeat.start(asyncio.get_running_loop().time())
         self._reader_task = asyncio.create_task(self._read_loop(), name=f"link-{self.id}-reader")
+        self._beat_task = asyncio.create_task(self._beat_loop(), name=f"link-{self.id}-heartbeat")
 
     async def hello(self, hello: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         """Client side: send our hello and return the peer's answer."""
@@ -127,7 +144,9 @@ class Link:
         self.opened.set()
         return result
 
-    async def close(self, reason: str = "closed") -> None:
+    async def close(self, reason: str = "closed", *, abort: bool = False) -> None:
+        """Close the link (idempotent). ``abort``: drop the connection without the TLS
+        goodbye, for a peer that no longer reads (a partition would stall it)."""
         if self.closed.is_set():
             return
         self.closed.set()
@@ -138,9 +157,11 @@ class Link:
                 fut.set_exception(LinkClosed(f"{self!r}: {reason}"))
         self._pending.clear()
         current = asyncio.current_task()
-        for task in [*self._tasks, self._reader_task]:
+        for task in [*self._tasks, self._reader_task, self._beat_task]:
             if task is not None and task is not current:
                 task.cancel()
+        if abort:
+            self.writer.transport.abort()
         self.writer.close()
         try:
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
@@ -177,6 +198,31 @@ class Link:
         data = self.proto.data_to_send()
         if data and not self.writer.is_closing():
             self.writer.write(data)
+            self.heartbeat.sent(asyncio.get_running_loop().time())
+
+    async def _beat_loop(self) -> None:
+        """Heartbeat when idle; close when the peer has been silent too long."""
+        loop = asyncio.get_running_loop()
+        hb = self.heartbeat
+        try:
+            while not self.closed.is_set():
+                await asyncio.sleep(hb.next_check(loop.time()))
+                now = loop.time()
+                beat = hb.poll(now)
+                if beat is Beat.DEAD:
+                    silence = hb.silence(now)
+                    self.log.warning("%r: peer silent for %.1f s: gone", self, silence)
+                    await self.close(f"heartbeat timeout ({silence:.1f} s silent)", abort=True)
+                    return
+                if beat is Beat.SEND:
+                    try:
+                        self.proto.send_heartbeat()
+                    except LocalProtocolError:
+                        return  # the protocol closed under us; the reader closes the link
+                    self._flush()
+                    hb.sent(now)  # even when the writer is closing: no busy loop
+        except asyncio.CancelledError:
+            return
 
     async def _read_loop(self) -> None:
         reason = "peer closed the link"
@@ -184,6 +230,7 @@ class Link:
             while not self.closed.is_set():
                 data = await self.reader.read(65536)
                 if data:
+                    self.heartbeat.received(asyncio.get_running_loop().time())
                     self.proto.receive_data(data)
                 else:
                     self.proto.receive_eof()

@@ -10,6 +10,8 @@ Wire format, one UTF-8 JSON object per ``\\n``-terminated line:
 - reply   ``{"id": 7, "ok": true, "result": ...}``
 - error   ``{"id": 7, "ok": false, "error": {"code": "...", "message": "..."}}``
   (``id`` is null when the bad line had no usable id)
+- heartbeat ``{"heartbeat": 1}``: sent on an idle link (see ``heartbeat.py``); it
+  carries nothing, needs no answer and produces no event, in any open state
 
 Every link opens with a ``hello`` request (protocol version, node name, role, epoch);
 until it is answered ``ok`` nothing else may be sent or is accepted. Bad input from
@@ -29,6 +31,7 @@ from .errors import LocalProtocolError
 
 PROTOCOL_VERSION = 1
 HELLO = "hello"
+HEARTBEAT = "heartbeat"
 
 # Limits
 DEFAULT_MAX_LINE = 1 << 20  # bytes, newline excluded
@@ -199,6 +202,10 @@ class LineProtocol:
         if request_id is not None and request_id == self._hello_received:
             self._move("hello_refused")
 
+    def send_heartbeat(self) -> None:
+        """Queue a heartbeat line (only a sign of life: the peer ignores its content)."""
+        self._write({HEARTBEAT: 1})
+
     def close(self) -> None:
         self._move("close")
 
@@ -251,6 +258,8 @@ class LineProtocol:
         if not isinstance(msg, dict):
             return self._bad(None, "bad_message", "a line must hold a JSON object")
         rid = msg.get("id")
+        if HEARTBEAT in msg and "cmd" not in msg and "ok" not in msg:
+            return  # a sign of life: the link's clock already noted the bytes
         if "cmd" in msg:
             self._handle_request(msg, rid)
         elif "ok" in msg:

@@ -2,7 +2,8 @@
 
 ``GET`` the redirect server (keeping the visitor cookie), follow the ``Location`` to
 the shard with its admission token, open the WSS connection, send one request and
-return the answer: a ticket, sold out, or an error. Benchmarks and tests use it.
+return the answer: a ticket, sold out, or an error. Like the page it follows "please
+wait" answers and a shard's "retry" back through the front. Benchmarks and tests use it.
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import aiohttp
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 
 @dataclass
 class Outcome:
-    """What one visit ended with. ``kind``: ticket, sold_out, unavailable, refused, error."""
+    """What one visit ended with. ``kind``: ticket, sold_out, unavailable, refused, error
+    (and, from :meth:`WebClient.claim` alone, retry: the shard sent it back)."""
 
     kind: str
     message: dict[str, Any] = field(default_factory=dict)
     status: int | None = None  # HTTP status of a refusal
     timings: dict[str, float] = field(default_factory=dict)
+    waits: int = 0  # "please wait" answers followed
+    hops: int = 0  # times a shard sent the visitor back through the front
+    longest_silence: float = 0.0  # seconds: the longest time without any answer
 
     @property
     def ticket_id(self) -> str | None:
@@ -41,12 +46,54 @@ def ws_url(location: str) -> str:
     return f"wss://{url.netloc}/ws?token={token}"
 
 
-class WebClient:
-    """One visitor: a cookie jar and a TLS context trusting the cluster CA."""
+def back_to_front(location: str) -> str | None:
+    """Where the page goes when its shard sends it back: the front, with its place."""
+    q = parse_qs(urlsplit(location).query)
+    front, event = q.get("front", [""])[0], q.get("event", [""])[0]
+    if not front or not event.isdigit():
+        return None
+    place = q.get("place", [""])[0]
+    return f"{front}/events/{event}" + (f"?place={quote(place, safe='')}" if place else "")
 
-    def __init__(self, ssl_context: ssl.SSLContext, *, timeout: float = 60.0) -> None:
+
+class _Clock:
+    """The longest stretch without an answer, across the hops of one visit."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.perf_counter()
+        self.longest = 0.0
+
+    def answered(self) -> None:
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+class WebClient:
+    """One visitor: a cookie jar and a TLS context trusting the cluster CA.
+
+    ``get_ticket`` follows what the page follows: "please wait" answers (after their
+    ``retry_after``) and a shard's "retry" (back through the front, with the place
+    token), at most ``max_hops`` times and within ``timeout`` in all. ``persistent``:
+    also retry when the front does not answer at all (it is restarting), as a
+    person pressing reload would.
+    """
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        *,
+        timeout: float = 60.0,
+        max_hops: int = 1000,
+        persistent: bool = False,
+    ) -> None:
         self.ssl = ssl_context
         self.timeout = timeout
+        self.max_hops = max_hops
+        self.persistent = persistent
         # unsafe=True: keep cookies for IP-address hosts such as 127.0.0.1.
         self.session = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True),
@@ -72,24 +119,61 @@ class WebClient:
             return resp.status, resp.headers.get("Location"), body
 
     async def get_ticket(self, front_url: str) -> Outcome:
-        t0 = time.perf_counter()
+        clock = _Clock()
         timings: dict[str, float] = {}
-        try:
-            status, location, body = await self.admission(front_url)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            return Outcome("error", {"message": f"redirect failed: {exc!r}"}, timings=timings)
-        timings["redirect"] = time.perf_counter() - t0
-        if location is None:
-            kind = body.get("status", "error") if status < 500 else "unavailable"
-            return Outcome(kind, body, status, timings)
-        return await self.claim(location, t0, timings)
+        url, waits, hops = front_url, 0, 0
+
+        def outcome(kind: str, message: dict[str, Any], status: int | None = None) -> Outcome:
+            return Outcome(kind, message, status, timings, waits, hops, clock.longest)
+
+        for _ in range(self.max_hops + 1):
+            left = self.timeout - clock.elapsed()
+            if left <= 0:
+                break
+            try:
+                status, location, body = await self.admission(url)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                if (self.persistent or hops) and left > 0.5:
+                    await asyncio.sleep(0.5)  # the front is restarting: it comes back
+                    continue
+                return outcome("error", {"message": f"redirect failed: {exc!r}"})
+            clock.answered()
+            timings.setdefault("redirect", clock.elapsed())
+            if location is None:
+                kind = body.get("status", "error") if status < 500 else "unavailable"
+                if kind in ("wait", "unavailable") and isinstance(body.get("location"), str):
+                    waits += 1
+                    url = urljoin(url, body["location"])
+                    pause = float(body.get("retry_after", 1.0))
+                    await asyncio.sleep(min(max(0.05, pause), max(0.0, left)))
+                    continue
+                return outcome(kind, body, status)
+            out = await self.claim(location, clock.t0, timings)
+            if "total" in out.timings or out.status is not None:
+                clock.answered()  # a message on the WSS, or an HTTP refusal
+            again = back_to_front(location)
+            lost = self.persistent and out.kind == "error" and out.message.get("unreachable")
+            if again and (
+                out.kind == "retry" or lost or (out.kind == "refused" and out.status == 503)
+            ):
+                hops += 1
+                url = again
+                continue
+            out.waits, out.hops, out.longest_silence = waits, hops, clock.longest
+            return out
+        return outcome("error", {"message": f"no answer within {self.timeout:g} s"})
 
     async def claim(
         self, location: str, t0: float | None = None, timings: dict[str, float] | None = None
     ) -> Outcome:
-        """Open the WSS connection for an admission ``location`` and ask once."""
+        """Open the WSS connection for an admission ``location`` and ask once.
+
+        A connection lost after it opened and before the answer (the shard died) is
+        a ``retry``, as the page treats it: go back through the front.
+        """
         t0 = time.perf_counter() if t0 is None else t0
         timings = {} if timings is None else timings
+        opened = False
         try:
             async with asyncio.timeout(self.timeout):
                 async with connect(
@@ -99,6 +183,7 @@ class WebClient:
                     max_size=1 << 16,
                     compression=None,
                 ) as ws:
+                    opened = True
                     timings["connect"] = time.perf_counter() - t0
                     await ws.send(json.dumps({"type": "request"}))
                     msg = json.loads(await ws.recv())
@@ -109,8 +194,15 @@ class WebClient:
                 exc.response.status_code,
                 timings,
             )
-        except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
+        except ConnectionClosed as exc:
+            if opened:
+                return Outcome("retry", {"reason": f"connection lost: {exc!r}"}, timings=timings)
             return Outcome("error", {"message": f"wss failed: {exc!r}"}, timings=timings)
+        except (TimeoutError, WebSocketException, ValueError) as exc:
+            return Outcome("error", {"message": f"wss failed: {exc!r}"}, timings=timings)
+        except OSError as exc:  # refused, reset: the shard is gone (persistent: go back)
+            message = {"message": f"wss failed: {exc!r}", "unreachable": True}
+            return Outcome("error", message, timings=timings)
         timings["total"] = time.perf_counter() - t0
         return Outcome(msg.get("type", "error"), msg, timings=timings)
 

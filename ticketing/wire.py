@@ -5,6 +5,8 @@
 - signed tokens: :class:`Admission` (the front signs, the shard verifies) and
   :class:`SessionClaims` (main signs, the front and the market verify), each with
   its claims encoded and decoded here and nowhere else.
+- place tokens (:class:`Place`): a front signs a visitor's place in line for itself;
+  admission and place tokens carry the first arrival (``ARRIVED``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class ToShard(StrEnum):
     RELEASE = "release"  # {"event", "count", "epoch"} -> {"ranges"}
     STATUS = "status"
     PING = "ping"
+
+
+PLACE = "place"  # a visitor's place in line, signed by the front (front/admission.py)
+ARRIVED = "t"  # claim of admission and place tokens: first arrival at the front, unix s
 
 
 def ticket_id(event_id: int, serial: int) -> str:
@@ -89,16 +95,27 @@ class Admission:
     event: int
     nonce: str
     account: int | None = None
+    arrived: float | None = None  # first arrival at the front (unix s): the shard's order
     exp: float = 0.0  # set by the signature; unused when signing
 
     @classmethod
-    def new(cls, visitor: str, shard: str, event: int, account: int | None = None) -> Admission:
-        return cls(visitor, shard, event, secrets.token_urlsafe(12), account)
+    def new(
+        cls,
+        visitor: str,
+        shard: str,
+        event: int,
+        account: int | None = None,
+        *,
+        arrived: float | None = None,
+    ) -> Admission:
+        return cls(visitor, shard, event, secrets.token_urlsafe(12), account, arrived)
 
     def claims(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": self.visitor, "s": self.shard, "e": self.event, "n": self.nonce}
         if self.account is not None:
             out["a"] = self.account
+        if self.arrived is not None:
+            out[ARRIVED] = self.arrived
         return out
 
     @classmethod
@@ -110,15 +127,25 @@ class Admission:
             c.get("n"),
             c.get("a"),
         )
+        arrived = c.get(ARRIVED)
         if (
             not isinstance(visitor, str)
             or not isinstance(shard, str)
             or type(event) is not int
             or not isinstance(nonce, str)
             or (account is not None and type(account) is not int)
+            or (arrived is not None and not _number(arrived))
         ):
             raise TokenError("malformed claims")
-        return cls(visitor, shard, event, nonce, account, float(c["exp"]))
+        return cls(
+            visitor,
+            shard,
+            event,
+            nonce,
+            account,
+            None if arrived is None else float(arrived),
+            float(c["exp"]),
+        )
 
     def sign(self, signer: TokenSigner, ttl: float) -> str:
         return signer.sign(ADMISSION, self.claims(), ttl)
@@ -127,6 +154,46 @@ class Admission:
     def verify(cls, verifier: TokenVerifier, token: str) -> Admission:
         """The admission a token carries, or :class:`TokenError` saying why not."""
         return cls.from_claims(verifier.verify(token, ADMISSION))
+
+
+@dataclass(frozen=True)
+class Place:
+    """A visitor's place in line for an event, signed by the front for itself.
+
+    A visitor sent back (a shard lost main, stock is stranded) presents it and keeps
+    its first arrival time; anything else is a new arrival.
+    """
+
+    visitor: str
+    event: int
+    nonce: str
+    arrived: float
+
+    def claims(self) -> dict[str, Any]:
+        return {"v": self.visitor, "e": self.event, "n": self.nonce, ARRIVED: self.arrived}
+
+    @classmethod
+    def from_claims(cls, c: dict[str, Any]) -> Place:
+        visitor, event, nonce, arrived = c.get("v"), c.get("e"), c.get("n"), c.get(ARRIVED)
+        if (
+            not isinstance(visitor, str)
+            or type(event) is not int
+            or not isinstance(nonce, str)
+            or not _number(arrived)
+        ):
+            raise TokenError("malformed claims")
+        return cls(visitor, event, nonce, float(arrived))  # type: ignore[arg-type]
+
+    def sign(self, signer: TokenSigner, ttl: float) -> str:
+        return signer.sign(PLACE, self.claims(), ttl)
+
+    @classmethod
+    def verify(cls, verifier: TokenVerifier, token: str) -> Place:
+        return cls.from_claims(verifier.verify(token, PLACE))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

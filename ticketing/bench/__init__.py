@@ -1,6 +1,6 @@
 """``ticketing bench``: how fast is the whole stack, and how much of it is ours?
 
-Three modes, each on this machine only (127.0.0.1), every loop bounded in count and
+Four modes, each on this machine only (127.0.0.1), every loop bounded in count and
 time (``--max-seconds``):
 
 ``e2e`` (default)
@@ -25,6 +25,13 @@ time (``--max-seconds``):
 ``idle``
     ``--connections`` idle WSS connections held open on one shard (each admitted with
     a real token signed by main) and the shard's RSS per connection.
+
+``--fault kill-shard|partition-shard|kill-main`` (``fault.py``)
+    A steady crowd (``--arrival-rate`` visitors/s for ``--duration`` s) against main
+    as its own process and the shard processes, one fault mid-sale, an independent
+    record of what every visitor saw, and the fault's figures: detection, fencing,
+    stranded stock sold elsewhere, false sold-outs, FCFS inversions, the longest
+    wait without an answer, a 0.5 s timeline (SVG next to the JSON).
 
 Where the CPU time is counted: main and the redirect run in *this* process, the
 visitors in worker processes, so server CPU = this process + the shard processes,

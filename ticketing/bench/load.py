@@ -18,6 +18,8 @@ from .options import Options
 from .progress import SAMPLE_EVERY, Progress
 
 TIMELINE_STEP = 0.5  # seconds per bucket of the answers' timeline
+# What the workers report per finished visitor (worker.Visits), in one order.
+PER_VISITOR = ("kinds", "tickets", "latency", "ends", "arrivals", "waits", "hops", "silences")
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -34,11 +36,15 @@ async def drive_visits(
     opts: Options,
     *,
     goal: int,
+    rate: float | None = None,
+    started: asyncio.Future[float] | None = None,
 ) -> dict[str, Any]:
     """Fire ``opts.clients`` visitors at ``front``; measure the servers in ``servers``.
 
     ``goal`` is what the progress bar counts the grants against (tickets for the
-    real run, visitors for the baseline).
+    real run, visitors for the baseline). ``rate``: visitors arrive at this many per
+    second in all (split among the workers) and persist through waits and faults.
+    ``started`` gets the monotonic time of GO.
     """
     workers_n = max(1, min(opts.workers, opts.clients or 1))
     shares_c = split(opts.clients, workers_n)
@@ -55,16 +61,20 @@ async def drive_visits(
                 "concurrency": k,
                 "timeout": timeout,
                 "max_seconds": opts.max_seconds,
+                **({"rate": rate / workers_n, "persistent": True} if rate else {}),
             }
             for n, k in zip(shares_c, shares_k, strict=True)
         ]
         workers = await spawn_workers(label, jobs, opts.loop_flag)
         meter = Meter(servers)
         assigned = {w.name: n for w, n in zip(workers, shares_c, strict=True)}
-        results = await _run_workers(label, workers, assigned, meter, opts, goal)
+        results = await _run_workers(label, workers, assigned, meter, opts, goal, started)
     finally:
         await stop_all(workers)
-    return summarize_visits(results, meter, servers)
+    summary = summarize_visits(results, meter, servers)
+    if rate:  # the fault benchmark needs every visitor's own record
+        summary["visitors"] = {k: results[k] for k in ("t0", *PER_VISITOR)}
+    return summary
 
 
 async def _run_workers(
@@ -74,6 +84,7 @@ async def _run_workers(
     meter: Meter,
     opts: Options,
     goal: int,
+    started: asyncio.Future[float] | None = None,
 ) -> dict[str, Any]:
     """GO, follow the progress lines until every RESULT (bounded), return the merged results."""
     progress: dict[str, dict[str, int]] = {w.name: {"done": 0, "granted": 0} for w in workers}
@@ -95,6 +106,8 @@ async def _run_workers(
     t0 = time.monotonic()
     for w in workers:
         await w.send("GO")
+    if started is not None and not started.done():
+        started.set_result(t0)
     readers = [asyncio.ensure_future(follow(w)) for w in workers]
     deadline = t0 + opts.max_seconds + 30.0  # the workers bound themselves; this is a backstop
     try:
@@ -111,10 +124,7 @@ async def _run_workers(
     meter.end()
     merged: dict[str, Any] = {
         "t0": t0,
-        "kinds": [],
-        "tickets": [],
-        "latency": [],
-        "ends": [],
+        **{key: [] for key in PER_VISITOR},
         "errors": Counter(),
         "unfinished": 0,
         "clients": opts.clients,
@@ -128,8 +138,8 @@ async def _run_workers(
             merged["unfinished"] += assigned[w.name]
             merged["errors"][f"{w.name} sent no result"] += assigned[w.name]
             continue
-        for key in ("kinds", "tickets", "latency", "ends"):
-            merged[key] += got[key]
+        for key in PER_VISITOR:
+            merged[key] += got.get(key, [])
         merged["errors"].update(got["errors"])
         merged["unfinished"] += got["unfinished"]
     return merged

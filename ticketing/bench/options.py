@@ -17,6 +17,10 @@ DEFAULT_WORKERS = 2
 DEFAULT_MAX_SECONDS = 120.0
 LEDGER_TICKETS = 100_000
 IDLE_CONNECTIONS = 5000
+FAULTS = ("kill-shard", "partition-shard", "kill-main")
+FAULT_TICKETS = 600
+DEFAULT_ARRIVAL_RATE = 20.0  # visitors per second (the issue's scenarios)
+DEFAULT_DURATION = 40.0  # seconds of arrivals
 
 # Targets (reported; only the correctness checks decide the exit code).
 TARGET_RATIO = 0.8
@@ -44,6 +48,15 @@ class Options:
     progress: bool = True
     json_path: str | None = None
     keep: str | None = None  # keep the data directory here (default: a deleted temp dir)
+    # Fault mode
+    fault: str | None = None
+    arrival_rate: float = DEFAULT_ARRIVAL_RATE
+    duration: float = DEFAULT_DURATION
+    fault_at: float | None = None  # seconds after the first arrival (default: 40 % in)
+    fault_seconds: float | None = None  # partition/main down for this long
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 3.0
+    reclaim_after: float = 10.0
 
     @property
     def loop_flag(self) -> list[str]:
@@ -91,6 +104,25 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
     p.add_argument(
         "--connections", type=int, default=IDLE_CONNECTIONS, help="idle: WSS connections to hold"
     )
+    # Fault mode
+    p.add_argument(
+        "--fault", choices=FAULTS, help="fault mode: steady arrivals, this fault mid-sale"
+    )
+    p.add_argument(
+        "--arrival-rate", type=float, default=DEFAULT_ARRIVAL_RATE, help="fault: visitors/s"
+    )
+    p.add_argument(
+        "--duration", type=float, default=DEFAULT_DURATION, help="fault: seconds of arrivals"
+    )
+    p.add_argument("--fault-at", type=float, help="fault: seconds in (default: 40 %% of duration)")
+    p.add_argument(
+        "--fault-seconds",
+        type=float,
+        help="fault: partition length / main's downtime (default: reclaim-after + 5 / 3 s)",
+    )
+    p.add_argument("--heartbeat-interval", type=float, default=1.0, help="fault: every link")
+    p.add_argument("--heartbeat-timeout", type=float, default=3.0, help="fault: every link")
+    p.add_argument("--reclaim-after", type=float, default=10.0, help="fault: main's fencing")
     # Output
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--keep", metavar="DIR", help="keep keys, ledger and journals in DIR")
@@ -99,18 +131,24 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """:class:`Options` from the parsed arguments; SystemExit on values out of range."""
+    mode = "fault" if args.fault else args.mode
     tickets = args.tickets
     if tickets is None:
-        tickets = LEDGER_TICKETS if args.mode == "ledger" else DEFAULT_TICKETS
+        tickets = {"ledger": LEDGER_TICKETS, "fault": FAULT_TICKETS}.get(mode, DEFAULT_TICKETS)
+    if args.fault and (args.arrival_rate <= 0 or args.duration <= 0):
+        raise SystemExit("--arrival-rate and --duration must be > 0")
+    clients = args.clients
+    if args.fault:  # a steady crowd: rate x duration visitors, bounded like any other load
+        clients = max(1, round(args.arrival_rate * args.duration))
     for name in ("shards", "clients", "concurrency", "workers", "batch", "in_flight", "rounds"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     if tickets < 0 or args.connections < 0 or args.max_seconds <= 0:
         raise SystemExit("--tickets/--connections must be >= 0 and --max-seconds > 0")
     return Options(
-        mode=args.mode,
+        mode=mode,
         shards=args.shards,
-        clients=args.clients,
+        clients=clients,
         tickets=tickets,
         concurrency=args.concurrency,
         workers=args.workers,
@@ -124,4 +162,12 @@ def options_from_args(args: argparse.Namespace) -> Options:
         progress=not args.quiet,
         json_path=args.json,
         keep=args.keep,
+        fault=args.fault,
+        arrival_rate=args.arrival_rate,
+        duration=args.duration,
+        fault_at=args.fault_at,
+        fault_seconds=args.fault_seconds,
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
+        reclaim_after=args.reclaim_after,
     )

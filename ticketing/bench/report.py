@@ -171,3 +171,62 @@ def format_idle(out: dict[str, Any]) -> str:
         "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out.get("problems", []))),
     ]
     return "\n".join(lines)
+
+
+def format_fault(out: dict[str, Any]) -> str:
+    """The fault run: what visitors saw, how fast the cluster noticed, the checks."""
+    f, load, a, v = out["fault"], out["load"], out["audit"], out["verdict"]
+    o = out["options"]
+    inv = f["fcfs_inversions"]
+
+    def s(x: Any) -> str:
+        return "-" if x is None else f"{x:.2f} s"
+
+    rows = [
+        ("", o["fault"]),
+        ("visitors (arrived)", _fmt(f["visitors"])),
+        ("tickets granted", _fmt(load["granted"])),
+        ("sold-out answers", _fmt(load["sold_out"])),
+        ("errors", _fmt(load["errors"])),
+        ("told to wait (visitors)", _fmt(f["waited"])),
+        ("sent back by a shard", _fmt(f["sent_back"])),
+        ("fault at", s(f["fault_at_s"])),
+        ("fault -> detected", s(f["detected_after_s"])),
+        ("fault -> fenced", s(f["fenced_after_s"])),
+        ("fault -> recovered", s(f["recovered_after_s"])),
+        ("stranded tickets", _fmt(f["stranded"])),
+        ("stranded sold elsewhere", _fmt(f["stranded_sold_elsewhere"])),
+        ("fault -> stranded sold elsewhere", s(f["stranded_first_sold_after_s"])),
+        ("fault -> last stranded sold", s(f["stranded_last_sold_after_s"])),
+        ("fault -> next ticket", s(f["first_ticket_after_fault_s"])),
+        ("longest wait without an answer", s(f["longest_silence_s"])),
+        ("wait without an answer p99", s(f["silence_p99_s"])),
+    ]
+    checks = [
+        ("oversold", _fmt(v["oversold"])),
+        ("audit", "exact" if a["exact"] else "NOT EXACT"),
+        (
+            "audit detail",
+            f"total {a['total']}, unassigned {a['unassigned']}, pools {a['in_pools']}, "
+            f"held {a['held']}, sold {a['sold']}",
+        ),
+        ("false sold-outs", _fmt(f["false_sold_outs"])),
+        ("FCFS inversions outside", _fmt(inv["outside"])),
+        (
+            "FCFS inversions in window",
+            f"{inv['inside']} (window {f['window_s'][0]:.1f}-{f['window_s'][1]:.1f} s)",
+        ),
+    ]
+    lines = [
+        f"fault: {o['fault']}, {o['shards']} shards, {o['tickets']} tickets, "
+        f"{o['arrival_rate']:g} arrivals/s for {o['duration']:g} s, heartbeat "
+        f"{o['heartbeat_interval']:g}/{o['heartbeat_timeout']:g} s, reclaim after "
+        f"{o['reclaim_after']:g} s, {out['machine']['cpus']} CPUs",
+        "",
+        _table(rows),
+        "",
+        *(f"{k:<28} {v_}" for k, v_ in checks),
+        *(f"error x{n}: {msg}" for msg, n in (load.get("error_samples") or {}).items()),
+        "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out["problems"])),
+    ]
+    return "\n".join(lines)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from .e2e import run_e2e
+from .fault import run_fault, timeline_svg
 from .idle import run_idle
 from .ledger_mode import run_ledger
 from .options import Options, add_options, options_from_args
-from .report import format_e2e, format_idle, format_ledger
+from .report import format_e2e, format_fault, format_idle, format_ledger
 
 DESCRIPTION = "``ticketing bench``: how fast is the whole stack, and how much of it is ours?"
 
@@ -26,6 +27,7 @@ MODES: dict[
     "e2e": (run_e2e, format_e2e),
     "ledger": (run_ledger, format_ledger),
     "idle": (run_idle, format_idle),
+    "fault": (run_fault, format_fault),  # chosen with --fault
 }
 
 
@@ -47,6 +49,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if opts.json_path:
         Path(opts.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(opts.json_path).write_text(json.dumps(out, indent=1) + "\n")
+        if opts.mode == "fault":  # the answers' timeline as a picture, next to the JSON
+            Path(opts.json_path).with_suffix(".svg").write_text(timeline_svg(out))
     return 0 if out["ok"] else 1
 
 
@@ -54,7 +58,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``bench`` to the ``ticketing`` command's subparsers."""
     p: argparse.ArgumentParser = sub.add_parser(
         "bench",
-        help="benchmark: e2e (with a bare-stack baseline), ledger, idle",
+        help="benchmark: e2e (with a bare-stack baseline), ledger, idle, --fault",
         description=DESCRIPTION,
     )
     add_options(p, tuple(MODES))

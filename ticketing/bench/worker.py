@@ -14,7 +14,9 @@ Modes:
 - ``visit``: ``clients`` visitors, at most ``concurrency`` in flight, each a fresh
   :class:`~ticketing.web_client.WebClient` doing what a browser does (GET the
   redirect, follow it to the WSS, one request, one answer). The same code serves the
-  ticketing run and the bare-stack baseline.
+  ticketing run and the bare-stack baseline. With ``rate`` (the fault benchmark)
+  visitors instead *arrive* at a steady rate, each one following "please wait" and
+  "go back to the front" answers (``persistent``) until it has a final answer.
 - ``idle``: open one WSS connection per given admission URL and hold it, sending
   nothing, until told to close.
 
@@ -85,6 +87,8 @@ class Visits:
         self.concurrency: int = max(1, cfg["concurrency"])
         self.timeout: float = cfg["timeout"]
         self.max_seconds: float = cfg["max_seconds"]
+        self.rate: float | None = cfg.get("rate")  # arrivals per second, or as fast as allowed
+        self.persistent: bool = bool(cfg.get("persistent"))
         self.ctx = ctx
         self.started = 0
         self.done = 0
@@ -94,13 +98,25 @@ class Visits:
         self.tickets: list[str | None] = []
         self.latency: list[float] = []
         self.ends: list[float] = []
+        # Per finished visitor, for the fault benchmark: arrival (monotonic, s), the
+        # "please wait" answers and front hops it followed, its longest silence (s).
+        self.arrivals: list[float] = []
+        self.waits: list[int] = []
+        self.hops: list[int] = []
+        self.silences: list[float] = []
         self.errors: Counter[str] = Counter()
 
     async def visit(self) -> None:
         t0 = time.monotonic()
-        async with WebClient(self.ctx, timeout=self.timeout) as client:
+        async with WebClient(self.ctx, timeout=self.timeout, persistent=self.persistent) as client:
             out = await client.get_ticket(self.front)
         end = time.monotonic()
+        self.arrivals.append(t0)
+        self.waits.append(out.waits)
+        self.hops.append(out.hops)
+        # A visit that ended in an error got no real answer at all: all of it was silence.
+        silence = end - t0 if out.kind == "error" else out.longest_silence
+        self.silences.append(round(silence, 4))
         self.kinds.append(out.kind)
         self.tickets.append(out.ticket_id)
         self.latency.append(out.timings.get("total", end - t0))
@@ -116,9 +132,27 @@ class Visits:
             self.started += 1
             await self.visit()
 
+    async def paced(self) -> None:
+        """Start one visitor every ``1 / rate`` seconds (``clients`` in all), unbounded
+        concurrency: arrivals do not wait for earlier visitors to finish."""
+        assert self.rate
+        t0 = time.monotonic()
+        visits: list[asyncio.Future[None]] = []
+        for i in range(self.clients):
+            delay = t0 + i / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.started += 1
+            visits.append(asyncio.ensure_future(self.visit()))
+        await asyncio.gather(*visits)
+
     async def run(self) -> dict[str, Any]:
         t0 = time.monotonic()
-        runners = [asyncio.ensure_future(self.runner()) for _ in range(self.concurrency)]
+        runners = (
+            [asyncio.ensure_future(self.paced())]
+            if self.rate
+            else [asyncio.ensure_future(self.runner()) for _ in range(self.concurrency)]
+        )
         timed_out = False
         try:
             async with asyncio.timeout(self.max_seconds):
@@ -138,6 +172,10 @@ class Visits:
             "tickets": self.tickets,
             "latency": [round(x, 6) for x in self.latency],
             "ends": self.ends,
+            "arrivals": self.arrivals,
+            "waits": self.waits,
+            "hops": self.hops,
+            "silences": self.silences,
             "errors": dict(self.errors),
         }
 

@@ -16,17 +16,21 @@ import html
 import logging
 import secrets
 import ssl
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aiohttp import web
 
+from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
 from ..main.server import MainServer
 from ..tls import browser_server_context
+from ..tokens import TokenVerifier
 from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
-from ..wire import Admission
+from ..wire import Admission, Place
+from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 
 if TYPE_CHECKING:
     from ..market import Market
@@ -38,10 +42,20 @@ def wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def _page(title: str, body: str, status: int) -> web.Response:
-    """A small page for browsers; styled by the front's sheet when the market is mounted."""
+def _page(
+    title: str, body: str, status: int, refresh: tuple[float, str] | None = None
+) -> web.Response:
+    """A small page for browsers; styled by the front's sheet when the market is mounted.
+
+    ``refresh``: (seconds, URL) the browser loads by itself (the waiting page).
+    """
+    meta = (
+        f"<meta http-equiv=refresh content='{refresh[0]:g};url={html.escape(refresh[1])}'>"
+        if refresh
+        else ""
+    )
     doc = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>{meta}"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
         "<link rel=icon href='data:,'><link rel=stylesheet href=/app/style.css>"
         f"<title>{html.escape(title)}</title></head><body><main><section class=card>"
@@ -64,6 +78,8 @@ class RedirectServer:
         *,
         # Timeouts
         token_ttl: float = 60.0,
+        place_ttl: float = 15 * 60.0,
+        retry_after: float = DEFAULT_RETRY_AFTER,
         # TLS (default: main's own certificate)
         ssl_context: ssl.SSLContext | None = None,
         setup: Callable[[web.Application], None] | None = None,
@@ -71,6 +87,9 @@ class RedirectServer:
     ) -> None:
         self.main = main
         self.token_ttl = token_ttl
+        self.place_ttl, self.retry_after = place_ttl, retry_after
+        self.waiting = WaitingRoom(stale_after=4 * retry_after + 1.0)
+        self._verifier: TokenVerifier | None = None  # of our own place tokens
         self.ssl_context = ssl_context
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.on_response_prepare.append(_add_security_headers)
@@ -139,47 +158,132 @@ class RedirectServer:
         fresh = not valid_visitor(visitor)
         if fresh:
             visitor = secrets.token_urlsafe(16)
-        shard = self.main.pick_shard(event_id)
         info = {"event": event.public()}
-        if shard is None:
-            if self.main.online_shards():
-                resp = self._answer(
-                    request,
-                    200,
-                    f"{event.name}: sold out",
-                    {"status": "sold_out", **info},
-                    "<p>Every ticket is taken right now. Tickets not paid for in time come"
-                    " back on sale, first to the waiting list."
-                    + (
-                        " <a data-testid=waitlist-link href=/app/>Join the waiting list</a>."
-                        if self.market
-                        else ""
-                    )
-                    + "</p>",
+        place, arrived = self._place(request, visitor, event_id)
+        view = self.main.stock_view(event_id)
+        answer = choose_answer(
+            view, waiting_ahead=self.waiting.ahead(place, arrived, time.monotonic())
+        )
+        shard = self.main.pick_shard(event_id) if answer is Answer.REDIRECT else None
+        if answer is Answer.REDIRECT and shard is None:  # counts moved under us
+            answer = Answer.WAIT
+        if shard is not None:
+            self.waiting.leave(place)
+            resp = self._redirect(request, visitor, event_id, shard, arrived, place, info)
+        elif answer is Answer.SOLD_OUT:
+            self.waiting.leave(place)
+            resp = self._answer(
+                request,
+                200,
+                f"{event.name}: sold out",
+                {"status": "sold_out", **info},
+                "<p>Every ticket is taken right now. Tickets not paid for in time come"
+                " back on sale, first to the waiting list."
+                + (
+                    " <a data-testid=waitlist-link href=/app/>Join the waiting list</a>."
+                    if self.market
+                    else ""
                 )
-            else:
-                resp = self._answer(
-                    request,
-                    503,
-                    "No shard is online, try again shortly",
-                    {"status": "unavailable", **info},
-                )
-                resp.headers["Retry-After"] = "5"
+                + "</p>",
+            )
         else:
-            admission = Admission.new(
-                visitor, shard.name or "", event_id, request.get("account_id")
-            )
-            assert self.main.signer
-            token = admission.sign(self.main.signer, self.token_ttl)
-            front = quote(str(request.url.origin()), safe="")
-            location = f"{shard.https_url}/?event={event_id}&token={token}&front={front}"
-            resp = web.json_response(
-                {"status": "redirect", "location": location, **info},
-                status=302,
-                headers={"Location": location},
-            )
+            resp = self._wait(request, answer, visitor, event_id, place, arrived, info)
         if fresh:
             set_visitor_cookie(resp, visitor)
+        return resp
+
+    def _place(self, request: web.Request, visitor: str, event_id: int) -> tuple[str, float]:
+        """The visitor's place in line: (nonce, arrival time), from its place token.
+
+        Only a token this front signed, for this visitor and event, counts; anything
+        else (none, forged, expired, another visitor's) is a new arrival now.
+        """
+        token = request.query.get("place", "")
+        if token:
+            assert self.main.signer
+            if self._verifier is None:
+                self._verifier = self.main.signer.verifier()
+            try:
+                held = Place.verify(self._verifier, token)
+            except TokenError:
+                held = None
+            if held is not None and held.visitor == visitor and held.event == event_id:
+                return held.nonce, held.arrived
+        return secrets.token_urlsafe(12), round(time.time(), 3)
+
+    def _place_token(self, visitor: str, event_id: int, place: str, arrived: float) -> str:
+        assert self.main.signer
+        return Place(visitor, event_id, place, arrived).sign(self.main.signer, self.place_ttl)
+
+    def _redirect(
+        self,
+        request: web.Request,
+        visitor: str,
+        event_id: int,
+        shard: Any,
+        arrived: float,
+        place: str,
+        info: dict[str, Any],
+    ) -> web.StreamResponse:
+        admission = Admission.new(
+            visitor, shard.name, event_id, request.get("account_id"), arrived=arrived
+        )
+        assert self.main.signer
+        token = admission.sign(self.main.signer, self.token_ttl)
+        front = quote(str(request.url.origin()), safe="")
+        location = (
+            f"{shard.https_url}/?event={event_id}&token={token}&front={front}"
+            f"&place={self._place_token(visitor, event_id, place, arrived)}"
+        )
+        return web.json_response(
+            {"status": "redirect", "location": location, **info},
+            status=302,
+            headers={"Location": location},
+        )
+
+    def _wait(
+        self,
+        request: web.Request,
+        answer: Answer,
+        visitor: str,
+        event_id: int,
+        place: str,
+        arrived: float,
+        info: dict[str, Any],
+    ) -> web.Response:
+        """ "Please wait": a page that retries by itself, or JSON with ``retry_after``.
+
+        The retry URL carries the place token, so the visitor keeps its place.
+        """
+        self.waiting.wait(place, arrived, time.monotonic())
+        token = self._place_token(visitor, event_id, place, arrived)
+        again = f"/events/{event_id}?place={token}"
+        status = 503 if answer is Answer.UNAVAILABLE else 200
+        # No shard at all is a longer outage than stock out of reach for a moment.
+        pause = max(5.0, self.retry_after) if answer is Answer.UNAVAILABLE else self.retry_after
+        payload = {
+            "status": answer.value,
+            "retry_after": pause,
+            "location": again,
+            "place": token,
+            **info,
+        }
+        if wants_json(request):
+            resp = web.json_response(payload, status=status)
+        else:
+            title = (
+                "No shard is online, try again shortly"
+                if answer is Answer.UNAVAILABLE
+                else "Please wait: you keep your place in line"
+            )
+            resp = _page(
+                title,
+                "<p>Tickets remain but cannot be handed out this second. This page"
+                " retries by itself; you keep your place in line.</p>",
+                status,
+                refresh=(pause, again),
+            )
+        resp.headers["Retry-After"] = str(max(1, round(pause)))
         return resp
 
     def _answer(

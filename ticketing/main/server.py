@@ -3,6 +3,11 @@
 It creates events, splits their tickets among the shards as slices of serials,
 records every grant the shards report (in batches), moves stock from rich shards
 to ones that run dry, and fences a dead shard by bumping its epoch.
+
+Failure detection: every link carries heartbeats (``heartbeat_interval``) and a
+link silent for ``heartbeat_timeout`` is closed, which marks its shard offline at
+once (the front stops routing there). A shard offline for ``reclaim_after`` is
+fenced and its unsold stock goes to the live shards straight away.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected, TicketingError
+from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..ledger import Audit, Event, SqlLedger, open_ledger
 from ..ledger.driver import redact
 from ..link import Commands, Handler, Link
@@ -33,6 +39,7 @@ from ..slices import Range, count, cut, parse_ranges, shares
 from ..tls import Credentials, PemSource, check_peer, client_context
 from ..tokens import TokenSigner
 from ..wire import Sale, ToMain, ToShard
+from .stock import StockView
 
 log = logging.getLogger("ticketing.main")
 
@@ -54,6 +61,7 @@ class ShardLink:
     offline_since: float | None = None
     stock: dict[int, int] = field(default_factory=dict)  # event -> tickets in its pool
     task: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None  # fences it after reclaim_after offline
 
     @property
     def https_url(self) -> str:
@@ -64,6 +72,11 @@ class ShardLink:
         return {
             "name": self.name,
             "online": self.online,
+            "offline_for": (
+                None
+                if self.offline_since is None
+                else round(time.monotonic() - self.offline_since, 3)
+            ),
             "epoch": self.epoch,
             "url": self.https_url,
             "stock": {str(k): v for k, v in self.stock.items()},
@@ -119,7 +132,9 @@ class MainServer:
         connect_timeout: float = 10.0,
         reconnect_min: float = 0.1,
         reconnect_max: float = 5.0,
-        reclaim_after: float | None = 30.0,
+        reclaim_after: float | None = 10.0,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         # Durability
         synchronous: str = "FULL",
     ) -> None:
@@ -132,6 +147,7 @@ class MainServer:
         self.connect_timeout = connect_timeout
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
         self.reclaim_after = reclaim_after
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.synchronous = synchronous
         self.credentials: Credentials | None = None
         self.commands = Commands(tuple(ToMain))
@@ -174,8 +190,9 @@ class MainServer:
             return
         self._closed = True
         for sl in self._links:
-            if sl.task:
-                sl.task.cancel()
+            for task in (sl.task, sl.watchdog):
+                if task:
+                    task.cancel()
             if sl.link:
                 await sl.link.close("main closing")
         if self.ledger:
@@ -239,7 +256,6 @@ class MainServer:
                     first.set_exception(exc)
                     return
                 log.warning("reconnect to %s failed: %s (retry in %.1fs)", sl.name, exc, delay)
-                await self._maybe_reclaim(sl)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.reconnect_max)
                 continue
@@ -248,17 +264,32 @@ class MainServer:
                 first.set_result(sl.name or "")
             await link.closed.wait()
             sl.online, sl.link, sl.offline_since = False, None, time.monotonic()
-            log.warning("shard %s offline; reconnecting", sl.name)
+            log.warning("shard %s offline; reconnecting (%s)", sl.name, link.close_reason)
+            if self.reclaim_after is not None and sl.watchdog is None:
+                # Its own timer: a reconnect attempt into a silent partition can hang
+                # for connect_timeout, and fencing must not wait for it.
+                sl.watchdog = asyncio.create_task(
+                    self._reclaim_later(sl, sl.offline_since, self.reclaim_after),
+                    name=f"reclaim-{sl.name}",
+                )
 
-    async def _maybe_reclaim(self, sl: ShardLink) -> None:
-        if (
-            self.reclaim_after is not None
-            and sl.name
-            and sl.offline_since is not None
-            and time.monotonic() - sl.offline_since >= self.reclaim_after
-            and any(sl.stock.values())
-        ):
-            await self.reclaim_shard(sl.name)
+    async def _reclaim_later(self, sl: ShardLink, since: float, after: float) -> None:
+        """Fence ``sl`` if it is still offline (since ``since``) ``after`` seconds on."""
+        try:
+            await asyncio.sleep(after)
+            if not self._closed and not sl.online and sl.offline_since == since and sl.name:
+                if any(sl.stock.values()):
+                    await self.reclaim_shard(sl.name)
+                    # Visitors are waiting for these tickets: to the live shards now.
+                    ledger = self._ledger()
+                    if self.online_shards() and any(
+                        ledger.unassigned_count(e.id) for e in await ledger.events()
+                    ):
+                        given = await self.distribute_tickets()
+                        log.warning("stock of fenced %s moved to live shards: %s", sl.name, given)
+        finally:
+            if sl.watchdog is asyncio.current_task():
+                sl.watchdog = None
 
     async def _connect(self, sl: ShardLink) -> Link:
         assert self.credentials and self.signer
@@ -283,6 +314,8 @@ class MainServer:
             log,
             max_line=self.max_line,
             max_in_flight=self.max_in_flight,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
         )
         link.commands = self.commands.extended(
             {
@@ -339,6 +372,9 @@ class MainServer:
             },
         )
         sl.name, sl.epoch, sl.link, sl.online, sl.offline_since = name, rec.epoch, link, True, None
+        if sl.watchdog is not None:
+            sl.watchdog.cancel()  # back in time: nothing to fence
+            sl.watchdog = None
         sl.stock = {e: count(r) for e, r in pools.items()}
         self.shards[name] = sl
         log.info(
@@ -363,6 +399,16 @@ class MainServer:
 
     def online_shards(self) -> list[ShardLink]:
         return [s for s in self.shards.values() if s.online and s.link]
+
+    def stock_view(self, event_id: int) -> StockView:
+        """Where the event's unsold tickets are, as the front's answer needs it."""
+        online = self.online_shards()
+        return StockView(
+            online_shards=len(online),
+            in_live_pools=sum(s.stock.get(event_id, 0) for s in online),
+            unassigned=self._ledger().unassigned_count(event_id),
+            stranded=sum(s.stock.get(event_id, 0) for s in self.shards.values() if s not in online),
+        )
 
     async def distribute_tickets(
         self,

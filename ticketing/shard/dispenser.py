@@ -1,6 +1,7 @@
 """First come, first served at one shard: queues, pools and grants, no I/O.
 
-Arrivals wait in one FIFO queue per event. :meth:`Dispenser.allocate` pairs the
+Arrivals wait in one queue per event, ordered by their arrival at the front (the
+admission token's ``t``; a visitor sent back and re-admitted keeps its first one). :meth:`Dispenser.allocate` pairs the
 oldest waiters with the lowest serials of the pool, synchronously, so no other
 coroutine can slip in between reading the pool and changing it. The shard then
 journals and reports the batch; :meth:`settle` applies main's answer and tells the
@@ -32,7 +33,7 @@ class Waiter:
     future: asyncio.Future[Message] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    arrived: float = field(default_factory=time.monotonic)
+    arrived: float = field(default_factory=time.time)  # unix seconds, the front's clock
 
     @property
     def waiting(self) -> bool:
@@ -67,6 +68,11 @@ def sold_out_message(event: dict[str, Any] | None, event_id: int) -> Message:
     return {"type": "sold_out", "event": event or {"id": event_id}}
 
 
+def retry_message(reason: str) -> Message:
+    """Go back to the front for a fresh admission (the page and web client follow it)."""
+    return {"type": "retry", "reason": reason}
+
+
 class Dispenser:
     def __init__(self) -> None:
         self.events: dict[int, dict[str, Any]] = {}
@@ -77,10 +83,17 @@ class Dispenser:
     # -- arrivals ------------------------------------------------------------
 
     def enqueue(self, waiter: Waiter) -> int:
-        """Queue a waiter; returns its position (1 = next)."""
+        """Queue a waiter behind every earlier arrival; returns its position (1 = next).
+
+        Usually that is the tail; a visitor re-admitted with an earlier arrival time
+        goes ahead of the later arrivals still waiting (not of grants already made).
+        """
         q = self.queues.setdefault(waiter.event, deque())
-        q.append(waiter)
-        return len(q)
+        i = len(q)
+        while i > 0 and q[i - 1].arrived > waiter.arrived:
+            i -= 1
+        q.insert(i, waiter)
+        return i + 1
 
     def queued(self, event: int | None = None) -> int:
         queues = self.queues.values() if event is None else [self.queues.get(event, deque())]
@@ -154,6 +167,19 @@ class Dispenser:
         for w in reversed(requeue):  # back to the head, in their original order
             self.queues.setdefault(w.event, deque()).appendleft(w)
         return changed, settled
+
+    def send_back(self, message: Message, event: int | None = None) -> int:
+        """Answer every waiter (of ``event``, or all) still waiting, queued or with a
+        grant in flight, with ``message``; returns how many. Grants in flight stay
+        unacknowledged: main settles them on the next sync."""
+        n = 0
+        for e in [event] if event is not None else list(self.queues):
+            n += self.fail_event(e, message)
+        for p in self.unacked.values():
+            if p.waiter and p.waiter.waiting and (event is None or p.sale.event == event):
+                p.waiter.answer(message)
+                n += 1
+        return n
 
     def fail_event(self, event: int, message: Message) -> int:
         """Answer every waiter of ``event`` (sold out); returns how many."""

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected
+from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..link import Commands, Handler, Link
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import RangeSet, parse_ranges
 from ..tls import Credentials, PemSource, check_peer, server_context
 from ..tokens import NonceCache, TokenVerifier
 from ..wire import ToMain, ToShard
-from .dispenser import Dispenser, Pending, Waiter, sold_out_message
+from .dispenser import Dispenser, Pending, Waiter, retry_message, sold_out_message
 from .journal import Journal
 
 log = logging.getLogger("ticketing.shard")
@@ -90,6 +91,8 @@ class ClientServer:
         # Timeouts
         handshake_timeout: float = 10.0,
         grant_timeout: float = 60.0,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     ) -> None:
         self.name = name
         self.main_name = main_name  # the certificate CN main must present
@@ -97,6 +100,7 @@ class ClientServer:
         self.max_batch = max_batch
         self.max_line, self.max_in_flight, self.max_message = max_line, max_in_flight, max_message
         self.handshake_timeout, self.grant_timeout = handshake_timeout, grant_timeout
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.credentials: Credentials | None = None
         self.commands = Commands(tuple(ToShard))
         self.dispenser = Dispenser()
@@ -205,10 +209,7 @@ class ClientServer:
         for task in [*self._tasks, self._dispatcher]:
             if task:
                 task.cancel()
-        for waiters in self.dispenser.queues.values():
-            for w in waiters:
-                if w.waiting:
-                    w.answer({"type": "error", "message": "shard is shutting down"})
+        self.dispenser.send_back(retry_message("shard is shutting down"))
         if self.journal:
             await self.journal.close()
         log.info("%s closed", self.name)
@@ -251,6 +252,8 @@ class ClientServer:
             log,
             max_line=self.max_line,
             max_in_flight=self.max_in_flight,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
         )
         link.commands = self.commands.extended(
             {
@@ -313,12 +316,16 @@ class ClientServer:
         if self.link is link:
             self.link = None
             self._ready.clear()
+            # Main is gone (or cut off): nobody here can be granted until it is back,
+            # so send every waiter back through the front, where it keeps its place.
+            sent = self.dispenser.send_back(retry_message("the shard lost its main server"))
             level = logging.INFO if link.close_reason == "peer closed the link" else logging.WARNING
             log.log(
                 level,
-                "%s: link to main closed (%s); grants pause until main reconnects",
+                "%s: link to main closed (%s); %d waiters sent back to the front",
                 self.name,
                 link.close_reason,
+                sent,
             )
 
     async def _on_sync(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -405,9 +412,23 @@ class ClientServer:
 
     # -- granting -------------------------------------------------------------------
 
-    def enqueue(self, visitor: str, event: int, account: int | None = None) -> Waiter:
-        """Queue a browser's request; its ``future`` gets the ticket or sold-out message."""
-        w = Waiter(visitor, event, account)
+    def enqueue(
+        self,
+        visitor: str,
+        event: int,
+        account: int | None = None,
+        arrived: float | None = None,
+    ) -> Waiter:
+        """Queue a browser's request; its ``future`` gets the ticket, sold-out or retry
+        message. ``arrived``: first arrival at the front (admission token), for order."""
+        w = (
+            Waiter(visitor, event, account)
+            if arrived is None
+            else Waiter(visitor, event, account, arrived=arrived)
+        )
+        if self.link is None:  # main is gone: send it back at once rather than hang it
+            w.answer(retry_message("the shard has no main server"))
+            return w
         self.dispenser.enqueue(w)
         self._wake.set()
         return w
@@ -471,8 +492,13 @@ class ClientServer:
             self.dispenser.fail_event(
                 event, sold_out_message(self.dispenser.events.get(event), event)
             )
+        elif reply.get("wait") and not self.dispenser.remaining(event):
+            # The rest is stranded on an unreachable shard: wait at the front (which
+            # answers "please wait" and keeps places) rather than here with no answer.
+            self.dispenser.send_back(retry_message("tickets are out of reach"), event)
+            await asyncio.sleep(float(reply["wait"]))
         elif not self.dispenser.remaining(event):
-            await asyncio.sleep(float(reply.get("wait", 0.2)))
+            await asyncio.sleep(0.2)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

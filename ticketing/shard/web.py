@@ -6,7 +6,9 @@ shard, unexpired, unused) and only if the visitor has no other live connection â
 everything else is refused with 403/409 *before* the upgrade.
 
 After the upgrade the browser sends ``{"type": "request"}`` and gets one answer:
-``{"type": "ticket", ...}``, ``{"type": "sold_out", ...}`` or ``{"type": "error", ...}``.
+``{"type": "ticket", ...}``, ``{"type": "sold_out", ...}``, ``{"type": "error", ...}`` or
+``{"type": "retry", "reason"}``: go back through the front for a fresh admission
+(the shard lost main, or its stock is out of reach), keeping the place in line.
 """
 
 from __future__ import annotations
@@ -75,7 +77,13 @@ class Shard(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def enqueue(self, visitor: str, event: int, account: int | None = None) -> Waiter: ...
+    def enqueue(
+        self,
+        visitor: str,
+        event: int,
+        account: int | None = None,
+        arrived: float | None = None,
+    ) -> Waiter: ...
 
 
 class ShardWeb:
@@ -197,7 +205,8 @@ class ShardWeb:
         self, conn: ServerConnection, visitor: str, event: int, account: int | None
     ) -> dict[str, Any] | None:
         """Wait for the grant, or give up the place in line if the browser leaves."""
-        waiter = self.shard.enqueue(visitor, event, account)
+        admission: Admission = conn.admission  # type: ignore[attr-defined]
+        waiter = self.shard.enqueue(visitor, event, account, admission.arrived)
         gone: asyncio.Future[Any] = asyncio.ensure_future(conn.wait_closed())
         either: list[asyncio.Future[Any]] = [waiter.future, gone]
         try:

@@ -1,5 +1,8 @@
 // The buyer's page on a shard: read the admission token from the URL, open the
 // WSS connection, ask once, show the ticket (with the hold countdown) or "sold out".
+// A "retry" answer (the shard lost main, or its tickets are out of reach) sends the
+// page back through the front with its place token: the front re-admits it, or
+// shows a "please wait" page that retries by itself, and it keeps its place.
 "use strict";
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -7,6 +10,7 @@ const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const eventId = params.get("event");
 const front = params.get("front");  // the redirect server, for "back to the start"
+const place = params.get("place");  // our place in line, signed by the front
 
 function money(cents) {
   return (cents / 100).toLocaleString(undefined, { style: "currency", currency: "EUR" });
@@ -60,6 +64,17 @@ function showTicket(msg) {
   }
 }
 
+function backToFront(reason) {
+  if (!front || !eventId) {
+    setStatus("Something went wrong");
+    showError(reason || "please try again");
+    return;
+  }
+  setStatus("Taking you back to the line…");
+  const query = place ? `?place=${encodeURIComponent(place)}` : "";
+  location.replace(`${front}/events/${encodeURIComponent(eventId)}${query}`);
+}
+
 async function main() {
   if (!token) {
     setStatus("No admission");
@@ -81,6 +96,7 @@ async function main() {
     answered = true;
     if (msg.type === "ticket") showTicket(msg);
     else if (msg.type === "sold_out") { showEvent(msg.event); setStatus("Sold out"); }
+    else if (msg.type === "retry") backToFront(msg.reason);
     else { setStatus("Something went wrong"); showError(msg.message || "unknown error"); }
     ws.close();
   };
