@@ -42,7 +42,7 @@ async def crowd(front: str, ctx: ssl.SSLContext, n: int) -> list:
 
 
 async def test_a_killed_shard_restarts_from_its_journal(tmp_path: Path) -> None:
-    async with LocalCluster(tmp_path, shard_names(2)) as cluster:
+    async with LocalCluster(tmp_path, shard_names(2), load_test=True) as cluster:
         main = cluster.main
         assert main
         await main.init_tickets("Show", "", "10", 300)
@@ -104,6 +104,8 @@ async def start_main(data: Path, keys: Path, shards: list[ShardProcess]) -> tupl
         "0",
         "--tickets",
         "200",
+        *("--admissions-per-address", "off", "--admissions-per-visitor", "off"),
+        *("--max-per-address", "4096"),  # the crowd all comes from 127.0.0.1
         *specs,
         stdout=asyncio.subprocess.PIPE,
         start_new_session=True,

@@ -40,19 +40,22 @@ class SigninMixin(MarketBase):
             raise
         return account, await self._sign_in(account, p)
 
-    async def signin(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
+    async def signin(
+        self, email: object, password: object, p: Principal, address: str = ""
+    ) -> tuple[Account, str]:
+        """Sign in; failures are throttled per (email, client ``address``), see SigninThrottle."""
         key = email if isinstance(email, str) else ""
-        wait = self.signin_throttle.retry_after(key)
+        wait = self.signin_throttle.retry_after(key, address)
         if wait > 0:
             raise TooManyAttempts(
-                f"too many failed sign-ins; try again in {math.ceil(wait)} s", "email"
+                f"too many failed sign-ins; try again in {math.ceil(wait)} s", "email", wait
             )
         try:
             account = await self._accounts().signin(email, password)  # type: ignore[arg-type]
         except ValidationError as exc:
-            self.signin_throttle.failed(key)
+            self.signin_throttle.failed(key, address)
             raise Unauthorized(BAD_CREDENTIALS) from exc
-        self.signin_throttle.succeeded(key)
+        self.signin_throttle.succeeded(key, address)
         return account, await self._sign_in(account, p)
 
     async def _sign_in(self, account: Account, p: Principal) -> str:

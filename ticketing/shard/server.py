@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..edge import EdgeLimits
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected
 from ..link import Commands, Handler, Link
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
@@ -91,6 +92,8 @@ class ClientServer:
         # Timeouts
         handshake_timeout: float = 10.0,
         grant_timeout: float = 60.0,
+        # The browser port's connection limits and timeouts (default: edge.SHARD_LIMITS)
+        web_limits: EdgeLimits | None = None,
     ) -> None:
         self.name = name
         self.main_name = main_name  # the certificate CN main must present
@@ -98,6 +101,7 @@ class ClientServer:
         self.max_batch = max_batch
         self.max_line, self.max_in_flight, self.max_message = max_line, max_in_flight, max_message
         self.handshake_timeout, self.grant_timeout = handshake_timeout, grant_timeout
+        self.web_limits = web_limits
         self.credentials: Credentials | None = None
         self.commands = Commands(BUILTINS)
         self.dispenser = Dispenser()
@@ -189,7 +193,7 @@ class ClientServer:
         from .web import ShardWeb  # the web side is optional for library users
 
         await self.start()
-        self._web = ShardWeb(self, self._creds())
+        self._web = ShardWeb(self, self._creds(), self.web_limits)
         self.https_port = await self._web.start(host, https_port)
         return self.https_port
 
