@@ -105,6 +105,6 @@ class LogThrottle:
         dropped = self._dropped.pop(key, 0)
         if dropped:
             msg += " (and %d more like it in the last %.0f s)"
-            args = (*args, dropped, now - (last or now))
+            args = (*args, dropped, now - last if last is not None else 0.0)
         self.logger.log(level, msg, *args)
         return True
