@@ -41,7 +41,7 @@ class Browser:
     """A browser on its own machine: a cookie jar and a source address of its own."""
 
     def __init__(self, ctx: ssl.SSLContext, base: str, address: str = "127.0.0.1") -> None:
-        self.ctx, self.base = ctx, base.rstrip("/")
+        self.ctx, self.base, self.address = ctx, base.rstrip("/"), address
         self.session = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             connector=aiohttp.TCPConnector(ssl=ctx, local_addr=(address, 0), force_close=True),
@@ -84,7 +84,7 @@ class Browser:
     async def ticket(self, event: int) -> dict[str, Any]:
         status, location, body = await self.admission(f"/events/{event}")
         assert status == 302 and location, body
-        async with WebClient(self.ctx) as ws_client:
+        async with WebClient(self.ctx, source=self.address) as ws_client:
             outcome = await ws_client.claim(location)
         assert outcome.kind == "ticket", outcome
         return outcome.message

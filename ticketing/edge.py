@@ -13,7 +13,10 @@ on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, w
   ``header_timeout`` after the handshake (slow-header clients hold no slot for long;
   aiohttp's keep-alive timeout and websockets' ``open_timeout`` cover later requests);
 - logs refusals and the event loop's ``accept()`` failures at most once per
-  ``log_interval`` (:class:`~.ratelimit.LogThrottle`).
+  ``log_interval`` (:class:`~.ratelimit.LogThrottle`);
+- once a surge of connections has drained, hands the freed heap back to the OS
+  (glibc's ``malloc_trim``), so RSS returns near its baseline instead of staying
+  at the peak.
 
 The connection cap is also kept below the open-files limit, so ``accept()`` does not
 run out of descriptors while the cap is what refuses.
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import ctypes
+import ctypes.util
 import logging
 import resource
 import ssl
@@ -40,6 +45,7 @@ log = logging.getLogger("ticketing.edge")
 SSL_READ_BUFFER = 16 * 1024
 FD_RESERVE = 64  # descriptors kept for listeners, links, databases and logs
 HEADER_END = b"\r\n\r\n"
+TRIM_AFTER = 256  # a drained surge of at least this many connections gives memory back
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,24 @@ def install_accept_log_filter(interval: float) -> None:
         logging.getLogger("asyncio").addFilter(_accept_filter)
 
 
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def give_memory_back() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise: RSS stays at the peak)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 def fd_headroom() -> int:
     """How many connections the open-files limit leaves room for."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -218,6 +242,8 @@ class ConnectionGate:
         self._live: set[_CappedSSLProtocol] = set()
         self._per_address: Counter[str] = Counter()
         self._log = LogThrottle(log, self.limits.log_interval)
+        self._high_water = 0  # connections at the peak since memory was last given back
+        self._trim: asyncio.TimerHandle | None = None
         install_accept_log_filter(self.limits.log_interval)
 
     @property
@@ -260,6 +286,7 @@ class ConnectionGate:
     def _hold(self, tls: _CappedSSLProtocol, address: str) -> None:
         self._live.add(tls)
         self._per_address[address] += 1
+        self._high_water = max(self._high_water, len(self._live))
 
     def _release(self, tls: _CappedSSLProtocol, address: str) -> None:
         if tls in self._live:
@@ -267,3 +294,13 @@ class ConnectionGate:
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
                 del self._per_address[address]
+            # After a surge (a flood, or a sale's end) has drained to a quarter, give
+            # the memory back, once, a moment later: not per connection.
+            if self._high_water >= TRIM_AFTER and len(self._live) <= self._high_water // 4:
+                self._high_water = len(self._live)
+                if self._trim is None:
+                    self._trim = asyncio.get_running_loop().call_later(1.0, self._give_back)
+
+    def _give_back(self) -> None:
+        self._trim = None
+        give_memory_back()

@@ -44,13 +44,22 @@ def ws_url(location: str) -> str:
 class WebClient:
     """One visitor: a cookie jar and a TLS context trusting the cluster CA."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        *,
+        timeout: float = 60.0,
+        source: str | None = None,  # the local address to connect from (e.g. 127.0.0.2)
+    ) -> None:
         self.ssl = ssl_context
         self.timeout = timeout
+        self.local_addr = (source, 0) if source else None
         # unsafe=True: keep cookies for IP-address hosts such as 127.0.0.1.
         self.session = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True),
-            connector=aiohttp.TCPConnector(ssl=ssl_context, force_close=True),
+            connector=aiohttp.TCPConnector(
+                ssl=ssl_context, force_close=True, local_addr=self.local_addr
+            ),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
@@ -98,6 +107,7 @@ class WebClient:
                     open_timeout=self.timeout,
                     max_size=1 << 16,
                     compression=None,
+                    local_addr=self.local_addr,
                 ) as ws:
                     timings["connect"] = time.perf_counter() - t0
                     await ws.send(json.dumps({"type": "request"}))
