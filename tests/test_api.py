@@ -26,9 +26,9 @@ OPERATOR = "operator-secret-0123456789"
 class Client:
     """One browser-like visitor: cookie jar, trusts the cluster CA."""
 
-    def __init__(self, shop: Shop, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, shop: Shop, ssl_context: ssl.SSLContext, source: str | None = None) -> None:
         self.shop = shop
-        self.web = WebClient(ssl_context, timeout=30)
+        self.web = WebClient(ssl_context, timeout=30, source=source)
         self.base = shop.cluster.front.rstrip("/")
 
     async def call(
@@ -43,6 +43,8 @@ class Client:
         kwargs: dict[str, Any] = {"headers": headers or {}}
         if body is not None:
             kwargs["json"] = body
+        elif raw is None and method != "GET":
+            kwargs["json"] = {}  # as the page does: state changes are always JSON (CSRF)
         if raw is not None:
             kwargs["data"] = raw
         async with self.web.session.request(method, self.base + path, **kwargs) as resp:
@@ -83,15 +85,16 @@ class Client:
         return listing
 
 
-ClientFactory = Callable[[Shop], Client]
+ClientFactory = Callable[..., Client]
 
 
 @pytest.fixture
 async def client(ca_context: ssl.SSLContext) -> AsyncIterator[ClientFactory]:
     made: list[Client] = []
 
-    def factory(shop: Shop) -> Client:
-        c = Client(shop, ca_context)
+    def factory(shop: Shop, source: str | None = None) -> Client:
+        """``source``: the loopback address to connect from (per-address limits apply)."""
+        c = Client(shop, ca_context, source)
         made.append(c)
         return c
 
@@ -201,7 +204,7 @@ async def test_malformed_requests_get_4xx_not_500(make_cluster, client) -> None:
     status, body = await c.call(
         "POST", "/api/v1/accounts", raw="email=a", headers={"Content-Type": "text/plain"}
     )
-    error(body, 400, status, match="Content-Type: application/json")
+    error(body, 415, status, match="Content-Type: application/json")
     big = json.dumps({"email": "a@example.com", "password": "x" * 100_000})
     status, body = await c.call("POST", "/api/v1/accounts", raw=big, headers=json_header)
     error(body, 413, status, match="too large")
@@ -361,6 +364,7 @@ async def test_resale_over_http(make_cluster, client) -> None:
     shop = await open_shop(make_cluster, hold=60.0)
     seller, buyer = client(shop), client(shop)
     await seller.signup("seller@example.com")
+    await buyer.signup("buyer@example.com")  # a checkout locks the listing: signed in only
     ticket = await seller.bought()
     status, body = await seller.call(
         "POST", "/api/v1/listings", {"ticket_id": ticket, "price_cents": 0}
@@ -431,8 +435,11 @@ async def test_fifty_concurrent_purchase_attempts_over_http_give_one_lock(
     shop = await open_shop(make_cluster)
     seller = client(shop)
     listing = await seller.listed("seller@example.com")
-    buyers = [client(shop) for _ in range(50)]
-    await asyncio.gather(*(b.call("GET", "/api/v1/me") for b in buyers))  # visitor cookies
+    # Signed-in buyers (a checkout locks the listing), from a few addresses each: the
+    # front limits sign-ups per address.
+    buyers = [client(shop, f"127.0.1.{i // 8 + 1}") for i in range(50)]
+    for i, b in enumerate(buyers):
+        await b.signup(f"buyer{i}@example.com")
     results = await asyncio.gather(
         *(b.call("POST", f"/api/v1/listings/{listing['id']}/buy") for b in buyers)
     )
@@ -454,6 +461,11 @@ async def test_fifty_concurrent_purchase_attempts_over_http_give_one_lock(
 async def test_waiting_list_position_and_live_offer(make_cluster, client) -> None:
     shop = await open_shop(make_cluster, tickets=1, hold=60.0)
     holder, first, second = client(shop), client(shop), client(shop)
+    status, body = await first.call("POST", f"/api/v1/events/{shop.event}/waitlist")
+    error(body, 401, status, match="sign in")  # an offer is a held ticket: accounts only
+    await holder.signup("holder@example.com")
+    await first.signup("first@example.com")
+    await second.signup("second@example.com")
     status, body = await first.call("POST", f"/api/v1/events/{shop.event}/waitlist")
     error(body, 409, status, match="still on sale")
     held = await holder.ticket()

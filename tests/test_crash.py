@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import eventually
-from ticketing.cluster import LocalCluster, ShardProcess, shard_names
+from ticketing.cluster import LOAD_TEST_MAIN_ARGS, LocalCluster, ShardProcess, shard_names
 from ticketing.tls import write_cluster_keys
 from ticketing.web_client import WebClient
 
@@ -42,7 +42,7 @@ async def crowd(front: str, ctx: ssl.SSLContext, n: int) -> list:
 
 
 async def test_a_killed_shard_restarts_from_its_journal(tmp_path: Path) -> None:
-    async with LocalCluster(tmp_path, shard_names(2)) as cluster:
+    async with LocalCluster(tmp_path, shard_names(2), load_test=True) as cluster:
         main = cluster.main
         assert main
         await main.init_tickets("Show", "", "10", 300)
@@ -104,6 +104,7 @@ async def start_main(data: Path, keys: Path, shards: list[ShardProcess]) -> tupl
         "0",
         "--tickets",
         "200",
+        *LOAD_TEST_MAIN_ARGS,  # the crowd all comes from 127.0.0.1
         *specs,
         stdout=asyncio.subprocess.PIPE,
         start_new_session=True,

@@ -20,7 +20,7 @@ CLIENTS = 1_500
 
 
 async def test_flash_crowd_sells_each_ticket_exactly_once(tmp_path: Path) -> None:
-    async with LocalCluster(tmp_path, shard_names(3)) as cluster:
+    async with LocalCluster(tmp_path, shard_names(3), load_test=True) as cluster:
         main = cluster.main
         assert main
         event = await main.init_tickets("Flash sale", "1,000 seats", "49.50", TICKETS)

@@ -141,6 +141,7 @@ async def test_waiting_list_offer_arrives_live_in_the_browser(make_cluster, ca_c
         assert held.kind == "ticket"
         async with browser_context() as context:
             page = await open_front(context, shop)
+            await sign_up(page, "waiter@example.com")  # the waiting list is for accounts
             await page.click(tid(f"join-waitlist-{shop.event}"))
             await expect(page.locator(tid(f"waitlist-position-{shop.event}"))).to_have_text(
                 "You are number 1 on the waiting list", timeout=WAIT

@@ -20,6 +20,7 @@ from tests.shop import (
     Shop,
     account,
     open_shop,
+    signed_in,
     visitor,
     when_closed,
 )
@@ -477,7 +478,9 @@ async def test_fifty_concurrent_purchase_attempts_give_one_lock(make_cluster) ->
     seller = await account(shop, "seller")
     await shop.buy(seller)
     listing = await market.create_listing(seller, f"{shop.event}-0", 4000)
-    buyers = [visitor(f"buyer{i}") for i in range(50)]
+    with pytest.raises(Unauthorized):  # a checkout locks the listing: signed in only
+        await market.buy_listing(visitor("anonymous"), listing["id"])
+    buyers = [signed_in(f"buyer{i}", i) for i in range(50)]
     results = await asyncio.gather(
         *(market.buy_listing(b, listing["id"]) for b in buyers), return_exceptions=True
     )
@@ -525,13 +528,15 @@ async def test_waiting_list_gets_released_tickets_in_order(make_cluster) -> None
     market = shop.market
     ann, ben = visitor("ann"), visitor("ben")
     with pytest.raises(Conflict, match="still on sale"):
-        await market.join_waitlist(visitor("early"), shop.event)
+        await market.join_waitlist(signed_in("early", 1), shop.event)
     a = await shop.grant(ann)
     b = await shop.grant(ben)
     with pytest.raises(Conflict, match="already have a ticket"):
-        await market.join_waitlist(ann, shop.event)
+        await market.join_waitlist(Principal(ann.visitor, 10_001), shop.event)
+    with pytest.raises(Unauthorized, match="sign in"):
+        await market.join_waitlist(visitor("w0"), shop.event)
 
-    w1, w2, w3 = visitor("w1"), await account(shop, "w2"), visitor("w3")
+    w1, w2, w3 = signed_in("w1", 2), await account(shop, "w2"), signed_in("w3", 3)
     for i, p in enumerate((w1, w2, w3), 1):
         entry = await market.join_waitlist(p, shop.event)
         assert entry["position"] == i and entry["length"] == i
@@ -552,7 +557,7 @@ async def test_waiting_list_gets_released_tickets_in_order(make_cluster) -> None
     assert await shop.ticket_state(shop.event, a["serial"]) == "held"
     assert (await market.waitlist_status(w2, shop.event))["position"] == 1
     offers = [n for n in notices if n.type == "offer"]
-    assert len(offers) == 1 and offers[0].owner == Principal(w1.visitor, None)
+    assert len(offers) == 1 and offers[0].owner == w1
     assert offers[0].data["order"]["id"] == offer["id"]
 
     shop.clock.advance(31)  # both holds (ben's and w1's offer) run out
@@ -576,7 +581,7 @@ async def test_cancelled_booking_is_refunded_and_goes_to_the_waiting_list(make_c
     market = shop.market
     ann = await account(shop, "ann")
     paid = await shop.buy(ann)
-    waiter = visitor("waiter")
+    waiter = signed_in("waiter", 1)
     await market.join_waitlist(waiter, shop.event)
     listing = await market.create_listing(ann, f"{shop.event}-0", 3000)
     with pytest.raises(Conflict, match="listed"):

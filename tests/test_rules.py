@@ -160,7 +160,7 @@ async def test_a_released_ticket_goes_to_the_head_of_the_waiting_list(
     ctx.watchers.append(seen.append)
     waitlist = Waitlist(ctx)
     event = await on_sale(ledger, 1)
-    ann, carl = Principal("ann"), Principal("carl")
+    ann, carl = Principal("ann"), Principal("carl", 3)
     held = await grant(ledger, event, 0, ann)
     await waitlist.join(carl, event)
     assert (await waitlist.status(carl, event))["position"] == 1

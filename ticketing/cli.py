@@ -40,7 +40,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from .shard.server import ClientServer
 
     async def run() -> int:
-        shard = ClientServer(args.name, data_dir=args.data, **_heartbeats(args))
+        shard = ClientServer(
+            args.name, data_dir=args.data, web_limits=_edge_limits(args), **_heartbeats(args)
+        )
         shard.set_certificate_path(args.keys)
         async with shard:
             tls = await shard.create_client_server(args.tls_port, args.host)
@@ -77,7 +79,7 @@ def cmd_main(args: argparse.Namespace) -> int:
                 host, tls, https = _parse_shard(spec)
                 print(f"linked {await main.connect_client_server(host, tls, https)}", flush=True)
             await _maybe_create_event(main, args)
-            async with RedirectServer(main) as redirect:
+            async with RedirectServer(main, **_front_options(args)) as redirect:
                 port = await redirect.create_server(args.port, args.host)
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
                 print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
@@ -167,6 +169,67 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _run(run)
 
 
+# -- edge limits (front and shard browser ports) ------------------------------------------
+
+
+def _edge_options(p: argparse.ArgumentParser, defaults: Any) -> None:
+    g = p.add_argument_group("browser-facing limits and timeouts")
+    g.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    g.add_argument(
+        "--max-per-address",
+        type=int,
+        default=defaults.max_per_address,
+        help="concurrent connections from one client address",
+    )
+    g.add_argument("--handshake-timeout", type=float, default=defaults.handshake_timeout)
+    g.add_argument(
+        "--header-timeout",
+        type=float,
+        default=defaults.header_timeout,
+        help="seconds for a connection's first request headers",
+    )
+
+
+def _edge_limits(args: argparse.Namespace) -> Any:
+    from .edge import EdgeLimits
+
+    return EdgeLimits(
+        max_connections=args.max_connections,
+        max_per_address=args.max_per_address,
+        handshake_timeout=args.handshake_timeout,
+        header_timeout=args.header_timeout,
+    )
+
+
+def _rate(text: str) -> Any:
+    from .ratelimit import Rate
+
+    return None if text == "off" else Rate.parse(text)
+
+
+def _front_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {"limits": _edge_limits(args), "public_origin": args.public_origin}
+    for name in ("admissions_per_address", "admissions_per_visitor"):
+        if getattr(args, name) is not None:  # else the RedirectServer default
+            opts[name] = _rate(getattr(args, name))
+    return opts
+
+
+def _front_parser_options(p: argparse.ArgumentParser) -> None:
+    from .edge import FRONT_LIMITS
+
+    _edge_options(p, FRONT_LIMITS)
+    g = p.add_argument_group(
+        "admission rate limits: BURST/SECONDS (BURST per SECONDS), BURST/SECONDS/COUNT, or off"
+    )
+    g.add_argument("--admissions-per-address", metavar="RATE", help="default 30/60")
+    g.add_argument("--admissions-per-visitor", metavar="RATE", help="default 5/50")
+    p.add_argument(
+        "--public-origin",
+        help="the front's origin as browsers see it, e.g. https://tickets.example",
+    )
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -242,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--https-port", type=int, default=9101)
     p.add_argument("--uvloop", action="store_true")
     _failure_options(p, main=False)
+    from .edge import SHARD_LIMITS
+
+    _edge_options(p, SHARD_LIMITS)
     p.set_defaults(fn=cmd_shard)
 
     for name, help_text in (
@@ -256,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
         _event_options(p, 0)
         _failure_options(p, main=True)
+        _front_parser_options(p)
         p.set_defaults(fn=cmd_main)
 
     p = sub.add_parser("cluster", help="main + redirect + N shard processes on this machine")

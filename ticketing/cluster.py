@@ -13,13 +13,26 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
+from .edge import FRONT_LIMITS, SHARD_LIMITS
 from .front.server import RedirectServer
 from .main.server import MainServer
 from .tls import write_cluster_keys
+
+# A load test's whole crowd comes from 127.0.0.1: lift the per-address limits.
+LOAD_TEST_SHARD_ARGS = ("--max-per-address", str(SHARD_LIMITS.max_connections))
+LOAD_TEST_FRONT_OPTIONS: dict[str, Any] = {
+    "limits": replace(FRONT_LIMITS, max_per_address=FRONT_LIMITS.max_connections),
+    "admissions_per_address": None,
+    "admissions_per_visitor": None,
+}
+LOAD_TEST_MAIN_ARGS = (
+    *("--admissions-per-address", "off", "--admissions-per-visitor", "off"),
+    *("--max-per-address", str(FRONT_LIMITS.max_connections)),
+)
 
 log = logging.getLogger("ticketing.cluster")
 
@@ -164,6 +177,10 @@ class LocalCluster:
     redirect_port: int = 0
     main_options: dict[str, Any] = field(default_factory=dict)
     shard_args: Sequence[str] = ()
+    redirect_options: dict[str, Any] = field(default_factory=dict)
+    # A crowd from 127.0.0.1 stands for thousands of buyers (tests, benchmarks): lift the
+    # per-address connection caps and admission rate limits. Never on a public front.
+    load_test: bool = False
     main: MainServer | None = None
     redirect: RedirectServer | None = None
     processes: list[ShardProcess] = field(default_factory=list)
@@ -189,7 +206,7 @@ class LocalCluster:
                 await asyncio.gather(
                     *(
                         ShardProcess.launch(
-                            n, keys, self.data, host=self.host, extra_args=self.shard_args
+                            n, keys, self.data, host=self.host, extra_args=self._shard_args()
                         )
                         for n in self.shard_names
                     )
@@ -199,12 +216,21 @@ class LocalCluster:
             self.main.set_certificate_path(keys)
             for p in self.processes:
                 await self.main.connect_client_server(self.host, p.tls_port, p.https_port)
-            self.redirect = RedirectServer(self.main)
+            self.redirect = RedirectServer(self.main, **self._redirect_options())
             await self.redirect.create_server(self.redirect_port, self.host)
         except BaseException:
             await self.stop()
             raise
         return self
+
+    def _shard_args(self) -> list[str]:
+        lifted = LOAD_TEST_SHARD_ARGS if self.load_test else ()
+        return [*lifted, *self.shard_args]
+
+    def _redirect_options(self) -> dict[str, Any]:
+        if not self.load_test:
+            return self.redirect_options
+        return {**LOAD_TEST_FRONT_OPTIONS, **self.redirect_options}
 
     async def stop(self) -> None:
         if self.redirect:

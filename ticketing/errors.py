@@ -10,6 +10,7 @@
      ├── CommandError              a peer answered a request with an error reply
      ├── LinkClosed                the link went away with requests in flight
      ├── TokenError                a signed token is forged, expired or malformed
+     ├── Overloaded                a bounded queue is full: try again (``retry_after``)
      └── ValidationError           bad user input for the REST API (has a field)
 
 What the peer sends wrong never raises: the protocol turns it into an error event
@@ -77,6 +78,18 @@ class TokenError(TicketingError):
 
     def __str__(self) -> str:
         return f"token refused: {self.reason}"
+
+
+class Overloaded(TicketingError):
+    """A bounded resource (e.g. the password-hashing queue) is full; the API says 429."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after)
+        self.message = message
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.message} (retry after {self.retry_after:g} s)"
 
 
 class ValidationError(TicketingError):

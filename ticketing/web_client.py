@@ -46,11 +46,17 @@ def ws_url(location: str) -> str:
     return f"wss://{url.netloc}/ws?token={token}"
 
 
-def back_to_front(location: str) -> str | None:
-    """Where the page goes when its shard sends it back: the front, with its place."""
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def back_to_front(location: str, front: str) -> str | None:
+    """Where the page goes when its shard sends it back: ``front`` (the origin in the
+    shard's answer, signed into the token), with its place in line."""
     q = parse_qs(urlsplit(location).query)
-    front, event = q.get("front", [""])[0], q.get("event", [""])[0]
-    if not front or not event.isdigit():
+    event = q.get("event", [""])[0]
+    if not front.startswith("https://") or not (event.isascii() and event.isdigit()):
         return None
     place = q.get("place", [""])[0]
     return f"{front}/events/{event}" + (f"?place={quote(place, safe='')}" if place else "")
@@ -89,15 +95,19 @@ class WebClient:
         timeout: float = 60.0,
         max_hops: int = 1000,
         persistent: bool = False,
+        source: str | None = None,  # the local address to connect from (e.g. 127.0.0.2)
     ) -> None:
         self.ssl = ssl_context
         self.timeout = timeout
         self.max_hops = max_hops
         self.persistent = persistent
+        self.local_addr = (source, 0) if source else None
         # unsafe=True: keep cookies for IP-address hosts such as 127.0.0.1.
         self.session = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True),
-            connector=aiohttp.TCPConnector(ssl=ssl_context, force_close=True),
+            connector=aiohttp.TCPConnector(
+                ssl=ssl_context, force_close=True, local_addr=self.local_addr
+            ),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
@@ -151,7 +161,8 @@ class WebClient:
             out = await self.claim(location, clock.t0, timings)
             if "total" in out.timings or out.status is not None:
                 clock.answered()  # a message on the WSS, or an HTTP refusal
-            again = back_to_front(location)
+            front = out.message.get("front")
+            again = back_to_front(location, front if isinstance(front, str) else origin(front_url))
             lost = self.persistent and out.kind == "error" and out.message.get("unreachable")
             if again and (
                 out.kind == "retry" or lost or (out.kind == "refused" and out.status == 503)
@@ -182,6 +193,7 @@ class WebClient:
                     open_timeout=self.timeout,
                     max_size=1 << 16,
                     compression=None,
+                    local_addr=self.local_addr,
                 ) as ws:
                     opened = True
                     timings["connect"] = time.perf_counter() - t0

@@ -96,6 +96,7 @@ class Admission:
     nonce: str
     account: int | None = None
     arrived: float | None = None  # first arrival at the front (unix s): the shard's order
+    front: str | None = None  # the front's public origin: the shard page's only link
     exp: float = 0.0  # set by the signature; unused when signing
 
     @classmethod
@@ -107,8 +108,9 @@ class Admission:
         account: int | None = None,
         *,
         arrived: float | None = None,
+        front: str | None = None,
     ) -> Admission:
-        return cls(visitor, shard, event, secrets.token_urlsafe(12), account, arrived)
+        return cls(visitor, shard, event, secrets.token_urlsafe(12), account, arrived, front)
 
     def claims(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": self.visitor, "s": self.shard, "e": self.event, "n": self.nonce}
@@ -116,6 +118,8 @@ class Admission:
             out["a"] = self.account
         if self.arrived is not None:
             out[ARRIVED] = self.arrived
+        if self.front is not None:
+            out["f"] = self.front
         return out
 
     @classmethod
@@ -127,7 +131,9 @@ class Admission:
             c.get("n"),
             c.get("a"),
         )
-        arrived = c.get(ARRIVED)
+        arrived, front = c.get(ARRIVED), c.get("f")
+        if not (isinstance(front, str) and front.startswith("https://")):
+            front = None  # only an https origin may become a link on the shard's page
         if (
             not isinstance(visitor, str)
             or not isinstance(shard, str)
@@ -144,6 +150,7 @@ class Admission:
             nonce,
             account,
             None if arrived is None else float(arrived),
+            front,
             float(c["exp"]),
         )
 

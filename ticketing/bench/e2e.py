@@ -86,7 +86,7 @@ async def run_baseline(data: Path, opts: Options) -> dict[str, Any]:
 
 async def run_ticketing(data: Path, opts: Options) -> dict[str, Any]:
     names = shard_names(opts.shards)
-    cluster = LocalCluster(data, names, shard_args=opts.loop_flag)
+    cluster = LocalCluster(data, names, shard_args=opts.loop_flag, load_test=True)
     async with cluster:
         main = cluster.main
         assert main is not None

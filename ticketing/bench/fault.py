@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import os
+import secrets
 import sqlite3
 import ssl
 import time
@@ -27,8 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from ..cluster import Child, ShardProcess, shard_names
+from ..cluster import LOAD_TEST_MAIN_ARGS, LOAD_TEST_SHARD_ARGS, Child, ShardProcess, shard_names
 from ..ledger import open_ledger
+from ..market.api import OPERATOR_ENV
 from ..process import raise_fd_limit
 from ..tls import write_cluster_keys
 from .checks import check_sale, percentile
@@ -243,11 +246,12 @@ class MainProcess:
 
 @dataclass
 class Monitor:
-    """Polls the front's ``/health`` (and the shards') until stopped; keeps the marks."""
+    """Polls main's operator status (and the shards' health) until stopped; keeps the marks."""
 
     front: str
     victim: str
     ctx: ssl.SSLContext
+    operator_token: str
     shard_urls: list[str] = field(default_factory=list)  # polled for kill-main only
     fault_t: float | None = None
     epoch0: int | None = None
@@ -260,8 +264,9 @@ class Monitor:
         self._stop.set()
 
     async def _get(self, s: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+        auth = {"Authorization": f"Bearer {self.operator_token}"}
         try:
-            async with s.get(url, timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+            async with s.get(url, timeout=aiohttp.ClientTimeout(total=1.0), headers=auth) as resp:
                 return dict(await resp.json())
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
@@ -270,7 +275,7 @@ class Monitor:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ctx)) as s:
             while not self._stop.is_set():
                 now = time.monotonic()
-                status = await self._get(s, self.front + "health")
+                status = await self._get(s, self.front + "api/v1/admin/status")
                 me = next(
                     (x for x in (status or {}).get("shards", []) if x["name"] == self.victim),
                     None,
@@ -282,10 +287,12 @@ class Monitor:
                     if self.shard_urls:
                         linked = [await self._get(s, u) for u in self.shard_urls]
                         if self.marks["detected"] is None and all(
-                            h is not None and not h["linked"] for h in linked
+                            h is not None and h["status"] != "up" for h in linked
                         ):
                             self.marks["detected"] = now
-                        if self.marks["detected"] and all(h and h["linked"] for h in linked):
+                        if self.marks["detected"] and all(
+                            h and h["status"] == "up" for h in linked
+                        ):
                             self.marks["recovered"] = self.marks["recovered"] or now
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), POLL)
@@ -323,6 +330,10 @@ async def run_fault(opts: Options) -> dict[str, Any]:
     if downtime is None:
         downtime = 3.0 if fault == "kill-main" else opts.reclaim_after + 5.0
     fault_at = opts.fault_at if opts.fault_at is not None else opts.duration * 0.4
+    # Main's process reads the operator token from its environment (inherited): the
+    # monitor reads the detailed status where operators do.
+    operator = secrets.token_urlsafe(24)
+    os.environ[OPERATOR_ENV] = operator
     hb = [
         f"--heartbeat-interval={opts.heartbeat_interval}",
         f"--heartbeat-timeout={opts.heartbeat_timeout}",
@@ -341,7 +352,9 @@ async def run_fault(opts: Options) -> dict[str, Any]:
             shards = list(
                 await asyncio.gather(
                     *(
-                        ShardProcess.launch(n, keys, data, extra_args=[*opts.loop_flag, *hb])
+                        ShardProcess.launch(
+                            n, keys, data, extra_args=[*LOAD_TEST_SHARD_ARGS, *opts.loop_flag, *hb]
+                        )
                         for n in names
                     )
                 )
@@ -368,6 +381,7 @@ async def run_fault(opts: Options) -> dict[str, Any]:
                     str(opts.tickets),
                     "--reclaim-after",
                     str(opts.reclaim_after),
+                    *LOAD_TEST_MAIN_ARGS,
                     *hb,
                     *specs,
                 ],
@@ -378,6 +392,7 @@ async def run_fault(opts: Options) -> dict[str, Any]:
                 front,
                 victim.name,
                 ctx,
+                operator,
                 [f"https://127.0.0.1:{p.https_port}/health" for p in shards]
                 if fault == "kill-main"
                 else [],

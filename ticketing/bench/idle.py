@@ -24,7 +24,7 @@ async def run_idle(opts: Options) -> dict[str, Any]:
     raise_fd_limit()
     out: dict[str, Any] = {"mode": "idle", "options": opts.public(), "machine": machine()}
     with DataDir(opts) as data:
-        cluster = LocalCluster(data, shard_names(1), shard_args=opts.loop_flag)
+        cluster = LocalCluster(data, shard_names(1), shard_args=opts.loop_flag, load_test=True)
         async with cluster:
             main = cluster.main
             assert main is not None and main.signer is not None

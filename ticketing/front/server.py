@@ -8,10 +8,17 @@ shard online: a clear page, or JSON for clients that ``Accept: application/json`
 
 It runs in the main server's process (it needs main's stock counts and key); the
 marketplace API (``api.py``) is mounted on the same app when given.
+
+Abuse: admissions are rate-limited per client address and per visitor (429 with
+``Retry-After``); connections go through a :class:`~ticketing.edge.ConnectionGate`
+(caps, TLS and header timeouts); the public ``/health`` says only up or down.
+The token carries the visitor's public id (:func:`~ticketing.visitor.public_id`),
+never the cookie, and the configured front origin (``f``), never the ``Host``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import secrets
@@ -19,16 +26,18 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from aiohttp import web
 
+from ..csrf import PUBLIC_ORIGINS
+from ..edge import FRONT_LIMITS, ConnectionGate, EdgeLimits
 from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
 from ..main.server import MainServer
+from ..ratelimit import Rate, RateLimiter, retry_after
 from ..tls import browser_server_context
 from ..tokens import TokenVerifier
-from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
+from ..visitor import VISITOR_COOKIE, public_id, set_visitor_cookie, valid_visitor
 from ..wire import Admission, Place
 from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 
@@ -36,6 +45,49 @@ if TYPE_CHECKING:
     from ..market import Market
 
 log = logging.getLogger("ticketing.redirect")
+
+# Admission rate limits (defaults; ``None`` turns one off). A NAT or a mobile
+# carrier puts many real buyers behind one address, hence the generous burst.
+ADMISSIONS_PER_ADDRESS = Rate(burst=30, per_second=0.5)
+ADMISSIONS_PER_VISITOR = Rate(burst=5, per_second=0.1)
+KEEPALIVE_TIMEOUT = 15.0  # an idle keep-alive connection (or slow later headers) is closed
+
+
+def origin_of(host: str, port: int) -> str:
+    """``https://host:port`` for a bound address (a wildcard becomes ``localhost``)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+class GatedSite(web.BaseSite):
+    """An aiohttp site on plain TCP whose connections pass a :class:`ConnectionGate`."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, gate: ConnectionGate, backlog: int
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port, self.gate = host, port, gate
+        self._server: asyncio.Server | None = None
+
+    @property
+    def name(self) -> str:
+        return f"https://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate.protocol_factory(server), self._host, self._port, backlog=self._backlog
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
 
 
 def wants_json(request: web.Request) -> bool:
@@ -80,8 +132,15 @@ class RedirectServer:
         token_ttl: float = 60.0,
         place_ttl: float = 15 * 60.0,
         retry_after: float = DEFAULT_RETRY_AFTER,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        # Limits
+        limits: EdgeLimits = FRONT_LIMITS,
+        admissions_per_address: Rate | None = ADMISSIONS_PER_ADDRESS,
+        admissions_per_visitor: Rate | None = ADMISSIONS_PER_VISITOR,
         # TLS (default: main's own certificate)
         ssl_context: ssl.SSLContext | None = None,
+        # The origin browsers use (e.g. "https://tickets.example"); default: the bound one
+        public_origin: str | None = None,
         setup: Callable[[web.Application], None] | None = None,
         marketplace: bool = True,
     ) -> None:
@@ -90,13 +149,20 @@ class RedirectServer:
         self.place_ttl, self.retry_after = place_ttl, retry_after
         self.waiting = WaitingRoom(stale_after=4 * retry_after + 1.0)
         self._verifier: TokenVerifier | None = None  # of our own place tokens
+        self.keepalive_timeout = keepalive_timeout
+        self.limits = limits
+        self.by_address = RateLimiter(admissions_per_address) if admissions_per_address else None
+        self.by_visitor = RateLimiter(admissions_per_visitor) if admissions_per_visitor else None
         self.ssl_context = ssl_context
+        self.public_origin = public_origin.rstrip("/") if public_origin else None
+        self.gate: ConnectionGate | None = None
         self.app = web.Application(client_max_size=64 * 1024)
+        self.app[PUBLIC_ORIGINS] = [self.public_origin] if self.public_origin else []
         self.app.on_response_prepare.append(_add_security_headers)
         self.app.add_routes(
             [
                 web.get("/", self.handle_root),
-                web.get("/events/{event_id:\\d+}", self.handle_event),
+                web.get("/events/{event_id:[0-9]{1,12}}", self.handle_event),
                 web.get("/health", self.handle_health),
             ]
         )
@@ -117,11 +183,17 @@ class RedirectServer:
         if ctx is None:
             assert self.main.credentials
             ctx = browser_server_context(self.main.credentials)
-        self.runner = web.AppRunner(self.app, access_log=None)
+        self.runner = web.AppRunner(
+            self.app, access_log=None, keepalive_timeout=self.keepalive_timeout
+        )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=ctx, backlog=4096)
+        self.gate = ConnectionGate("front", ctx, self.limits)
+        site = GatedSite(self.runner, host, port, self.gate, backlog=4096)
         await site.start()
-        self.port = int(self.runner.addresses[-1][1])
+        self.port = site.port
+        if self.public_origin is None:
+            self.public_origin = origin_of(host, self.port)
+            self.app[PUBLIC_ORIGINS].append(self.public_origin)
         log.info("redirect server on https://%s:%d", host, self.port)
         return self.port
 
@@ -129,6 +201,8 @@ class RedirectServer:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.gate is not None:
+            self.gate.close()  # whatever is still mid-handshake
 
     async def __aenter__(self) -> RedirectServer:
         return self
@@ -148,7 +222,18 @@ class RedirectServer:
         return await self._admit(request, int(request.match_info["event_id"]))
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.main.status())
+        """Up or down, nothing more (details: ``/api/v1/admin/status``, operators only)."""
+        up = bool(self.main.online_shards())
+        return web.json_response({"status": "up" if up else "down"}, status=200 if up else 503)
+
+    def _throttled(self, request: web.Request, visitor: str | None) -> float:
+        """Seconds to wait before this address (or visitor) may be admitted again; 0: now."""
+        wait = 0.0
+        if self.by_address is not None:
+            wait = self.by_address.take(request.remote or "?")
+        if wait == 0.0 and visitor is not None and self.by_visitor is not None:
+            wait = self.by_visitor.take(visitor)
+        return wait
 
     async def _admit(self, request: web.Request, event_id: int) -> web.StreamResponse:
         event = await self.main.event(event_id)
@@ -158,7 +243,18 @@ class RedirectServer:
         fresh = not valid_visitor(visitor)
         if fresh:
             visitor = secrets.token_urlsafe(16)
+        wait = self._throttled(request, None if fresh else public_id(visitor))
+        if wait > 0:
+            limited = self._answer(
+                request,
+                429,
+                "Too many requests, try again shortly",
+                {"status": "rate_limited", "errors": [{"message": "too many admissions"}]},
+            )
+            limited.headers["Retry-After"] = retry_after(wait)
+            return limited
         info = {"event": event.public()}
+        resp: web.StreamResponse
         place, arrived = self._place(request, visitor, event_id)
         view = self.main.stock_view(event_id)
         answer = choose_answer(
@@ -207,13 +303,15 @@ class RedirectServer:
                 held = Place.verify(self._verifier, token)
             except TokenError:
                 held = None
-            if held is not None and held.visitor == visitor and held.event == event_id:
+            if held is not None and held.visitor == public_id(visitor) and held.event == event_id:
                 return held.nonce, held.arrived
         return secrets.token_urlsafe(12), round(time.time(), 3)
 
     def _place_token(self, visitor: str, event_id: int, place: str, arrived: float) -> str:
         assert self.main.signer
-        return Place(visitor, event_id, place, arrived).sign(self.main.signer, self.place_ttl)
+        # The visitor's public id: the place token rides in URLs too.
+        held = Place(public_id(visitor), event_id, place, arrived)
+        return held.sign(self.main.signer, self.place_ttl)
 
     def _redirect(
         self,
@@ -226,13 +324,17 @@ class RedirectServer:
         info: dict[str, Any],
     ) -> web.StreamResponse:
         admission = Admission.new(
-            visitor, shard.name, event_id, request.get("account_id"), arrived=arrived
+            public_id(visitor),  # never the cookie itself: the URL can leak
+            shard.name,
+            event_id,
+            request.get("account_id"),
+            arrived=arrived,
+            front=self.public_origin,  # the shard page links back here only
         )
         assert self.main.signer
         token = admission.sign(self.main.signer, self.token_ttl)
-        front = quote(str(request.url.origin()), safe="")
         location = (
-            f"{shard.https_url}/?event={event_id}&token={token}&front={front}"
+            f"{shard.https_url}/?event={event_id}&token={token}"
             f"&place={self._place_token(visitor, event_id, place, arrived)}"
         )
         return web.json_response(

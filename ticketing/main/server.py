@@ -88,6 +88,8 @@ def price_to_cents(price: Any) -> int:
         cents = Decimal(str(price)) * 100
     except InvalidOperation as exc:
         raise ValueError(f"bad price {price!r}") from exc
+    if not cents.is_finite():  # NaN, Infinity: comparing them would raise
+        raise ValueError(f"bad price {price!r}")
     if cents < 0 or cents != cents.to_integral_value():
         raise ValueError("price must be >= 0 with at most two decimals")
     return int(cents)

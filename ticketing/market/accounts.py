@@ -1,8 +1,11 @@
 """User accounts: an email and an scrypt password hash, kept in SQLite.
 
 Passwords are only ever held in memory long enough to hash them; the database stores
-``scrypt$N$r$p$<salt>$<hash>``. The scrypt work runs in a worker thread so one
-sign-in never stalls the event loop that also serves the ticket queue.
+``scrypt$N$r$p$<salt>$<hash>``. The scrypt work runs in a small pool of worker
+threads so one sign-in never stalls the event loop that also serves the ticket
+queue, and that pool's queue is bounded: beyond ``max_hashing`` hashes running or
+waiting, a sign-up or sign-in is refused at once (:class:`~ticketing.errors.Overloaded`,
+a 429) instead of making every later one wait behind a flood.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ import binascii
 import functools
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
-from ..errors import ValidationError
+from ..errors import Overloaded, ValidationError
 from ..ledger.driver import Driver
+
+T = TypeVar("T")
 
 # scrypt parameters (memory-hard: 128 * r * n bytes = 16 MiB per hash)
 SCRYPT_N = 2**14
@@ -31,6 +39,10 @@ KEY_BYTES = 32
 # Refuse stored parameters that would need more memory than this (a corrupt or
 # hostile row must not make verify_password allocate gigabytes).
 SCRYPT_MAXMEM = 64 * 1024 * 1024
+
+# Hashing: one thread per core (scrypt is CPU-bound), a few waiting each
+HASH_WORKERS = max(1, os.cpu_count() or 1)
+MAX_HASHING = 4 * HASH_WORKERS  # ~0.3 s of queue at ~60 ms per hash on 2 cores
 
 # Limits
 MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit
@@ -80,6 +92,12 @@ def verify_password(password: str, encoded: str) -> bool:
 
 
 @functools.cache
+def _hash_pool() -> ThreadPoolExecutor:
+    """The password-hashing threads, shared by every store of this process."""
+    return ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="scrypt")
+
+
+@functools.cache
 def _dummy_hash() -> str:
     """A hash of a random password, made once, for sign-ins to unknown emails."""
     return hash_password(secrets.token_urlsafe(16))
@@ -104,7 +122,17 @@ def validate_email(email: object) -> str:
         raise ValidationError(f"email must be at most {MAX_EMAIL_LENGTH} characters", "email")
     if not _EMAIL_RE.fullmatch(email):
         raise ValidationError("not a valid email address", "email")
+    if not _utf8(email):  # lone surrogates, e.g. from JSON "\ud800"
+        raise ValidationError("not a valid email address", "email")
     return email
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_password(password: object) -> None:
@@ -119,10 +147,8 @@ def validate_password(password: object) -> None:
         raise ValidationError(
             f"password must be at most {MAX_PASSWORD_LENGTH} characters", "password"
         )
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from JSON "\ud800"
-        raise ValidationError("password is not valid text", "password") from exc
+    if not _utf8(password):  # lone surrogates, e.g. from JSON "\ud800"
+        raise ValidationError("password is not valid text", "password")
 
 
 @dataclass(frozen=True)
@@ -141,9 +167,30 @@ class Accounts:
     never lands in the middle of a ledger transaction.
     """
 
-    def __init__(self, db: Driver, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        db: Driver,
+        *,
+        clock: Callable[[], float] = time.time,
+        # Limits
+        max_hashing: int = MAX_HASHING,
+    ):
         self.db = db
         self.clock = clock
+        self.max_hashing = max_hashing
+        self.hashing = 0  # running or waiting for a worker
+        self.hashes = 0  # started since this store was made (for tests and status)
+
+    async def _hash(self, fn: Callable[..., T], *args: str | None) -> T:
+        """Run ``fn`` on the hashing pool, or refuse at once when its queue is full."""
+        if self.hashing >= self.max_hashing:
+            raise Overloaded("too many sign-ins at once, try again in a moment")
+        self.hashing += 1
+        self.hashes += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_hash_pool(), fn, *args)
+        finally:
+            self.hashing -= 1
 
     async def init_schema(self) -> None:
         """Make the dummy hash now, so the first sign-in to an unknown email is not slower."""
@@ -153,7 +200,7 @@ class Accounts:
         """Create an account; :class:`ValidationError` for bad input or a taken email."""
         email = validate_email(email)
         validate_password(password)
-        password_hash = await asyncio.to_thread(hash_password, password)
+        password_hash = await self._hash(hash_password, password)
         created_at = self.clock()
         # The UNIQUE constraint decides races between concurrent sign-ups.
         async with self.db.transaction() as tx:
@@ -174,16 +221,16 @@ class Accounts:
         """
         if not isinstance(email, str) or not isinstance(password, str):
             raise ValidationError(BAD_CREDENTIALS, None)
-        if len(password) > MAX_PASSWORD_LENGTH:
+        if len(password) > MAX_PASSWORD_LENGTH or len(email) > 4 * MAX_EMAIL_LENGTH:
+            raise ValidationError(BAD_CREDENTIALS, None)
+        if not _utf8(email) or not _utf8(password):
             raise ValidationError(BAD_CREDENTIALS, None)
         rows = await self.db.fetch(
             "SELECT id, email, created_at, password_hash FROM accounts WHERE email = ?",
             (normalise_email(email),),
         )
         row = rows[0] if rows else None
-        ok = await asyncio.to_thread(
-            _check_password, password, row["password_hash"] if row else None
-        )
+        ok = await self._hash(_check_password, password, row["password_hash"] if row else None)
         if row is None or not ok:
             raise ValidationError(BAD_CREDENTIALS, None)
         return Account(row["id"], row["email"], row["created_at"])
@@ -197,38 +244,61 @@ class Accounts:
 
 
 class SigninThrottle:
-    """At most ``limit`` failed sign-ins per email within ``window`` seconds.
+    """Failed sign-ins: slow password guessing, without letting strangers lock owners out.
 
-    In memory, per main process: it slows password guessing against one account
-    without a database write per attempt. A success clears the email's failures.
+    Failures count per (email, client address): ``limit`` of them within ``window``
+    seconds make *that address* wait for that email; the owner signing in from
+    elsewhere is not affected. All addresses together may fail ``email_limit``
+    times per window before everyone waits (a guesser spread over many addresses);
+    that wait ends as the window slides, so nobody is locked out for good. A success
+    clears the email's failures. In memory, per main process: no database write per
+    attempt. (Sign-in attempts per address, failed or not, are rate-limited in the API.)
     """
 
     # Limits
     MAX_TRACKED = 100_000  # emails remembered at once; the oldest are forgotten first
+    MAX_ADDRESSES = 1_000  # addresses remembered per email
 
     def __init__(
-        self, limit: int = 5, window: float = 900.0, *, clock: Callable[[], float] = time.monotonic
+        self,
+        limit: int = 5,
+        window: float = 900.0,
+        *,
+        email_limit: int = 100,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self._failures: dict[str, list[float]] = {}
+        self.limit, self.window, self.email_limit, self.clock = limit, window, email_limit, clock
+        # email -> address -> failure times ("" gathers every address of the email)
+        self._failures: dict[str, dict[str, list[float]]] = {}
 
-    def retry_after(self, email: str) -> float:
-        """Seconds until ``email`` may try again; 0 when it may now."""
-        recent = self._recent(normalise_email(email))
-        return 0.0 if len(recent) < self.limit else recent[0] + self.window - self.clock()
+    def retry_after(self, email: str, address: str = "") -> float:
+        """Seconds until ``email`` may try again from ``address``; 0 when it may now."""
+        per = self._failures.get(normalise_email(email), {})
+        wait = 0.0
+        for times, limit in (
+            (per.get(address, []), self.limit),
+            (per.get("", []), self.email_limit),
+        ):
+            recent = self._recent(times)
+            if len(recent) >= limit:
+                wait = max(wait, recent[-limit] + self.window - self.clock())
+        return wait
 
-    def failed(self, email: str) -> None:
+    def failed(self, email: str, address: str = "") -> None:
         key = normalise_email(email)
-        self._failures[key] = [*self._recent(key), self.clock()]
+        per = self._failures.pop(key, {})  # re-inserted last: dict order is recency
+        now = self.clock()
+        for k in {address, ""}:
+            per[k] = [*self._recent(per.pop(k, [])), now]
+        while len(per) > self.MAX_ADDRESSES + 1:
+            del per[next(k for k in per if k)]
+        self._failures[key] = per
         while len(self._failures) > self.MAX_TRACKED:
             del self._failures[next(iter(self._failures))]
 
-    def succeeded(self, email: str) -> None:
+    def succeeded(self, email: str, address: str = "") -> None:
         self._failures.pop(normalise_email(email), None)
 
-    def _recent(self, key: str) -> list[float]:
+    def _recent(self, times: list[float]) -> list[float]:
         cutoff = self.clock() - self.window
-        recent = [t for t in self._failures.get(key, ()) if t > cutoff]
-        if not recent:
-            self._failures.pop(key, None)
-        return recent
+        return [t for t in times if t > cutoff]

@@ -9,7 +9,16 @@ over the app's ``client_max_size``).
 Identity: a middleware reads the session cookie (a signed token: no DB lookup) and
 sets ``request["account_id"]``, which the redirect server puts in the admission
 token, so a signed-in buyer's order carries the account. API and page requests
-also get the ``ticketing_visitor`` cookie when they have none.
+also get the ``ticketing_visitor`` cookie when they have none; the market only ever
+sees that cookie's public id (:func:`ticketing.visitor.public_id`), the same one
+the front puts in admission tokens.
+
+Abuse: state-changing requests need a same-origin (or no) ``Origin`` and
+``Content-Type: application/json`` (415 otherwise; :mod:`ticketing.csrf`), and so
+does the live WebSocket's ``Origin``. Bodies are UTF-8 JSON objects without
+``NaN``/``Infinity`` or lone surrogates, read within ``body_timeout``. Sign-ups and
+sign-ins are rate-limited per client address (429 with ``Retry-After``), failed
+sign-ins per (email, address), and the password-hashing queue is bounded (429).
 
 Operators: ``/api/v1/admin/...`` needs ``Authorization: Bearer <token>`` matching
 ``TICKETING_OPERATOR_TOKEN`` (or the contents of ``TICKETING_OPERATOR_TOKEN_FILE``),
@@ -35,6 +44,8 @@ Routes::
     POST   /api/v1/admin/events                {name, description, price, count}
     POST   /api/v1/admin/events/{id}/distribute
     GET    /api/v1/admin/status, /api/v1/admin/audit?event=
+
+Errors also: 408 (body too slow), 415 (not JSON), 429 (rate limited; ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import warnings
@@ -53,14 +65,17 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from ..errors import ConfigError, TicketingError, ValidationError
+from ..csrf import origin_allowed, refusal
+from ..errors import ConfigError, Overloaded, TicketingError, ValidationError
 from ..headers import SECURITY_HEADERS
 from ..ledger import Principal
 from ..main.server import MainServer, price_to_cents
-from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
+from ..ratelimit import Rate, RateLimiter, retry_after
+from ..visitor import VISITOR_COOKIE, public_id, set_visitor_cookie, valid_visitor
 from ..wire import SessionClaims
+from .checks import MAX_PRICE_CENTS
 from .context import Notice
-from .errors import Conflict, Forbidden, MarketError, NotFound, Unauthorized
+from .errors import Conflict, Forbidden, MarketError, NotFound, TooManyAttempts, Unauthorized
 from .service import Market
 from .sessions import COOKIE_NAME, cookie_kwargs
 
@@ -83,7 +98,11 @@ MIN_OPERATOR_TOKEN = 16
 MAX_EVENT_TICKETS = 1_000_000
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
-ID = r"{id:\d{1,12}}"  # ids beyond SQLite's integers are simply not found
+ID = r"{id:[0-9]{1,12}}"  # ASCII only (\d takes "²"); longer ids are simply not found
+SIGNINS_PER_ADDRESS = Rate(burst=10, per_second=10 / 60)  # sign-ups and sign-ins
+
+# Timeouts
+BODY_TIMEOUT = 10.0  # a request body must arrive within this (slow-body clients)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -123,18 +142,54 @@ def ok(payload: Any, status: int = 200) -> web.Response:
     return web.json_response(payload, status=status, headers={"Cache-Control": "no-store"})
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_text(value: Any) -> None:
+    """Every string (and key) in a parsed body must be real Unicode: no lone surrogates.
+
+    JSON's ``"\\ud800"`` decodes to a str that SQLite and UTF-8 cannot store.
+    """
+    stack: list[tuple[Any, str | None]] = [(value, None)]
+    while stack:
+        item, field = stack.pop()
+        texts: list[Any] = []
+        if isinstance(item, dict):
+            texts = list(item)
+            stack.extend((v, field or (k if isinstance(k, str) else None)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, field) for v in item)
+        elif isinstance(item, str):
+            texts = [item]
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError("text must be valid Unicode", field) from None
+
+
+async def read_json(request: web.Request, timeout: float = BODY_TIMEOUT) -> dict[str, Any]:
     """The request's JSON object body; 400 for anything else, 413 when too large."""
     if not request.can_read_body:
         return {}
     if request.content_type != "application/json":
         raise ValidationError("send a JSON object with Content-Type: application/json")
+    if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+        raise ValidationError("JSON bodies must be UTF-8")
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"the body is not valid JSON: {exc}") from exc
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="the request body came too slowly") from None
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ValidationError(f"the body is not valid JSON: {why}") from None
     if not isinstance(body, dict):
         raise ValidationError("the body must be a JSON object")
+    check_text(body)
     return body
 
 
@@ -142,7 +197,7 @@ def query_int(request: web.Request, name: str) -> int | None:
     value = request.query.get(name)
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 12:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
         raise ValidationError(f"{name} must be a whole number", name)
     return int(value)
 
@@ -166,11 +221,18 @@ class MarketAPI:
     """Routes, middlewares and the live socket hub for one :class:`Market`."""
 
     def __init__(
-        self, market: Market, main: MainServer, *, operator_token: str | None = None
+        self,
+        market: Market,
+        main: MainServer,
+        *,
+        operator_token: str | None = None,
+        # Limits (None turns it off)
+        signins_per_address: Rate | None = SIGNINS_PER_ADDRESS,
     ) -> None:
         self.market = market
         self.main = main  # the operator endpoints act on main: events, distribution
         self.operator_token = operator_token
+        self.signin_limiter = RateLimiter(signins_per_address) if signins_per_address else None
         self.sockets: dict[web.WebSocketResponse, Principal] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._files = {
@@ -257,7 +319,7 @@ class MarketAPI:
             visitor = request.cookies.get(VISITOR_COOKIE, "")
             if not valid_visitor(visitor):
                 visitor = fresh = secrets.token_urlsafe(16)
-            request[VISITOR] = visitor
+            request[VISITOR] = public_id(visitor)  # the market never sees the secret
         resp = await handler(request)
         if fresh is not None and not resp.prepared:
             set_visitor_cookie(resp, fresh)
@@ -267,6 +329,9 @@ class MarketAPI:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(PREFIX):
             return await handler(request)
+        refused = refusal(request)
+        if refused is not None:
+            return error_response(*refused)
         try:
             return await handler(request)
         except MarketError as exc:
@@ -275,6 +340,12 @@ class MarketAPI:
                 resp.headers["WWW-Authenticate"] = (
                     "Bearer" if "/admin/" in request.path else "Cookie"
                 )
+            if isinstance(exc, TooManyAttempts):
+                resp.headers["Retry-After"] = retry_after(exc.retry_after)
+            return resp
+        except Overloaded as exc:
+            resp = error_response(429, exc.message)
+            resp.headers["Retry-After"] = retry_after(exc.retry_after)
             return resp
         except ValidationError as exc:
             return error_response(400, exc.message, exc.field)
@@ -319,9 +390,20 @@ class MarketAPI:
         account = await self._account_json(request.get(ACCOUNT_ID))
         return ok({"signed_in": account is not None, "account": account})
 
-    async def _signed_in(self, request: web.Request, fn: Any, status: int) -> web.Response:
+    async def _signed_in(self, request: web.Request, status: int, *, new: bool) -> web.Response:
+        address = request.remote or "?"
+        if self.signin_limiter is not None:
+            wait = self.signin_limiter.take(address)
+            if wait > 0:  # before any hashing: a flood from one address costs nothing
+                raise TooManyAttempts(
+                    f"too many sign-in attempts; try again in {math.ceil(wait)} s", None, wait
+                )
         body = await read_json(request)
-        account, token = await fn(body.get("email"), body.get("password"), principal(request))
+        email, password, p = body.get("email"), body.get("password"), principal(request)
+        if new:
+            account, token = await self.market.signup(email, password, p)
+        else:
+            account, token = await self.market.signin(email, password, p, address)
         # A new session replaces the old one: revoke it so it cannot be replayed.
         await self.market.signout(request.get(SESSION))
         resp = ok({"signed_in": True, "account": await self._account_json(account.id)}, status)
@@ -330,10 +412,10 @@ class MarketAPI:
         return resp
 
     async def handle_signup(self, request: web.Request) -> web.Response:
-        return await self._signed_in(request, self.market.signup, 201)
+        return await self._signed_in(request, 201, new=True)
 
     async def handle_signin(self, request: web.Request) -> web.Response:
-        return await self._signed_in(request, self.market.signin, 200)
+        return await self._signed_in(request, 200, new=False)
 
     async def handle_signout(self, request: web.Request) -> web.Response:
         revoked = await self.market.signout(request.get(SESSION))
@@ -433,6 +515,8 @@ class MarketAPI:
     # -- live updates ------------------------------------------------------------------------------
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        if not origin_allowed(request):  # another site's page must not listen in
+            raise Forbidden("cross-origin WebSocket refused")
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
         await ws.prepare(request)
         p = principal(request)
@@ -490,10 +574,14 @@ class MarketAPI:
             )
         if isinstance(price, bool) or not isinstance(price, str | int | float):
             raise ValidationError('price must be an amount such as "25.00"', "price")
+        if isinstance(price, str) and len(price) > 20:
+            raise ValidationError('price must be an amount such as "25.00"', "price")
         try:
-            price_to_cents(price)
+            cents = price_to_cents(price)
         except ValueError as exc:
             raise ValidationError(str(exc), "price") from exc
+        if cents > MAX_PRICE_CENTS:
+            raise ValidationError(f"price must be at most {MAX_PRICE_CENTS // 100}", "price")
         if type(count) is not int or not 0 < count <= MAX_EVENT_TICKETS:
             raise ValidationError(
                 f"count must be a whole number from 1 to {MAX_EVENT_TICKETS}", "count"

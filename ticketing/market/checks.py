@@ -16,7 +16,8 @@ def parse_ticket_id(value: object) -> tuple[int, int]:
     """``"3-17"`` -> ``(3, 17)``; :class:`ValidationError` otherwise."""
     if isinstance(value, str):
         event, _, serial = value.partition("-")
-        if event.isdigit() and serial.isdigit() and len(value) <= 40:
+        # ASCII digits only ("²".isdigit() is true), and within SQLite's integers
+        if all(0 < len(n) <= 12 and n.isascii() and n.isdigit() for n in (event, serial)):
             return int(event), int(serial)
     raise ValidationError("ticket_id must look like '<event>-<serial>'", "ticket_id")
 

@@ -16,7 +16,7 @@ class MarketError(TicketingError):
          ├── Forbidden     403  someone else's order, your own listing, ...
          ├── NotFound      404
          ├── Conflict      409  wrong state, locked, version mismatch, duplicate
-         └── TooManyAttempts 429  too many failed sign-ins for one email
+         └── TooManyAttempts 429  too many failed sign-ins (``retry_after`` seconds)
     """
 
     status = 400
@@ -52,3 +52,7 @@ class Conflict(MarketError):
 
 class TooManyAttempts(MarketError):
     status = 429
+
+    def __init__(self, message: str, field: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message, field)
+        self.retry_after = retry_after

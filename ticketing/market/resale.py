@@ -102,6 +102,8 @@ class Resale:
 
         Returns the resale order's id.
         """
+        if p.account_id is None:  # a checkout locks the listing: not for anonymous hoarders
+            raise Unauthorized("sign in to buy a resale ticket")
         now = self.ctx.clock()
         async with self.ctx.ledger.transaction() as tx:
             row = await self._listing(tx, listing_id)

@@ -92,7 +92,7 @@ class Market:
         self.checkout = Checkout(ctx, self.holds, self._payments)
         self.resale = Resale(ctx)
         self.waitlist = Waitlist(ctx)
-        self.signins = Signin(ctx, accounts, sessions, self.throttle)
+        self.signins = Signin(ctx, accounts, sessions, self.holds, self.throttle)
         await self.signins.load_revocations()
         self._ctx = ctx
         self.main.sale_listeners.append(self.holds.on_sales)
@@ -168,8 +168,10 @@ class Market:
     async def signup(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
         return await self.signins.signup(email, password, p)
 
-    async def signin(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
-        return await self.signins.signin(email, password, p)
+    async def signin(
+        self, email: object, password: object, p: Principal, address: str = ""
+    ) -> tuple[Account, str]:
+        return await self.signins.signin(email, password, p, address)
 
     async def signout(self, claims: SessionClaims | None) -> bool:
         return await self.signins.signout(claims)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 from ..errors import TokenError, ValidationError
-from ..ledger import Principal
+from ..ledger import OrderKind, OrderStatus, Principal
 from ..wire import SessionClaims
 from .accounts import BAD_CREDENTIALS, DUPLICATE_EMAIL, Account, Accounts, SigninThrottle
-from .context import MarketContext
+from .context import Effects, MarketContext
 from .errors import Conflict, TooManyAttempts, Unauthorized
+from .holds import Holds
 from .sessions import SessionManager
 
 
@@ -21,9 +22,11 @@ class Signin:
         ctx: MarketContext,
         accounts: Accounts,
         sessions: SessionManager,
+        holds: Holds,
         throttle: SigninThrottle | None = None,
     ) -> None:
         self.ctx = ctx
+        self.holds = holds
         self.accounts = accounts
         self.sessions = sessions
         self.throttle = throttle or SigninThrottle()
@@ -52,19 +55,22 @@ class Signin:
             raise
         return account, await self._sign_in(account, p)
 
-    async def signin(self, email: object, password: object, p: Principal) -> tuple[Account, str]:
+    async def signin(
+        self, email: object, password: object, p: Principal, address: str = ""
+    ) -> tuple[Account, str]:
+        """Sign in; failures are throttled per (email, client ``address``), see SigninThrottle."""
         key = email if isinstance(email, str) else ""
-        wait = self.throttle.retry_after(key)
+        wait = self.throttle.retry_after(key, address)
         if wait > 0:
             raise TooManyAttempts(
-                f"too many failed sign-ins; try again in {math.ceil(wait)} s", "email"
+                f"too many failed sign-ins; try again in {math.ceil(wait)} s", "email", wait
             )
         try:
             account = await self.accounts.signin(email, password)  # type: ignore[arg-type]
         except ValidationError as exc:
-            self.throttle.failed(key)
+            self.throttle.failed(key, address)
             raise Unauthorized(BAD_CREDENTIALS) from exc
-        self.throttle.succeeded(key)
+        self.throttle.succeeded(key, address)
         return account, await self._sign_in(account, p)
 
     async def _sign_in(self, account: Account, p: Principal) -> str:
@@ -81,8 +87,18 @@ class Signin:
         return revoked
 
     async def claim(self, p: Principal) -> int:
-        """Give the visitor's account-less rows to ``p.account_id``; returns how many."""
+        """Give the visitor's account-less rows to ``p.account_id``; returns how many.
+
+        One ticket per event per account holds for tickets owned too: a held order of
+        the visitor's for an event the account already has a ticket for is cancelled
+        (the ticket goes back on sale), and a paid one stays the visitor's.
+        """
         if p.account_id is None:
             return 0
+        now, fx = self.ctx.clock(), Effects()
         async with self.ctx.ledger.transaction() as tx:
-            return await tx.claim(p)
+            for order in await tx.claim_conflicts(p):
+                await self.holds.close(tx, OrderKind.PRIMARY, order, OrderStatus.CANCELLED, now, fx)
+            n = await tx.claim(p)
+        await self.ctx.finish(fx)
+        return n

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..ledger import Principal, WaitlistStatus
 from .context import Effects, MarketContext, Notice
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, Unauthorized
 
 
 def waitlist_changed(event_id: int) -> Effects:
@@ -25,7 +25,9 @@ class Waitlist:
             raise NotFound(f"no event {event_id}")
 
     async def join(self, p: Principal, event_id: int) -> None:
-        """Join a sold-out event's waiting list."""
+        """Join a sold-out event's waiting list (signed in: an offer is a held ticket)."""
+        if p.account_id is None:
+            raise Unauthorized("sign in to join the waiting list")
         await self._check_event(event_id)
         async with self.ctx.ledger.transaction() as tx:
             if await tx.available(event_id):

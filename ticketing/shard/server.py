@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..edge import EdgeLimits
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected
 from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..link import Commands, Handler, Link
@@ -93,6 +94,8 @@ class ClientServer:
         grant_timeout: float = 60.0,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        # The browser port's connection limits and timeouts (default: edge.SHARD_LIMITS)
+        web_limits: EdgeLimits | None = None,
     ) -> None:
         self.name = name
         self.main_name = main_name  # the certificate CN main must present
@@ -101,6 +104,7 @@ class ClientServer:
         self.max_line, self.max_in_flight, self.max_message = max_line, max_in_flight, max_message
         self.handshake_timeout, self.grant_timeout = handshake_timeout, grant_timeout
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
+        self.web_limits = web_limits
         self.credentials: Credentials | None = None
         self.commands = Commands(tuple(ToShard))
         self.dispenser = Dispenser()
@@ -192,7 +196,7 @@ class ClientServer:
         from .web import ShardWeb  # the web side is optional for library users
 
         await self.start()
-        self._web = ShardWeb(self, self._creds())
+        self._web = ShardWeb(self, self._creds(), self.web_limits)
         self.https_port = await self._web.start(host, https_port)
         return self.https_port
 

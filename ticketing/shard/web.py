@@ -3,18 +3,25 @@
 Built on ``websockets``: plain HTTP requests are answered from ``process_request``;
 ``/ws`` is upgraded only with a valid admission token (signed by main, for this
 shard, unexpired, unused) and only if the visitor has no other live connection —
-everything else is refused with 403/409 *before* the upgrade.
+everything else is refused with 403/409 *before* the upgrade. A visitor's claim on
+its one connection lasts exactly as long as that TCP connection: a handshake that
+fails after the token check (a plain GET gets 426) leaves nothing behind.
+
+Connections pass a :class:`~ticketing.edge.ConnectionGate` (caps per server and per
+address, TLS with a 16 KiB read buffer, handshake and header timeouts); refusals
+are logged at most once per interval.
 
 After the upgrade the browser sends ``{"type": "request"}`` and gets one answer:
 ``{"type": "ticket", ...}``, ``{"type": "sold_out", ...}``, ``{"type": "error", ...}`` or
 ``{"type": "retry", "reason"}``: go back through the front for a fresh admission
 (the shard lost main, or its stock is out of reach), keeping the place in line.
+Each answer carries ``front``: the front origin main signed into the token (the
+page's only link target; the page never takes one from its URL).
 """
 
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import json
 import logging
 import mimetypes
@@ -28,8 +35,10 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..edge import SHARD_LIMITS, ConnectionGate, EdgeLimits
 from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
+from ..ratelimit import LogThrottle
 from ..tls import Credentials, browser_server_context
 from ..tokens import NonceCache, TokenVerifier
 from ..wire import Admission
@@ -37,10 +46,6 @@ from .dispenser import Dispenser, Waiter
 
 log = logging.getLogger("ticketing.shard.web")
 
-# asyncio's SSL transport gives every connection a 256 KiB read buffer (sslproto's
-# max_size): ~290 KiB of RSS per idle browser, 1.5 GiB for 5,000. One TLS record
-# (16 KiB) per read is enough. uvloop has its own transport and smaller buffers.
-SSL_READ_BUFFER = 16 * 1024
 WEB_FILES = ("index.html", "app.js", "style.css")
 
 
@@ -89,31 +94,39 @@ class Shard(Protocol):
 class ShardWeb:
     """The browser side of one shard: page, ``/health``, ``/event`` and ``/ws``."""
 
-    def __init__(self, shard: Shard, creds: Credentials) -> None:
+    def __init__(self, shard: Shard, creds: Credentials, limits: EdgeLimits | None = None) -> None:
         self.shard = shard
         self.ssl = browser_server_context(creds)
+        self.gate = ConnectionGate(shard.name, self.ssl, limits or SHARD_LIMITS)
         self.server: Server | None = None
         self.live: dict[str, ServerConnection] = {}  # visitor -> its one live connection
         self.refused = 0
         self._files = {f"/{name}": web_file(name) for name in WEB_FILES}
+        self._log = LogThrottle(log, self.gate.limits.log_interval)
 
     @property
     def connections(self) -> int:
         return len(self.live)
 
     async def start(self, host: str, port: int) -> int:
-        proto = asyncio.sslproto.SSLProtocol
-        proto.max_size = min(proto.max_size, SSL_READ_BUFFER)
+        gate = self.gate
+
+        def connection(*args: Any, **kwargs: Any) -> Any:
+            # Built only once the gate admits the socket; TLS runs in the gate.
+            return gate.gatekeeper(lambda: ServerConnection(*args, **kwargs))
+
         self.server = await serve(
             self._handler,
             host,
             port,
-            ssl=self.ssl,
             process_request=self._process_request,
             max_size=self.shard.max_message,  # oversized frames close the socket (1009)
             server_header=None,
             ping_interval=20,
             ping_timeout=20,
+            open_timeout=gate.limits.header_timeout,  # the upgrade request, after TLS
+            create_connection=connection,  # type: ignore[arg-type]
+            backlog=4096,
         )
         bound = self.server.sockets[0].getsockname()[1] if self.server.sockets else port
         log.info("%s: browsers on https://%s:%d", self.shard.name, host, bound)
@@ -123,6 +136,7 @@ class ShardWeb:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
+        self.gate.close()
 
     # -- before the upgrade -----------------------------------------------------
 
@@ -130,11 +144,14 @@ class ShardWeb:
         url = urlsplit(request.path)
         if url.path == "/ws":
             return self._admit(conn, parse_qs(url.query).get("token", [""])[0])
-        if url.path == "/health":
-            return json_response(HTTPStatus.OK, self.shard.status())
+        if url.path == "/health":  # up or down only: details go to main over the link
+            up = bool(self.shard.status()["linked"])  # linked to main: it can grant
+            status = HTTPStatus.OK if up else HTTPStatus.SERVICE_UNAVAILABLE
+            return json_response(status, {"status": "up" if up else "down"})
         if url.path == "/event":
             ids = parse_qs(url.query).get("id", [""])
-            info = self.shard.dispenser.events.get(int(ids[0])) if ids[0].isdigit() else None
+            ok = ids[0].isascii() and ids[0].isdigit() and len(ids[0]) <= 12  # not "²"
+            info = self.shard.dispenser.events.get(int(ids[0])) if ok else None
             if info is None:
                 return json_response(
                     HTTPStatus.NOT_FOUND, {"errors": [{"message": "no such event"}]}
@@ -165,13 +182,21 @@ class ShardWeb:
             return self._refuse(HTTPStatus.CONFLICT, "this visitor already has a live connection")
         if not shard.nonces.use(admission.nonce, admission.exp):
             return self._refuse(HTTPStatus.FORBIDDEN, "token refused: already used")
-        self.live[admission.visitor] = conn  # claimed now, so a racing second upgrade is refused
+        # Claimed now, so a racing second upgrade is refused; released when this TCP
+        # connection ends, whether or not the upgrade then succeeds.
+        visitor = admission.visitor
+        self.live[visitor] = conn
+        conn.connection_lost_waiter.add_done_callback(lambda _: self._release(visitor, conn))
         conn.admission = admission  # type: ignore[attr-defined]
         return None
 
+    def _release(self, visitor: str, conn: ServerConnection) -> None:
+        if self.live.get(visitor) is conn:
+            del self.live[visitor]
+
     def _refuse(self, status: HTTPStatus, reason: str) -> Response:
         self.refused += 1
-        log.info("%s: refused upgrade: %s", self.shard.name, reason)
+        self._log.log(logging.INFO, reason, "%s: refused upgrade: %s", self.shard.name, reason)
         return json_response(status, {"errors": [{"message": reason}]})
 
     # -- after the upgrade ---------------------------------------------------------
@@ -179,6 +204,7 @@ class ShardWeb:
     async def _handler(self, conn: ServerConnection) -> None:
         admission: Admission = conn.admission  # type: ignore[attr-defined]
         visitor, event, account = admission.visitor, admission.event, admission.account
+        front = admission.front
         try:
             async for raw in conn:
                 try:
@@ -194,12 +220,11 @@ class ShardWeb:
                 answer = await self._serve(conn, visitor, event, account)
                 if answer is None:
                     return
-                await conn.send(json.dumps(answer))
+                await conn.send(json.dumps(dict(answer, front=front)))
         except ConnectionClosed:
             pass
         finally:
-            if self.live.get(visitor) is conn:
-                del self.live[visitor]
+            self._release(visitor, conn)
 
     async def _serve(
         self, conn: ServerConnection, visitor: str, event: int, account: int | None

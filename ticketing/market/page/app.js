@@ -52,9 +52,10 @@ class ApiError extends Error {
 
 async function api(method, path, body) {
   const opts = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
-  if (body !== undefined) {
+  if (method !== "GET") {
+    // The API refuses state changes that are not JSON (a CSRF guard): always say so.
     opts.headers["Content-Type"] = "application/json";
-    opts.body = JSON.stringify(body);
+    opts.body = JSON.stringify(body === undefined ? {} : body);
   }
   const resp = await fetch(API + path, opts);
   const data = await resp.json().catch(() => ({}));

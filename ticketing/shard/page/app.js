@@ -9,8 +9,10 @@ const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const eventId = params.get("event");
-const front = params.get("front");  // the redirect server, for "back to the start"
 const place = params.get("place");  // our place in line, signed by the front
+// The front (for "back to the start" and checkout) comes only from the shard's answer,
+// which takes it from the token main signed: never from this page's own URL.
+let front = null;
 
 function money(cents) {
   return (cents / 100).toLocaleString(undefined, { style: "currency", currency: "EUR" });
@@ -46,6 +48,13 @@ function startCountdown(seconds) {
   };
   const timer = setInterval(tick, 1000);
   tick();
+}
+
+function setFront(msg) {
+  try {
+    const url = new URL(msg.front);
+    if (url.protocol === "https:" && url.origin === msg.front) front = url.origin;
+  } catch (e) { front = null; }
 }
 
 function showTicket(msg) {
@@ -94,6 +103,7 @@ async function main() {
   ws.onmessage = (e) => {
     const msg = JSON.parse(e.data);
     answered = true;
+    setFront(msg);
     if (msg.type === "ticket") showTicket(msg);
     else if (msg.type === "sold_out") { showEvent(msg.event); setStatus("Sold out"); }
     else if (msg.type === "retry") backToFront(msg.reason);

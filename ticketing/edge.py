@@ -1,0 +1,306 @@
+"""The public edge of a server: TLS, connection limits and timeouts.
+
+Shared by the front (aiohttp) and a shard's browser port (websockets): each listens
+on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, which
+
+- refuses it at once, before any TLS work, when the server already holds
+  ``max_connections`` or its address holds ``max_per_address`` (the socket is
+  aborted: a refusal costs an accept and a close, not a 1.2 ms handshake);
+- runs TLS with asyncio's ``SSLProtocol`` capped to a 16 KiB read buffer (a subclass
+  used only here: asyncio's default gives every connection 256 KiB) and a
+  ``handshake_timeout``;
+- closes a connection whose first request has not finished its headers
+  ``header_timeout`` after the handshake (slow-header clients hold no slot for long;
+  aiohttp's keep-alive timeout and websockets' ``open_timeout`` cover later requests);
+- logs refusals and the event loop's ``accept()`` failures at most once per
+  ``log_interval`` (:class:`~.ratelimit.LogThrottle`);
+- once a surge of connections has drained, hands the freed heap back to the OS
+  (glibc's ``malloc_trim``), so RSS returns near its baseline instead of staying
+  at the peak.
+
+The connection cap is also kept below the open-files limit, so ``accept()`` does not
+run out of descriptors while the cap is what refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto
+import ctypes
+import ctypes.util
+import logging
+import resource
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from .ratelimit import LogThrottle
+
+log = logging.getLogger("ticketing.edge")
+
+# One TLS record (16 KiB) per read is enough; asyncio's default is 256 KiB.
+SSL_READ_BUFFER = 16 * 1024
+FD_RESERVE = 64  # descriptors kept for listeners, links, databases and logs
+HEADER_END = b"\r\n\r\n"
+TRIM_AFTER = 256  # a drained surge of at least this many connections gives memory back
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """Connection limits and timeouts of one public server (see the module docstring)."""
+
+    # Limits
+    max_connections: int = 4096
+    max_per_address: int = 256
+    # Timeouts
+    handshake_timeout: float = 10.0
+    header_timeout: float = 10.0
+    shutdown_timeout: float = 5.0
+    # Logging
+    log_interval: float = 10.0
+
+
+# The defaults: a front's connections are short (a redirect, API calls); a shard
+# holds every waiting browser's WSS (5,000 idle within ~250 MiB is the target).
+FRONT_LIMITS = EdgeLimits(max_connections=4096, max_per_address=256)
+SHARD_LIMITS = EdgeLimits(max_connections=10_000, max_per_address=256)
+
+
+class _CappedSSLProtocol(asyncio.sslproto.SSLProtocol):
+    """asyncio's TLS protocol with a 16 KiB read buffer: ~16 KiB of RSS per idle client."""
+
+    max_size = SSL_READ_BUFFER
+
+    def __init__(self, gate: ConnectionGate, address: str, app: asyncio.Protocol) -> None:
+        super().__init__(
+            asyncio.get_running_loop(),
+            app,
+            gate.ssl_context,
+            None,  # type: ignore[arg-type]  # no waiter: we are the server
+            server_side=True,
+            ssl_handshake_timeout=gate.limits.handshake_timeout,  # type: ignore[arg-type]
+            ssl_shutdown_timeout=gate.limits.shutdown_timeout,
+        )
+        self._gate = gate
+        self._address = address
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._gate._release(self, self._address)
+
+
+class _Gatekeeper(asyncio.Protocol):
+    """The protocol of a just-accepted socket: admit it (TLS from here on) or abort it."""
+
+    def __init__(self, gate: ConnectionGate, make_app: Callable[[], asyncio.Protocol]) -> None:
+        self.gate = gate
+        self.make_app = make_app
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self.gate._admit(address):
+            transport.abort()  # RST: nothing to read, nothing to buffer
+            return
+        app = _HeaderDeadline(self.gate.limits.header_timeout, self.make_app())
+        tls = _CappedSSLProtocol(self.gate, address, app)
+        self.gate._hold(tls, address)
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - aborted or handed over
+        pass
+
+
+class _HeaderDeadline(asyncio.Protocol):
+    """Between TLS and the server's protocol: the first request's headers have a deadline."""
+
+    def __init__(self, timeout: float, inner: asyncio.Protocol) -> None:
+        self.timeout = timeout
+        self.inner = inner
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""  # the end of what came so far: the header end may straddle reads
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(self.timeout, self._too_slow)
+        self.inner.connection_made(transport)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if HEADER_END in seen:
+                self._timer.cancel()
+                self._timer = None
+                self._tail = b""
+            else:
+                self._tail = seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.transport = None
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _AcceptErrorFilter(logging.Filter):
+    """asyncio logs every failed ``accept()`` (EMFILE...) with a traceback: once per interval."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last = float("-inf")
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.MESSAGE):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.dropped += 1
+            return False
+        self.last = now
+        if self.dropped:
+            record.msg = f"{record.msg} ({self.dropped} more since the last one)"
+            self.dropped = 0
+        return True
+
+
+_accept_filter: _AcceptErrorFilter | None = None
+
+
+def install_accept_log_filter(interval: float) -> None:
+    """Once per process: only asyncio's accept-failure lines are affected."""
+    global _accept_filter
+    if _accept_filter is None:
+        _accept_filter = _AcceptErrorFilter(interval)
+        logging.getLogger("asyncio").addFilter(_accept_filter)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def give_memory_back() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise: RSS stays at the peak)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def fd_headroom() -> int:
+    """How many connections the open-files limit leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, int(soft) - FD_RESERVE)
+
+
+class ConnectionGate:
+    """Admits, counts and limits the connections of one public TLS server."""
+
+    def __init__(
+        self, name: str, ssl_context: ssl.SSLContext, limits: EdgeLimits | None = None
+    ) -> None:
+        self.name = name
+        self.ssl_context = ssl_context
+        self.limits = limits or EdgeLimits()
+        self.max_connections = min(self.limits.max_connections, fd_headroom())
+        self.refused = 0
+        self._live: set[_CappedSSLProtocol] = set()
+        self._per_address: Counter[str] = Counter()
+        self._log = LogThrottle(log, self.limits.log_interval)
+        self._high_water = 0  # connections at the peak since memory was last given back
+        self._trim: asyncio.TimerHandle | None = None
+        install_accept_log_filter(self.limits.log_interval)
+
+    @property
+    def connections(self) -> int:
+        return len(self._live)
+
+    def addresses(self) -> int:
+        return len(self._per_address)
+
+    def protocol_factory(
+        self, make_app: Callable[[], asyncio.Protocol]
+    ) -> Callable[[], asyncio.Protocol]:
+        """For ``loop.create_server`` (plain TCP): ``make_app`` runs only once admitted."""
+        return lambda: _Gatekeeper(self, make_app)
+
+    def gatekeeper(self, make_app: Callable[[], Any]) -> asyncio.Protocol:
+        """One accepted connection's protocol (for servers that build it themselves)."""
+        return _Gatekeeper(self, make_app)
+
+    def close(self) -> None:
+        """Abort every connection still held (the server has stopped listening)."""
+        for tls in list(self._live):
+            transport = cast(asyncio.Transport | None, tls._transport)
+            if transport is not None:
+                transport.abort()
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    def _admit(self, address: str) -> bool:
+        if len(self._live) >= self.max_connections:
+            why = f"{self.max_connections} connections held"
+        elif self._per_address[address] >= self.limits.max_per_address:
+            why = f"{self.limits.max_per_address} connections from one address"
+        else:
+            return True
+        self.refused += 1
+        self._log.log(logging.WARNING, "refused", "%s: refusing connections: %s", self.name, why)
+        return False
+
+    def _hold(self, tls: _CappedSSLProtocol, address: str) -> None:
+        self._live.add(tls)
+        self._per_address[address] += 1
+        self._high_water = max(self._high_water, len(self._live))
+
+    def _release(self, tls: _CappedSSLProtocol, address: str) -> None:
+        if tls in self._live:
+            self._live.discard(tls)
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
+            # After a surge (a flood, or a sale's end) has drained to a quarter, give
+            # the memory back, once, a moment later: not per connection.
+            if self._high_water >= TRIM_AFTER and len(self._live) <= self._high_water // 4:
+                self._high_water = len(self._live)
+                if self._trim is None:
+                    self._trim = asyncio.get_running_loop().call_later(1.0, self._give_back)
+
+    def _give_back(self) -> None:
+        self._trim = None
+        give_memory_back()
