@@ -68,9 +68,10 @@ def test_decide_answers_a_resent_sale_with_its_order() -> None:
 
 
 def test_decide_refuses_a_stale_epoch_a_foreign_ticket_and_a_second_ticket() -> None:
-    assert decide_sales(SHARD, 1, 2, [Sale(1, 0, "a")], pooled(0), []).refusals()[0][
-        "reason"
-    ] == "stale_epoch"
+    assert (
+        decide_sales(SHARD, 1, 2, [Sale(1, 0, "a")], pooled(0), []).refusals()[0]["reason"]
+        == "stale_epoch"
+    )
     foreign = {(1, 0): (TicketState.POOL, "shard-2", 1)}
     assert decide_sales(SHARD, 1, 1, [Sale(1, 0, "a")], foreign, []).refused[0][1] == "not_in_pool"
     mine = order(5, "a")

@@ -23,10 +23,14 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..headers import SECURITY_HEADERS
+from ..logs import add_secret
 from ..main.server import MainServer
+from ..metrics import FrontMetrics
+from ..operator import operator_token_from_env
 from ..tls import browser_server_context
 from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
 from ..wire import Admission
+from .observe import metrics_handler, observe_middleware
 
 if TYPE_CHECKING:
     from ..market import Market
@@ -72,13 +76,19 @@ class RedirectServer:
         self.main = main
         self.token_ttl = token_ttl
         self.ssl_context = ssl_context
-        self.app = web.Application(client_max_size=64 * 1024)
+        self.metrics = FrontMetrics()
+        self.operator_token = operator_token_from_env()  # guards /metrics
+        add_secret(self.operator_token)
+        self.app = web.Application(
+            client_max_size=64 * 1024, middlewares=[observe_middleware(self.metrics)]
+        )
         self.app.on_response_prepare.append(_add_security_headers)
         self.app.add_routes(
             [
                 web.get("/", self.handle_root),
                 web.get("/events/{event_id:\\d+}", self.handle_event),
                 web.get("/health", self.handle_health),
+                web.get("/metrics", metrics_handler(self._exposition, lambda: self.operator_token)),
             ]
         )
         self.market: Market | None = None
@@ -131,6 +141,10 @@ class RedirectServer:
     async def handle_health(self, request: web.Request) -> web.Response:
         return web.json_response(await self.main.status())
 
+    async def _exposition(self) -> bytes:
+        """Main's series and the front's (one process today, two registries)."""
+        return await self.main.metrics_exposition() + self.metrics.exposition()
+
     async def _admit(self, request: web.Request, event_id: int) -> web.StreamResponse:
         event = await self.main.event(event_id)
         if event is None:
@@ -173,6 +187,7 @@ class RedirectServer:
             token = admission.sign(self.main.signer, self.token_ttl)
             front = quote(str(request.url.origin()), safe="")
             location = f"{shard.https_url}/?event={event_id}&token={token}&front={front}"
+            self.metrics.admissions.labels("redirect").inc()
             resp = web.json_response(
                 {"status": "redirect", "location": location, **info},
                 status=302,
@@ -190,6 +205,7 @@ class RedirectServer:
         payload: dict[str, Any],
         body: str = "<p>Please check back later.</p>",
     ) -> web.Response:
+        self.metrics.admissions.labels(payload["status"]).inc()
         if wants_json(request):
             return web.json_response(payload, status=status)
         return _page(title, body, status)

@@ -43,7 +43,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import secrets
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,10 +52,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from ..errors import ConfigError, TicketingError, ValidationError
+from ..errors import TicketingError, ValidationError
 from ..headers import SECURITY_HEADERS
 from ..ledger import Principal
 from ..main.server import MainServer, price_to_cents
+from ..operator import OPERATOR_ENV, OPERATOR_FILE_ENV, operator_token_from_env
 from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
 from ..wire import SessionClaims
 from .context import Notice
@@ -74,11 +74,6 @@ VISITOR = web.RequestKey("visitor", str)
 SESSION = web.RequestKey("session", SessionClaims)
 ACCOUNT_ID = "account_id"  # the front reads this plain key (see front/server.py)
 
-# Operators
-OPERATOR_ENV = "TICKETING_OPERATOR_TOKEN"
-OPERATOR_FILE_ENV = "TICKETING_OPERATOR_TOKEN_FILE"
-MIN_OPERATOR_TOKEN = 16
-
 # Limits
 MAX_EVENT_TICKETS = 1_000_000
 MAX_NAME = 200
@@ -94,20 +89,6 @@ FRONT_HEADERS = {
     + "; img-src 'self' data:",
 }
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
-
-
-def operator_token_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The configured operator credential, or None (operator endpoints disabled)."""
-    token = environ.get(OPERATOR_ENV) or None
-    path = environ.get(OPERATOR_FILE_ENV)
-    if token is None and path:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {OPERATOR_FILE_ENV}={path}: {exc}") from exc
-    if token is not None and len(token) < MIN_OPERATOR_TOKEN:
-        raise ConfigError(f"the operator token must be at least {MIN_OPERATOR_TOKEN} characters")
-    return token
 
 
 def error_response(status: int, message: str, field: str | None = None) -> web.Response:

@@ -19,6 +19,7 @@ import aiosqlite
 
 from ..db import open_db
 from ..ledger import Ledger, OrderKind, Principal
+from ..metrics import MainMetrics
 from ..tokens import TokenSigner
 from ..wire import SessionClaims
 from .accounts import Account, Accounts, SigninThrottle
@@ -44,6 +45,7 @@ class MarketHost(Protocol):
     hold_seconds: float
     synchronous: str
     sale_listeners: list[Callable[[list[dict[str, Any]]], Any]]
+    metrics: MainMetrics
 
     @property
     def ledger_path(self) -> os.PathLike[str]: ...
@@ -91,6 +93,7 @@ class Market:
             hold_seconds=self.main.hold_seconds,
             currency=self.currency,
             watchers=self.watchers,
+            count=self.main.metrics.count_ticket,
         )
         if self._clock is not None:
             ctx.clock = self._clock

@@ -16,6 +16,7 @@ import asyncio.sslproto
 import json
 import logging
 import mimetypes
+import time
 from http import HTTPStatus
 from importlib import resources
 from typing import Any, Protocol
@@ -28,6 +29,9 @@ from websockets.http11 import Request, Response
 
 from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
+from ..logs import add_secret
+from ..metrics import CONTENT_TYPE, ShardMetrics, refusal_reason
+from ..operator import authorized, operator_token_from_env
 from ..tls import Credentials, browser_server_context
 from ..tokens import NonceCache, TokenVerifier
 from ..wire import Admission
@@ -72,6 +76,7 @@ class Shard(Protocol):
     dispenser: Dispenser
     verifier: TokenVerifier | None  # None until main's hello brought its key
     nonces: NonceCache
+    metrics: ShardMetrics
 
     def status(self) -> dict[str, Any]: ...
 
@@ -88,6 +93,8 @@ class ShardWeb:
         self.live: dict[str, ServerConnection] = {}  # visitor -> its one live connection
         self.refused = 0
         self._files = {f"/{name}": web_file(name) for name in WEB_FILES}
+        self.operator_token = operator_token_from_env()  # guards /metrics
+        add_secret(self.operator_token)
 
     @property
     def connections(self) -> int:
@@ -124,6 +131,8 @@ class ShardWeb:
             return self._admit(conn, parse_qs(url.query).get("token", [""])[0])
         if url.path == "/health":
             return json_response(HTTPStatus.OK, self.shard.status())
+        if url.path == "/metrics":
+            return self._metrics(request.headers.get("Authorization"))
         if url.path == "/event":
             ids = parse_qs(url.query).get("id", [""])
             info = self.shard.dispenser.events.get(int(ids[0])) if ids[0].isdigit() else None
@@ -158,13 +167,34 @@ class ShardWeb:
         if not shard.nonces.use(admission.nonce, admission.exp):
             return self._refuse(HTTPStatus.FORBIDDEN, "token refused: already used")
         self.live[admission.visitor] = conn  # claimed now, so a racing second upgrade is refused
+        shard.metrics.upgrades.labels("admitted").inc()
         conn.admission = admission  # type: ignore[attr-defined]
         return None
 
     def _refuse(self, status: HTTPStatus, reason: str) -> Response:
         self.refused += 1
+        outcome = {503: "not_linked", 409: "conflict"}.get(status.value) or refusal_reason(reason)
+        self.shard.metrics.upgrades.labels(outcome).inc()
         log.info("%s: refused upgrade: %s", self.shard.name, reason)
         return json_response(status, {"errors": [{"message": reason}]})
+
+    def _metrics(self, authorization: str | None) -> Response:
+        """``GET /metrics`` behind the operator bearer token, as on the front."""
+        if self.operator_token is None:
+            return json_response(
+                HTTPStatus.FORBIDDEN,
+                {"errors": [{"message": "metrics are disabled: no operator token configured"}]},
+            )
+        if not authorized(authorization, self.operator_token):
+            resp = json_response(
+                HTTPStatus.UNAUTHORIZED, {"errors": [{"message": "operator credential required"}]}
+            )
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+        shard = self.shard
+        queues = {e: shard.dispenser.queued(e) for e in shard.dispenser.queues}
+        shard.metrics.refresh(shard.status(), queues)
+        return _response(HTTPStatus.OK, shard.metrics.exposition(), CONTENT_TYPE)
 
     # -- after the upgrade ---------------------------------------------------------
 
@@ -209,7 +239,9 @@ class ShardWeb:
         finally:
             gone.cancel()
         if waiter.future.done():
-            return waiter.future.result()
+            answer: dict[str, Any] = waiter.future.result()
+            self.shard.metrics.answered(answer.get("type", ""), time.monotonic() - waiter.arrived)
+            return answer
         waiter.future.cancel()  # not granted yet: the ticket stays in the pool
         if not done:
             return {"type": "error", "message": "the shard is busy, try again"}
