@@ -17,6 +17,7 @@ compared in constant time; with neither set, those endpoints answer 403.
 
 Routes::
 
+    GET    /api/v1/openapi.json                this API's OpenAPI 3.1 description (openapi.py)
     GET    /api/v1/me                          who am I ({"account": ...|null})
     POST   /api/v1/accounts                    sign up {email, password} (signs in)
     POST   /api/v1/session                     sign in {email, password}
@@ -61,6 +62,7 @@ from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
 from ..wire import SessionClaims
 from .context import Notice
 from .errors import Conflict, Forbidden, MarketError, NotFound, Unauthorized
+from .openapi import handle_openapi
 from .service import Market
 from .sessions import COOKIE_NAME, cookie_kwargs
 
@@ -173,6 +175,7 @@ class MarketAPI:
                 web.get("/app", self.handle_front_redirect),
                 web.get(FRONT, self.handle_front),
                 web.get(FRONT + "{name}", self.handle_front),
+                web.get(f"{p}/openapi.json", handle_openapi),
                 web.get(f"{p}/me", self.handle_me),
                 web.post(f"{p}/accounts", self.handle_signup),
                 web.post(f"{p}/session", self.handle_signin),
