@@ -1,4 +1,4 @@
-"""The ``ticketing`` command: keys, shard, main, redirect, cluster, audit, bench."""
+"""The ``ticketing`` command: keys, shard, main, redirect, cluster, audit, event, bench."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from .events_cli import add_parser as add_events
 from .process import wait_for_stop
 from .tls import DEFAULT_HOSTS, write_cluster_keys
 
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_audit)
+
+    add_events(sub)
 
     try:
         from .bench import add_parser as add_bench
