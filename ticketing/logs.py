@@ -46,6 +46,10 @@ _PATTERNS = [
 ]
 _secrets: set[str] = set()
 
+# Libraries whose DEBUG lines carry data, not events: aiosqlite logs every query with
+# its parameters (visitor ids, session ids). They log at INFO at most.
+QUIET = {"aiosqlite": logging.INFO}
+
 # LogRecord attributes that are not caller fields.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -157,4 +161,6 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for name, floor in QUIET.items():
+        logging.getLogger(name).setLevel(max(level, floor))
     return handler
