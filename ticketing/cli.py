@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import add_config_flag, resolve
+from .drain import DEFAULT_GRACE, drain_main, drain_shard
 from .errors import ConfigError
 from .events_cli import add_parser as add_events
 from .logs import LOG_FORMATS, setup_logging
@@ -52,6 +53,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
             stop = stop_signal()  # before READY: a SIGTERM right after it is a clean stop
             print("READY " + json.dumps({"tls_port": tls, "https_port": https}), flush=True)
             await wait_for_stop(stop)
+            await drain_shard(shard, args.drain_timeout)
         return 0
 
     return _run(run, args.uvloop)
@@ -81,7 +83,10 @@ def cmd_main(args: argparse.Namespace) -> int:
                 port = await redirect.create_server(args.port, args.host)
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
                 print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
-                await wait_for_stop()
+                stop = stop_signal()
+                print("READY " + json.dumps({"port": port}), flush=True)
+                await wait_for_stop(stop)
+                await drain_main(main, redirect, args.drain_timeout)
         return 0
 
     return _run(run)
@@ -125,6 +130,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             )
             print("Ctrl-C stops the cluster.", flush=True)
             await wait_for_stop()
+            await drain_main(cluster.main, cluster.redirect, args.drain_timeout)
             audit = await cluster.main.audit()
             print(f"\nstopping; audit: {json.dumps(audit.as_dict())}")
         return 0
@@ -192,6 +198,12 @@ def _role(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         help="log level (default: warning, or info/debug with -v/-vv)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_GRACE,
+        help="seconds to finish queued visitors after SIGTERM before exiting",
     )
     ROLES[name] = p
     return p
