@@ -22,6 +22,7 @@ and ``authorization.credentials_file``.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -145,6 +146,8 @@ class MainMetrics(_Metrics):
             ["port"],
             registry=r,
         )
+        # Not a metric: the last fencings, for the dashboard's "recent fencings".
+        self.recent_fencings: deque[dict[str, Any]] = deque(maxlen=20)
         self.batch_size = Histogram(
             "ticketing_ledger_batch_size_sales",
             "Sales per batch recorded in one ledger commit",
@@ -165,6 +168,10 @@ class MainMetrics(_Metrics):
         yield
         self.commit_seconds.observe(time.perf_counter() - t0)
         self.batch_size.observe(n)
+
+    def fenced(self, shard: str, epoch: int) -> None:
+        self.fencings.labels(shard).inc()
+        self.recent_fencings.append({"time": time.time(), "shard": shard, "epoch": epoch})
 
     def count_ticket(self, what: str, event: int) -> None:
         """A market change committed: ``sold`` or ``released`` for ``event``."""

@@ -30,6 +30,7 @@ from ..operator import operator_token_from_env
 from ..tls import browser_server_context
 from ..visitor import VISITOR_COOKIE, set_visitor_cookie, valid_visitor
 from ..wire import Admission
+from .dashboard import mount_dashboard
 from .observe import metrics_handler, observe_middleware
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class RedirectServer:
                 web.get("/metrics", metrics_handler(self._exposition, lambda: self.operator_token)),
             ]
         )
+        mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
         self.market: Market | None = None
         if marketplace:  # the REST API and front page (api.py); False to mount your own
             from ..market.api import mount_marketplace  # api imports this module

@@ -522,7 +522,7 @@ class MainServer:
         """Fence a dead shard: bump its epoch and take back its unsold tickets."""
         async with self._stock_lock:
             epoch = await self._ledger().reclaim(name)
-            self.metrics.fencings.labels(name).inc()
+            self.metrics.fenced(name, epoch)
             sl = self.shards.get(name)
             if sl:
                 sl.epoch = epoch
