@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ticketing import ClientServer, MainServer, RedirectServer, write_cluster_keys
+from ticketing.cluster import LOAD_TEST_FRONT_OPTIONS
 
 SHARD_NAMES = [f"shard-{i}" for i in range(1, 6)]
 
@@ -72,7 +73,10 @@ async def make_cluster(keys: Path, tmp_path: Path) -> AsyncIterator[ClusterFacto
     """``await make_cluster(3, redirect=True, hold_seconds=...)`` -> a linked Cluster."""
     made: list[Cluster] = []
 
-    async def factory(n_shards: int = 2, *, redirect: bool = False, **main_opts: Any) -> Cluster:
+    async def factory(
+        n_shards: int = 2, *, redirect: bool = False, load_test: bool = False, **main_opts: Any
+    ) -> Cluster:
+        """``load_test``: a crowd from 127.0.0.1 (per-address limits lifted)."""
         data = tmp_path / f"cluster{len(made)}"
         main = MainServer(data_dir=data, **main_opts)
         main.set_certificate_path(keys)
@@ -82,7 +86,9 @@ async def make_cluster(keys: Path, tmp_path: Path) -> AsyncIterator[ClusterFacto
         for name in SHARD_NAMES[:n_shards]:
             await cluster.add_shard(name)
         if redirect:
-            cluster.redirect = RedirectServer(main)
+            cluster.redirect = RedirectServer(
+                main, **(LOAD_TEST_FRONT_OPTIONS if load_test else {})
+            )
             await cluster.redirect.create_server(0)
         return cluster
 

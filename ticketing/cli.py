@@ -1,4 +1,4 @@
-"""The ``ticketing`` command: keys, shard, main, redirect, cluster, audit, bench."""
+"""The ``ticketing`` command: keys, shard, main, redirect, cluster, audit, event, bench."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from .process import wait_for_stop
+from .config import add_config_flag, resolve
+from .drain import DEFAULT_GRACE, drain_main, drain_shard
+from .errors import ConfigError
+from .events_cli import add_parser as add_events
+from .logs import LOG_FORMATS, setup_logging
+from .process import stop_signal, wait_for_stop
 from .tls import DEFAULT_HOSTS, write_cluster_keys
 
 
@@ -47,8 +52,10 @@ def cmd_shard(args: argparse.Namespace) -> int:
         async with shard:
             tls = await shard.create_client_server(args.tls_port, args.host)
             https = await shard.create_https_server(args.https_port, args.host)
+            stop = stop_signal()  # before READY: a SIGTERM right after it is a clean stop
             print("READY " + json.dumps({"tls_port": tls, "https_port": https}), flush=True)
-            await wait_for_stop()
+            await wait_for_stop(stop)
+            await drain_shard(shard, args.drain_timeout)
         return 0
 
     return _run(run, args.uvloop)
@@ -83,8 +90,10 @@ def cmd_main(args: argparse.Namespace) -> int:
                 port = await redirect.create_server(args.port, args.host)
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
                 print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
-                print("READY " + json.dumps({"port": port}), flush=True)  # for scripts
-                await wait_for_stop()
+                stop = stop_signal()
+                print("READY " + json.dumps({"port": port}), flush=True)
+                await wait_for_stop(stop)
+                await drain_main(main, redirect, args.drain_timeout)
         return 0
 
     return _run(run)
@@ -133,6 +142,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             )
             print("Ctrl-C stops the cluster.", flush=True)
             await wait_for_stop()
+            await drain_main(cluster.main, cluster.redirect, args.drain_timeout)
             audit = await cluster.main.audit()
             print(f"\nstopping; audit: {json.dumps(audit.as_dict())}")
         return 0
@@ -174,14 +184,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _edge_options(p: argparse.ArgumentParser, defaults: Any) -> None:
     g = p.add_argument_group("browser-facing limits and timeouts")
-    g.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="concurrent browser connections; beyond it a new one is closed before TLS",
+    )
     g.add_argument(
         "--max-per-address",
         type=int,
         default=defaults.max_per_address,
         help="concurrent connections from one client address",
     )
-    g.add_argument("--handshake-timeout", type=float, default=defaults.handshake_timeout)
+    g.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=defaults.handshake_timeout,
+        help="seconds a browser has to finish its TLS handshake",
+    )
     g.add_argument(
         "--header-timeout",
         type=float,
@@ -278,32 +298,66 @@ def _reclaim_after(args: argparse.Namespace) -> float | None:
 
 def _event_options(p: argparse.ArgumentParser, tickets: int) -> None:
     p.add_argument("--tickets", type=int, default=tickets, help="tickets of the demo event")
-    p.add_argument("--event-name", default="Opening night")
-    p.add_argument("--description", default="General admission")
-    p.add_argument("--price", default="25.00", help="in currency units")
-    p.add_argument("--hold-seconds", type=float, default=900.0, help="checkout lock")
+    p.add_argument("--event-name", default="Opening night", help="name of the demo event")
+    p.add_argument("--description", default="General admission", help="its description")
+    p.add_argument("--price", default="25.00", help="its price in currency units")
+    p.add_argument(
+        "--hold-seconds",
+        type=float,
+        default=900.0,
+        help="how long a granted ticket is held for payment, in seconds",
+    )
+
+
+# Roles whose settings come from --config, TICKETING_* variables and flags.
+ROLES: dict[str, argparse.ArgumentParser] = {}
+
+
+def _role(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A long-running role's parser with the flags every role shares."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    add_config_flag(p)
+    p.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text lines or one JSON per line"
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="log level (default: warning, or info/debug with -v/-vv)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_GRACE,
+        help="seconds to finish queued visitors after SIGTERM before exiting",
+    )
+    ROLES[name] = p
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticketing", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    ROLES.clear()
 
     p = sub.add_parser("keys", help="write a cluster CA and one certificate per node")
-    p.add_argument("--dir", default="keys")
+    p.add_argument("--dir", default="keys", help="where to write them")
     p.add_argument("--shards", type=int, default=2, help="shard-1..shard-N")
     p.add_argument("--shard", action="append", help="explicit shard names (repeatable)")
     p.add_argument("--host", action="append", help="host names/IPs in the certificates")
     p.set_defaults(fn=cmd_keys)
 
-    p = sub.add_parser("shard", help="run one shard (client server)")
-    p.add_argument("--name", required=True)
-    p.add_argument("--keys", default="keys")
-    p.add_argument("--data", default="data")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--tls-port", type=int, default=9001)
-    p.add_argument("--https-port", type=int, default=9101)
-    p.add_argument("--uvloop", action="store_true")
+    p = _role(sub, "shard", "run one shard (client server)")
+    p.add_argument("--name", help="this shard's name, as in its certificate (required)")
+    p.add_argument("--keys", default="keys", help="directory with ca.crt and NAME.crt/.key")
+    p.add_argument("--data", default="data", help="directory for the shard's journal")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--tls-port", type=int, default=9001, help="mutual-TLS port for main")
+    p.add_argument("--https-port", type=int, default=9101, help="HTTPS + WSS port for browsers")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop (the bench extra)")
     _failure_options(p, main=False)
     from .edge import SHARD_LIMITS
 
@@ -314,31 +368,35 @@ def build_parser() -> argparse.ArgumentParser:
         ("main", "run the main server and its redirect server"),
         ("redirect", "alias of main: the redirect server runs in main's process"),
     ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--shard", action="append", default=[], help="HOST:TLS_PORT:HTTPS_PORT")
-        p.add_argument("--keys", default="keys")
-        p.add_argument("--data", default="data")
-        p.add_argument("--host", default="127.0.0.1")
+        p = _role(sub, name, help_text)
+        p.add_argument(
+            "--shard", action="append", default=[], help="HOST:TLS_PORT:HTTPS_PORT (repeatable)"
+        )
+        p.add_argument("--keys", default="keys", help="directory with ca.crt and main.crt/.key")
+        p.add_argument("--data", default="data", help="directory for the ledger and signing key")
+        p.add_argument("--host", default="127.0.0.1", help="address the redirect server binds")
         p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
         _event_options(p, 0)
         _failure_options(p, main=True)
         _front_parser_options(p)
         p.set_defaults(fn=cmd_main)
 
-    p = sub.add_parser("cluster", help="main + redirect + N shard processes on this machine")
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--data", default="data/cluster")
-    p.add_argument("--host", default="127.0.0.1")
+    p = _role(sub, "cluster", "main + redirect + N shard processes on this machine")
+    p.add_argument("--shards", type=int, default=2, help="how many shard processes")
+    p.add_argument("--data", default="data/cluster", help="directory for keys, ledger, journals")
+    p.add_argument("--host", default="127.0.0.1", help="address every server binds")
     p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
     _event_options(p, 100)
     _failure_options(p, main=True)
     p.set_defaults(fn=cmd_cluster)
 
     p = sub.add_parser("audit", help="account for every ticket in a ledger file")
-    p.add_argument("--ledger", default="data/cluster/ledger.sqlite3")
-    p.add_argument("--event", type=int)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--ledger", default="data/cluster/ledger.sqlite3", help="the ledger file")
+    p.add_argument("--event", type=int, help="only this event")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(fn=cmd_audit)
+
+    add_events(sub)
 
     try:
         from .bench import add_parser as add_bench
@@ -350,9 +408,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    role = ROLES.get(args.command)
+    if role is not None:
+        try:
+            args = resolve(parser, role, argv, args)
+        except ConfigError as exc:
+            role.error(str(exc))
+        if args.command == "shard" and not args.name:
+            role.error("a shard needs a name: --name, TICKETING_NAME or name in the config file")
     level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if getattr(args, "log_level", None):
+        level = getattr(logging, args.log_level.upper())
+    node = getattr(args, "name", None) if args.command == "shard" else "main"
+    setup_logging(
+        getattr(args, "log_format", "text"), level=level, role=args.command, node=node or "-"
+    )
     return int(args.fn(args) or 0)
 
 

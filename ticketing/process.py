@@ -7,13 +7,18 @@ import resource
 import signal
 
 
-async def wait_for_stop() -> None:
-    """Return on SIGINT or SIGTERM (Ctrl-C stops cleanly)."""
+def stop_signal() -> asyncio.Event:
+    """An event set on SIGINT or SIGTERM; the handlers are in place when this returns."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def wait_for_stop(stop: asyncio.Event | None = None) -> None:
+    """Return on SIGINT or SIGTERM (Ctrl-C stops cleanly)."""
+    await (stop or stop_signal()).wait()
 
 
 def raise_fd_limit() -> int:

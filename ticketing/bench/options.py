@@ -68,7 +68,9 @@ class Options:
 
 def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
     """The ``bench`` command's arguments (read back by :func:`options_from_args`)."""
-    p.add_argument("--mode", choices=tuple(modes), default="e2e")
+    p.add_argument(
+        "--mode", choices=tuple(modes), default="e2e", help="what to measure (default e2e)"
+    )
     # The cluster and the sale
     p.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help="K shard processes")
     p.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="N visitors")

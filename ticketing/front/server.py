@@ -33,13 +33,18 @@ from ..csrf import PUBLIC_ORIGINS
 from ..edge import FRONT_LIMITS, ConnectionGate, EdgeLimits
 from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
+from ..logs import add_secret
 from ..main.server import MainServer
+from ..metrics import FrontMetrics
+from ..operator import operator_token_from_env
 from ..ratelimit import Rate, RateLimiter, retry_after
 from ..tls import browser_server_context
 from ..tokens import TokenVerifier
 from ..visitor import VISITOR_COOKIE, public_id, set_visitor_cookie, valid_visitor
 from ..wire import Admission, Place
 from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
+from .dashboard import mount_dashboard
+from .observe import metrics_handler, observe_middleware
 
 if TYPE_CHECKING:
     from ..market import Market
@@ -156,7 +161,12 @@ class RedirectServer:
         self.ssl_context = ssl_context
         self.public_origin = public_origin.rstrip("/") if public_origin else None
         self.gate: ConnectionGate | None = None
-        self.app = web.Application(client_max_size=64 * 1024)
+        self.metrics = FrontMetrics()
+        self.operator_token = operator_token_from_env()  # guards /metrics
+        add_secret(self.operator_token)
+        self.app = web.Application(
+            client_max_size=64 * 1024, middlewares=[observe_middleware(self.metrics)]
+        )
         self.app[PUBLIC_ORIGINS] = [self.public_origin] if self.public_origin else []
         self.app.on_response_prepare.append(_add_security_headers)
         self.app.add_routes(
@@ -164,8 +174,10 @@ class RedirectServer:
                 web.get("/", self.handle_root),
                 web.get("/events/{event_id:[0-9]{1,12}}", self.handle_event),
                 web.get("/health", self.handle_health),
+                web.get("/metrics", metrics_handler(self._exposition, lambda: self.operator_token)),
             ]
         )
+        mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
         self.market: Market | None = None
         if marketplace:  # the REST API and front page (api.py); False to mount your own
             from ..market.api import mount_marketplace  # api imports this module
@@ -234,6 +246,10 @@ class RedirectServer:
         if wait == 0.0 and visitor is not None and self.by_visitor is not None:
             wait = self.by_visitor.take(visitor)
         return wait
+
+    async def _exposition(self) -> bytes:
+        """Main's series and the front's (one process today, two registries)."""
+        return await self.main.metrics_exposition() + self.metrics.exposition()
 
     async def _admit(self, request: web.Request, event_id: int) -> web.StreamResponse:
         event = await self.main.event(event_id)
@@ -333,6 +349,7 @@ class RedirectServer:
         )
         assert self.main.signer
         token = admission.sign(self.main.signer, self.token_ttl)
+        self.metrics.admissions.labels("redirect").inc()
         location = (
             f"{shard.https_url}/?event={event_id}&token={token}"
             f"&place={self._place_token(visitor, event_id, place, arrived)}"
@@ -370,6 +387,7 @@ class RedirectServer:
             "place": token,
             **info,
         }
+        self.metrics.admissions.labels(answer.value).inc()
         if wants_json(request):
             resp = web.json_response(payload, status=status)
         else:
@@ -396,6 +414,7 @@ class RedirectServer:
         payload: dict[str, Any],
         body: str = "<p>Please check back later.</p>",
     ) -> web.Response:
+        self.metrics.admissions.labels(payload["status"]).inc()
         if wants_json(request):
             return web.json_response(payload, status=status)
         return _page(title, body, status)

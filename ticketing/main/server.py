@@ -34,6 +34,7 @@ from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..ledger import Audit, Event, SqlLedger, open_ledger
 from ..ledger.driver import redact
 from ..link import Commands, Handler, Link
+from ..metrics import MainMetrics
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import Range, count, cut, parse_ranges, shares
 from ..tls import Credentials, PemSource, check_peer, client_context
@@ -160,6 +161,7 @@ class MainServer:
         self._stock_lock = asyncio.Lock()  # one stock move at a time
         self._links: list[ShardLink] = []  # every shard we keep linked, named or not yet
         self._closed = False
+        self.metrics = MainMetrics()  # this server's own registry (in-process tests run many)
 
     # -- configuration -----------------------------------------------------------
 
@@ -254,6 +256,8 @@ class MainServer:
                 LinkClosed,
                 CommandError,
             ) as exc:
+                if isinstance(exc, ssl.SSLError | PeerRejected):
+                    self.metrics.handshake_failures.labels("link").inc()
                 if not first.done():
                     first.set_exception(exc)
                     return
@@ -264,8 +268,11 @@ class MainServer:
             delay = self.reconnect_min
             if not first.done():
                 first.set_result(sl.name or "")
+            else:
+                self.metrics.reconnects.labels(sl.name or "").inc()
             await link.closed.wait()
             sl.online, sl.link, sl.offline_since = False, None, time.monotonic()
+            self.metrics.link_losses.labels(sl.name or "").inc()
             log.warning("shard %s offline; reconnecting (%s)", sl.name, link.close_reason)
             if self.reclaim_after is not None and sl.watchdog is None:
                 # Its own timer: a reconnect attempt into a silent partition can hang
@@ -475,11 +482,13 @@ class MainServer:
     async def _record(
         self, shard: str, epoch: int, sales: list[Sale]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        accepted, refused, fresh = await self._ledger().record_sales(
-            shard, epoch, sales, self.hold_seconds
-        )
+        with self.metrics.timed_batch(len(sales)):
+            accepted, refused, fresh = await self._ledger().record_sales(
+                shard, epoch, sales, self.hold_seconds
+            )
         sl = self.shards.get(shard)
         for order in fresh:
+            self.metrics.granted.labels(str(order["event_id"])).inc()
             if sl:
                 sl.stock[order["event_id"]] = max(0, sl.stock.get(order["event_id"], 0) - 1)
         if fresh:
@@ -564,6 +573,7 @@ class MainServer:
         """Fence a dead shard: bump its epoch and take back its unsold tickets."""
         async with self._stock_lock:
             epoch = await self._ledger().reclaim(name)
+            self.metrics.fenced(name, epoch)
             sl = self.shards.get(name)
             if sl:
                 sl.epoch = epoch
@@ -599,6 +609,16 @@ class MainServer:
             ],
             "shards": [s.public() for s in self.shards.values()],
         }
+
+    async def metrics_exposition(self) -> bytes:
+        """The text exposition of this server's metrics, with the ledger's gauges fresh."""
+        m = self.metrics
+        waiting = await self._ledger().reader().waiting_by_event()
+        for event in await self.events():
+            m.set_tickets(event.id, (await self.audit(event.id)).as_dict())
+            m.waitlist.labels(str(event.id)).set(waiting.get(event.id, 0))
+        m.set_shards([s.public() for s in self.shards.values()])
+        return m.exposition()
 
     def pick_shard(self, event_id: int) -> ShardLink | None:
         """Choose an online shard for a new visitor, weighted by its remaining stock.

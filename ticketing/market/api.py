@@ -26,6 +26,7 @@ compared in constant time; with neither set, those endpoints answer 403.
 
 Routes::
 
+    GET    /api/v1/openapi.json                this API's OpenAPI 3.1 description (openapi.py)
     GET    /api/v1/me                          who am I ({"account": ...|null})
     POST   /api/v1/accounts                    sign up {email, password} (signs in)
     POST   /api/v1/session                     sign in {email, password}
@@ -55,7 +56,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import secrets
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
@@ -66,16 +66,18 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..csrf import origin_allowed, refusal
-from ..errors import ConfigError, Overloaded, TicketingError, ValidationError
+from ..errors import Overloaded, TicketingError, ValidationError
 from ..headers import SECURITY_HEADERS
 from ..ledger import Principal
 from ..main.server import MainServer, price_to_cents
+from ..operator import OPERATOR_ENV, OPERATOR_FILE_ENV, operator_token_from_env
 from ..ratelimit import Rate, RateLimiter, retry_after
 from ..visitor import VISITOR_COOKIE, public_id, set_visitor_cookie, valid_visitor
 from ..wire import SessionClaims
 from .checks import MAX_PRICE_CENTS
 from .context import Notice
 from .errors import Conflict, Forbidden, MarketError, NotFound, TooManyAttempts, Unauthorized
+from .openapi import handle_openapi
 from .service import Market
 from .sessions import COOKIE_NAME, cookie_kwargs
 
@@ -88,11 +90,6 @@ MARKET = web.AppKey("market", Market)
 VISITOR = web.RequestKey("visitor", str)
 SESSION = web.RequestKey("session", SessionClaims)
 ACCOUNT_ID = "account_id"  # the front reads this plain key (see front/server.py)
-
-# Operators
-OPERATOR_ENV = "TICKETING_OPERATOR_TOKEN"
-OPERATOR_FILE_ENV = "TICKETING_OPERATOR_TOKEN_FILE"
-MIN_OPERATOR_TOKEN = 16
 
 # Limits
 MAX_EVENT_TICKETS = 1_000_000
@@ -113,20 +110,6 @@ FRONT_HEADERS = {
     + "; img-src 'self' data:",
 }
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
-
-
-def operator_token_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The configured operator credential, or None (operator endpoints disabled)."""
-    token = environ.get(OPERATOR_ENV) or None
-    path = environ.get(OPERATOR_FILE_ENV)
-    if token is None and path:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {OPERATOR_FILE_ENV}={path}: {exc}") from exc
-    if token is not None and len(token) < MIN_OPERATOR_TOKEN:
-        raise ConfigError(f"the operator token must be at least {MIN_OPERATOR_TOKEN} characters")
-    return token
 
 
 def error_response(status: int, message: str, field: str | None = None) -> web.Response:
@@ -254,6 +237,7 @@ class MarketAPI:
                 web.get("/app", self.handle_front_redirect),
                 web.get(FRONT, self.handle_front),
                 web.get(FRONT + "{name}", self.handle_front),
+                web.get(f"{p}/openapi.json", handle_openapi),
                 web.get(f"{p}/me", self.handle_me),
                 web.post(f"{p}/accounts", self.handle_signup),
                 web.post(f"{p}/session", self.handle_signin),

@@ -138,6 +138,7 @@ class Checkout:
         if kind is OrderKind.PRIMARY:
             await tx.set_ticket_state(order["event_id"], order["serial"], T.HELD, T.SOLD)
             await tx.add_owner(order, now)
+            fx.counts.append(("sold", order["event_id"]))
         else:
             await tx.set_listing_status(
                 order["listing_id"], ListingStatus.LOCKED, ListingStatus.SOLD, now

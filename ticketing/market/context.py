@@ -43,6 +43,7 @@ class Effects:
 
     notices: list[Notice] = field(default_factory=list)
     wake: bool = False  # a new hold exists: the sweeper recomputes its next deadline
+    counts: list[tuple[str, int]] = field(default_factory=list)  # ("sold"|"released", event)
 
 
 @dataclass
@@ -55,11 +56,14 @@ class MarketContext:
     currency: str = "EUR"
     watchers: list[Watcher] = field(default_factory=list)
     wake: Callable[[], None] = lambda: None  # the sweeper's; set when it starts
+    count: Callable[[str, int], None] = lambda what, event: None  # metrics, after commit
 
     async def finish(self, fx: Effects) -> None:
         """Side effects of a committed change: wake the sweeper, push live notices."""
         if fx.wake:
             self.wake()
+        for what, event in fx.counts:
+            self.count(what, event)
         for notice in fx.notices:
             for watcher in list(self.watchers):
                 try:

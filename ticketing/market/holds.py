@@ -51,6 +51,7 @@ class Holds:
             return False
         if kind is OrderKind.PRIMARY:
             await self.release(tx, order["event_id"], order["serial"], ticket_from, now, fx)
+            fx.counts.append(("released", order["event_id"]))
         else:
             await tx.set_listing_status(
                 order["listing_id"], ListingStatus.LOCKED, ListingStatus.ACTIVE, now

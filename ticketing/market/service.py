@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..ledger import Ledger, OrderKind, Principal, SqlLedger
+from ..metrics import MainMetrics
 from ..tokens import TokenSigner
 from ..wire import SessionClaims
 from .accounts import Account, Accounts, SigninThrottle
@@ -39,6 +40,7 @@ class MarketHost(Protocol):
     signer: TokenSigner | None
     hold_seconds: float
     sale_listeners: list[Callable[[list[dict[str, Any]]], Any]]
+    metrics: MainMetrics
 
     async def start(self) -> None: ...
 
@@ -82,6 +84,7 @@ class Market:
             hold_seconds=self.main.hold_seconds,
             currency=self.currency,
             watchers=self.watchers,
+            count=self.main.metrics.count_ticket,
         )
         if self._clock is not None:
             ctx.clock = self._clock

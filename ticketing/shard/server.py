@@ -22,6 +22,7 @@ from ..edge import EdgeLimits
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected
 from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..link import Commands, Handler, Link
+from ..metrics import ShardMetrics
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import RangeSet, parse_ranges
 from ..tls import Credentials, PemSource, check_peer, server_context
@@ -113,6 +114,7 @@ class ClientServer:
         self.link: Link | None = None
         self.verifier: TokenVerifier | None = None
         self.nonces = NonceCache()
+        self.metrics = ShardMetrics()  # this shard's own registry (tests run several per process)
         self.tls_port: int | None = None
         self.https_port: int | None = None
         self._tls_server: LinkListener | None = None
@@ -242,6 +244,7 @@ class ClientServer:
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             ident = check_peer(writer.get_extra_info("ssl_object"), "main", self.main_name)
         except (ssl.SSLError, PeerRejected, OSError, TimeoutError) as exc:
+            self.metrics.handshake_failures.labels("link").inc()
             log.warning("%s: refused link from %s: %s", self.name, peer, exc)
             if writer is not None:
                 writer.close()

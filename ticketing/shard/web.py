@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import mimetypes
+import time
 from http import HTTPStatus
 from importlib import resources
 from typing import Any, Protocol
@@ -38,6 +39,9 @@ from websockets.http11 import Request, Response
 from ..edge import SHARD_LIMITS, ConnectionGate, EdgeLimits
 from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
+from ..logs import add_secret
+from ..metrics import CONTENT_TYPE, ShardMetrics, refusal_reason
+from ..operator import authorized, operator_token_from_env
 from ..ratelimit import LogThrottle
 from ..tls import Credentials, browser_server_context
 from ..tokens import NonceCache, TokenVerifier
@@ -79,6 +83,7 @@ class Shard(Protocol):
     dispenser: Dispenser
     verifier: TokenVerifier | None  # None until main's hello brought its key
     nonces: NonceCache
+    metrics: ShardMetrics
 
     def status(self) -> dict[str, Any]: ...
 
@@ -103,6 +108,8 @@ class ShardWeb:
         self.refused = 0
         self._files = {f"/{name}": web_file(name) for name in WEB_FILES}
         self._log = LogThrottle(log, self.gate.limits.log_interval)
+        self.operator_token = operator_token_from_env()  # guards /metrics
+        add_secret(self.operator_token)
 
     @property
     def connections(self) -> int:
@@ -148,6 +155,8 @@ class ShardWeb:
             up = bool(self.shard.status()["linked"])  # linked to main: it can grant
             status = HTTPStatus.OK if up else HTTPStatus.SERVICE_UNAVAILABLE
             return json_response(status, {"status": "up" if up else "down"})
+        if url.path == "/metrics":
+            return self._metrics(request.headers.get("Authorization"))
         if url.path == "/event":
             ids = parse_qs(url.query).get("id", [""])
             ok = ids[0].isascii() and ids[0].isdigit() and len(ids[0]) <= 12  # not "²"
@@ -187,6 +196,7 @@ class ShardWeb:
         visitor = admission.visitor
         self.live[visitor] = conn
         conn.connection_lost_waiter.add_done_callback(lambda _: self._release(visitor, conn))
+        shard.metrics.upgrades.labels("admitted").inc()
         conn.admission = admission  # type: ignore[attr-defined]
         return None
 
@@ -196,8 +206,28 @@ class ShardWeb:
 
     def _refuse(self, status: HTTPStatus, reason: str) -> Response:
         self.refused += 1
+        outcome = {503: "not_linked", 409: "conflict"}.get(status.value) or refusal_reason(reason)
+        self.shard.metrics.upgrades.labels(outcome).inc()
         self._log.log(logging.INFO, reason, "%s: refused upgrade: %s", self.shard.name, reason)
         return json_response(status, {"errors": [{"message": reason}]})
+
+    def _metrics(self, authorization: str | None) -> Response:
+        """``GET /metrics`` behind the operator bearer token, as on the front."""
+        if self.operator_token is None:
+            return json_response(
+                HTTPStatus.FORBIDDEN,
+                {"errors": [{"message": "metrics are disabled: no operator token configured"}]},
+            )
+        if not authorized(authorization, self.operator_token):
+            resp = json_response(
+                HTTPStatus.UNAUTHORIZED, {"errors": [{"message": "operator credential required"}]}
+            )
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+        shard = self.shard
+        queues = {e: shard.dispenser.queued(e) for e in shard.dispenser.queues}
+        shard.metrics.refresh(shard.status(), queues)
+        return _response(HTTPStatus.OK, shard.metrics.exposition(), CONTENT_TYPE)
 
     # -- after the upgrade ---------------------------------------------------------
 
@@ -243,7 +273,9 @@ class ShardWeb:
         finally:
             gone.cancel()
         if waiter.future.done():
-            return waiter.future.result()
+            answer: dict[str, Any] = waiter.future.result()
+            self.shard.metrics.answered(answer.get("type", ""), time.monotonic() - waiter.arrived)
+            return answer
         waiter.future.cancel()  # not granted yet: the ticket stays in the pool
         if not done:
             return {"type": "error", "message": "the shard is busy, try again"}

@@ -1,0 +1,1 @@
+"""The operator dashboard's static files (served by ``front/dashboard.py``)."""
