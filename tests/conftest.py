@@ -1,19 +1,55 @@
-"""Shared fixtures: real cluster keys, and in-process clusters on 127.0.0.1 port 0."""
+"""Shared fixtures: real cluster keys, in-process clusters on 127.0.0.1 port 0, and the
+ledger backend (SQLite by default; a module runs on both with
+``pytestmark = pytest.mark.parametrize("ledger_backend", BACKENDS, indirect=True)``)."""
 
 from __future__ import annotations
 
+import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.pgserver import ENV as POSTGRES_ENV
+from tests.pgserver import PostgresServer, find_bin, fresh_database
 from ticketing import ClientServer, MainServer, RedirectServer, write_cluster_keys
 from ticketing.cluster import LOAD_TEST_FRONT_OPTIONS
 
 SHARD_NAMES = [f"shard-{i}" for i in range(1, 6)]
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[str]:
+    """An administrative URL of a PostgreSQL server: ``$TICKETING_TEST_POSTGRES``, or
+    a throwaway server started here (``scripts/test`` installs Debian's postgresql)."""
+    given = os.environ.get(POSTGRES_ENV)
+    if given:
+        yield given
+        return
+    if not find_bin("initdb"):
+        pytest.skip(f"no PostgreSQL: install Debian's postgresql or set {POSTGRES_ENV}")
+    server = PostgresServer().start()
+    try:
+        yield server.admin_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite"])
+def ledger_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def ledger_url(ledger_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None for SQLite (each main's file in its data folder), else a fresh database."""
+    if ledger_backend == "sqlite":
+        return None
+    return await fresh_database(request.getfixturevalue("postgres_admin"))
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +105,9 @@ ClusterFactory = Callable[..., Awaitable[Cluster]]
 
 
 @pytest.fixture
-async def make_cluster(keys: Path, tmp_path: Path) -> AsyncIterator[ClusterFactory]:
+async def make_cluster(
+    keys: Path, tmp_path: Path, ledger_url: str | None
+) -> AsyncIterator[ClusterFactory]:
     """``await make_cluster(3, redirect=True, hold_seconds=...)`` -> a linked Cluster."""
     made: list[Cluster] = []
 
@@ -78,6 +116,7 @@ async def make_cluster(keys: Path, tmp_path: Path) -> AsyncIterator[ClusterFacto
     ) -> Cluster:
         """``load_test``: a crowd from 127.0.0.1 (per-address limits lifted)."""
         data = tmp_path / f"cluster{len(made)}"
+        main_opts.setdefault("ledger_url", ledger_url)
         main = MainServer(data_dir=data, **main_opts)
         main.set_certificate_path(keys)
         await main.start()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cluster, ClusterFactory
+from tests.conftest import BACKENDS, Cluster, ClusterFactory
 from tests.helpers import eventually
 from ticketing import ClientServer, CommandError, MainServer, TicketingError
 from ticketing.ledger import Audit
@@ -178,6 +178,7 @@ async def test_distribute_needs_a_linked_shard(tmp_path: Path, keys: Path) -> No
 # -- restarts ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ledger_backend", BACKENDS, indirect=True)
 async def test_main_restart_keeps_the_ledger_and_assigns_nothing_twice(
     make_cluster: ClusterFactory,
 ) -> None:
@@ -192,7 +193,7 @@ async def test_main_restart_keeps_the_ledger_and_assigns_nothing_twice(
 
     await main.close()
     await eventually(lambda: all(s.link is None for s in cluster.shards), 5)
-    main = cluster.main = MainServer(data_dir=cluster.data)
+    main = cluster.main = MainServer(data_dir=cluster.data, ledger_url=main.ledger_url)
     main.set_certificate_path(cluster.keys)
     for shard in cluster.shards:
         assert shard.tls_port and shard.https_port

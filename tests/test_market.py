@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import BACKENDS
 from tests.shop import (
     PASSWORD,
     Clock,
@@ -36,7 +37,10 @@ from ticketing.market import (
 from ticketing.market.payment import TestPaymentProvider
 from ticketing.redirect_server import RedirectServer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.parametrize("ledger_backend", BACKENDS, indirect=True),  # same rules, both
+]
 
 
 # -- checkout holds ------------------------------------------------------------
@@ -296,7 +300,7 @@ async def test_expiry_survives_a_restart_of_main(make_cluster, keys) -> None:
 
     from ticketing import MainServer
 
-    main = MainServer(data_dir=cluster.data, hold_seconds=hold)
+    main = MainServer(data_dir=cluster.data, hold_seconds=hold, ledger_url=cluster.main.ledger_url)
     main.set_certificate_path(keys)
     redirect = RedirectServer(main)
     cluster.main, cluster.redirect = main, redirect  # closed by the fixture

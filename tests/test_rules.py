@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import BACKENDS
+from tests.pgserver import fresh_database
 from ticketing.errors import TokenError
 from ticketing.ledger import (
     OrderKind,
@@ -93,9 +95,14 @@ def test_decide_allows_one_ticket_per_visitor_and_account_within_a_batch() -> No
 # -- the rules over a ledger file ------------------------------------------------------
 
 
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[SqlLedger]:
-    led = await open_ledger(tmp_path / "ledger.sqlite3", synchronous="OFF")
+@pytest.fixture(params=BACKENDS)
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlLedger]:
+    """The same ledger code on each backend: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = str(tmp_path / "ledger.sqlite3")
+    else:
+        url = await fresh_database(request.getfixturevalue("postgres_admin"))
+    led = await open_ledger(url, synchronous="OFF")
     yield led
     await led.close()
 
