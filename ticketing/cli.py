@@ -76,6 +76,7 @@ def cmd_main(args: argparse.Namespace) -> int:
     async def run() -> int:
         main = MainServer(
             data_dir=args.data,
+            ledger_url=args.ledger,
             hold_seconds=args.hold_seconds,
             reclaim_after=_reclaim_after(args),
             **_heartbeats(args),
@@ -123,6 +124,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             host=args.host,
             redirect_port=args.port,
             main_options={
+                "ledger_url": args.ledger,
                 "hold_seconds": args.hold_seconds,
                 "reclaim_after": _reclaim_after(args),
                 **_heartbeats(args),
@@ -150,13 +152,48 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return _run(run)
 
 
-# -- audit ---------------------------------------------------------------------------
+# -- the ledger ----------------------------------------------------------------------
+
+
+def _ledger_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ledger",
+        metavar="URL",
+        help="where main's ledger lives: postgresql://USER@HOST/DB, or sqlite:///PATH"
+        " (default: ledger.sqlite3 in --data)",
+    )
+
+
+def cmd_ledger_copy(args: argparse.Namespace) -> int:
+    """``ticketing ledger copy --from URL --to URL``: 0 when the audits match."""
+    from .ledger import open_ledger
+    from .ledger.copy import CopyError, copy_ledger
+    from .ledger.driver import redact
+
+    async def run() -> int:
+        source = await open_ledger(args.source)
+        try:
+            target = await open_ledger(args.target)
+            try:
+                before, after = await copy_ledger(source, target)
+            finally:
+                await target.close()
+        except CopyError as exc:
+            print(f"copy refused: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await source.close()
+        print(f"copied {redact(args.source)} -> {redact(args.target)}")
+        print(json.dumps({"before": before.as_dict(), "after": after.as_dict()}))
+        return 0 if after.exact else 1
+
+    return _run(run)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .ledger import open_ledger
+    from .ledger import is_postgres, open_ledger, sqlite_path
 
-    if not Path(args.ledger).exists():
+    if not is_postgres(args.ledger) and not sqlite_path(args.ledger).exists():
         print(f"no ledger at {args.ledger}", file=sys.stderr)
         return 2
 
@@ -374,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--keys", default="keys", help="directory with ca.crt and main.crt/.key")
         p.add_argument("--data", default="data", help="directory for the ledger and signing key")
+        _ledger_option(p)
         p.add_argument("--host", default="127.0.0.1", help="address the redirect server binds")
         p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
         _event_options(p, 0)
@@ -384,17 +422,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = _role(sub, "cluster", "main + redirect + N shard processes on this machine")
     p.add_argument("--shards", type=int, default=2, help="how many shard processes")
     p.add_argument("--data", default="data/cluster", help="directory for keys, ledger, journals")
+    _ledger_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address every server binds")
     p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
     _event_options(p, 100)
     _failure_options(p, main=True)
     p.set_defaults(fn=cmd_cluster)
 
-    p = sub.add_parser("audit", help="account for every ticket in a ledger file")
-    p.add_argument("--ledger", default="data/cluster/ledger.sqlite3", help="the ledger file")
+    p = sub.add_parser("audit", help="account for every ticket in a ledger")
+    p.add_argument(
+        "--ledger",
+        default="data/cluster/ledger.sqlite3",
+        help="the ledger: a SQLite file (sqlite:///PATH or PATH) or postgresql://...",
+    )
     p.add_argument("--event", type=int, help="only this event")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(fn=cmd_audit)
+
+    p = sub.add_parser("ledger", help="ledger tools: copy a ledger between backends")
+    ledger_sub = p.add_subparsers(dest="ledger_command", required=True)
+    c = ledger_sub.add_parser("copy", help="copy every row into an empty ledger; audit both")
+    c.add_argument("--from", dest="source", required=True, help="source ledger URL or path")
+    c.add_argument("--to", dest="target", required=True, help="target ledger URL or path (empty)")
+    c.set_defaults(fn=cmd_ledger_copy)
 
     add_events(sub)
 

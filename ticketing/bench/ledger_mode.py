@@ -25,7 +25,7 @@ async def run_ledger(opts: Options) -> dict[str, Any]:
     with DataDir(opts) as data:
         keys = write_cluster_keys(data / "keys", names)
         children: list[Child] = []
-        main = MainServer(data_dir=data)
+        main = MainServer(data_dir=data, ledger_url=opts.ledger)
         main.set_certificate_path(keys)
         recorded = 0
         last = 0.0

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..ledger.driver import redact
+
 # Defaults: the target configuration.
 DEFAULT_SHARDS = 2
 DEFAULT_CLIENTS = 3000
@@ -44,6 +46,7 @@ class Options:
     rounds: int = 1
     batch: int = 256
     in_flight: int = 4
+    ledger: str | None = None  # ledger mode: postgresql://... (an empty database); default SQLite
     connections: int = IDLE_CONNECTIONS
     progress: bool = True
     json_path: str | None = None
@@ -63,7 +66,10 @@ class Options:
         return ["--uvloop"] if self.uvloop else []
 
     def public(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("json_path", "progress")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("json_path", "progress")}
+        if self.ledger:
+            out["ledger"] = redact(self.ledger)  # reports and JSON never carry a password
+        return out
 
 
 def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
@@ -101,6 +107,12 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
     )
     # Ledger mode
     p.add_argument("--batch", type=int, default=256, help="ledger: sales per report")
+    p.add_argument(
+        "--ledger",
+        metavar="URL",
+        help="ledger: main's ledger at URL (postgresql://..., an empty database; default a"
+        " fresh SQLite file)",
+    )
     p.add_argument("--in-flight", type=int, default=4, help="ledger: reports in flight per shard")
     # Idle mode
     p.add_argument(
@@ -160,6 +172,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         rounds=args.rounds,
         batch=args.batch,
         in_flight=args.in_flight,
+        ledger=args.ledger,
         connections=args.connections,
         progress=not args.quiet,
         json_path=args.json,

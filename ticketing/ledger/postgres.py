@@ -71,10 +71,15 @@ class PostgresDriver:
     @classmethod
     async def open(cls, url: str, *, synchronous: str = "FULL") -> PostgresDriver:
         """Connect; ``synchronous="OFF"`` turns ``synchronous_commit`` off (tests only)."""
-        settings = {"synchronous_commit": "off"} if synchronous.upper() == "OFF" else {}
+        # Custom plans: a generic plan of "serial IN ($1, ..., $256)" scans whole tables.
+        settings = {"plan_cache_mode": "force_custom_plan"}
+        if synchronous.upper() == "OFF":
+            settings["synchronous_commit"] = "off"
         try:
             writer = await asyncpg.connect(url, server_settings=settings)
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=READ_POOL)
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=READ_POOL, server_settings=settings
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise ConfigError(f"cannot connect to the ledger at {redact(url)}: {exc}") from exc
         assert pool is not None

@@ -1,0 +1,105 @@
+"""The ledger's two backends: schema versions, refusal of a newer schema, copying a
+ledger from SQLite to PostgreSQL and back with the audit unchanged, ``ticketing
+audit`` on both."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BACKENDS
+from tests.pgserver import fresh_database
+from ticketing.errors import ConfigError
+from ticketing.ledger import OrderKind, Principal, SqlLedger, open_driver, open_ledger
+from ticketing.ledger.copy import CopyError, copy_ledger
+from ticketing.ledger.schema import LATEST, schema_version
+from ticketing.wire import Sale
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def url_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest, name: str) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / name}.sqlite3"
+    return await fresh_database(request.getfixturevalue("postgres_admin"))
+
+
+async def busy_ledger(url: str) -> SqlLedger:
+    """A ledger with an event, a shard's pool, held and paid-for orders, an account."""
+    ledger = await open_ledger(url)
+    event = await ledger.create_event("Copied", "", 1500, 6)
+    await ledger.register_shard("shard-1", "127.0.0.1", 1, 2, 1.0)
+    await ledger.assign(event.id, {"shard-1": (1, [(0, 4)])})
+    _, _, fresh = await ledger.record_sales(
+        "shard-1", 1, [Sale(event.id, 0, "ann"), Sale(event.id, 1, "bob")], 60
+    )
+    async with ledger.transaction() as tx:  # bob's order paid: sold, with an owner
+        bob = next(o for o in fresh if o["visitor"] == "bob")
+        await tx.set_order_status(OrderKind.PRIMARY, bob["id"], "awaiting_payment", "complete")
+        await tx.set_ticket_state(event.id, 1, "held", "sold")
+        await tx.add_owner(bob, 1.0)
+        await tx.start_payment(OrderKind.PRIMARY, bob["id"], "k1", 1500, 1.0)
+    return ledger
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_schema_is_versioned_and_a_newer_one_is_refused(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = await url_for(backend, tmp_path, request, "versioned")
+    ledger = await open_ledger(url)
+    assert await schema_version(ledger.driver) == LATEST
+    await ledger.close()
+    ledger = await open_ledger(url)  # opening again applies nothing twice
+    rows = await ledger.driver.fetch("SELECT version FROM schema_version ORDER BY version")
+    assert [r["version"] for r in rows] == list(range(1, LATEST + 1))
+    async with ledger.driver.transaction() as q:  # a newer ticketing migrated it further
+        await q.execute("INSERT INTO schema_version(version) VALUES (?)", (LATEST + 1,))
+    await ledger.close()
+    with pytest.raises(ConfigError, match="newer than this code knows"):
+        await SqlLedger.open(await open_driver(url))
+
+
+async def test_a_ledger_moves_to_postgresql_and_back_with_the_same_audit(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    source = await busy_ledger(await url_for("sqlite", tmp_path, request, "source"))
+    pg = await open_ledger(await url_for("postgresql", tmp_path, request, "pg"))
+    before, after = await copy_ledger(source, pg)
+    assert before.as_dict() == after.as_dict() and after.exact
+    assert (after.held, after.sold, after.unassigned) == (1, 1, 2)
+    # The copy goes on working: new ids follow the copied ones, rules see the rows.
+    moved = await open_ledger(pg.url)
+    _, _, fresh = await moved.record_sales("shard-1", 1, [Sale(1, 2, "cy")], 60)
+    assert fresh[0]["id"] == 3
+    assert await moved.reader().has_ticket(1, Principal("bob"))
+    with pytest.raises(CopyError, match="not empty"):
+        await copy_ledger(source, moved)
+    back = await open_ledger(await url_for("sqlite", tmp_path, request, "back"))
+    _, again = await copy_ledger(moved, back)
+    assert again.exact and again.held == 2
+    for ledger in (source, pg, moved, back):
+        await ledger.close()
+
+
+async def test_the_cli_copies_and_audits_on_both_backends(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    sqlite_url = await url_for("sqlite", tmp_path, request, "cli")
+    await (await busy_ledger(sqlite_url)).close()
+    pg_url = await url_for("postgresql", tmp_path, request, "cli-pg")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "ticketing", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    copied = run("ledger", "copy", "--from", sqlite_url, "--to", pg_url)
+    assert copied.returncode == 0, copied.stderr
+    assert "***" in copied.stdout or "postgres@" in copied.stdout  # no password printed
+    for url in (sqlite_url, pg_url):
+        audit = run("audit", "--ledger", url, "--json")
+        assert audit.returncode == 0, audit.stderr
+        assert '"exact": true' in audit.stdout and '"held": 1' in audit.stdout
