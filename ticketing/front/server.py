@@ -48,6 +48,7 @@ from ..visitor import VISITOR_COOKIE, public_id, set_visitor_cookie, valid_visit
 from ..wire import Admission, Place
 from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 from .dashboard import mount_dashboard
+from .forwarding import forwarded_client
 from .observe import metrics_handler, observe_middleware
 from .source import MainSource, RoutingSource
 
@@ -464,6 +465,8 @@ class RedirectServer(FrontDoor):
     ) -> None:
         super().__init__(MainSource(main), **options)
         self.main = main
+        # First: behind a front process, the visitor's address comes signed by the front.
+        self.app.middlewares.insert(0, forwarded_client(lambda: main.front_ring))
         mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
         if marketplace:  # the REST API and front page (api.py); False to mount your own
             from ..market.api import mount_marketplace  # api imports this module

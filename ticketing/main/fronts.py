@@ -25,7 +25,7 @@ import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import CommandError, LinkClosed, PeerRejected
@@ -67,6 +67,8 @@ class FrontLink:
     name: str
     link: Link
     key: str  # Ed25519 public key, hex
+    sent: dict[int, dict[str, Any]] = field(default_factory=dict)  # the view it has now
+    ready: bool = False  # its hello is answered: requests may go to it
 
 
 def _check_key(value: object) -> str:
@@ -92,9 +94,7 @@ class FrontHub:
         self.fronts: dict[str, FrontLink] = {}
         self.commands = Commands(tuple(ToFront))
         self.pushes = 0  # view deltas sent (a figure for tests and the bench)
-        self._last: dict[int, dict[str, Any]] = {}  # event -> routes wire as last pushed
         self._revoked: set[str] = set()
-        self._push_lock = asyncio.Lock()
         self._listener: LinkListener | None = None
         self._ctx: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -172,10 +172,8 @@ class FrontHub:
         fl = self.fronts[name] = FrontLink(name, link, key)
         await self.main.certify_fronts(self._keys())  # valid at the shards before it routes
         self._spawn(self._watch(fl))
-        self._spawn(self._send_keys())
-        async with self._push_lock:
-            await self._push_changes()  # so the base we hand out is the one deltas follow
-            view = list(self._last.values())
+        fl.sent = await self._snapshot()  # the base its deltas will follow
+        self._spawn(self._opened(fl))
         assert self.main.signer
         log.info("front %s linked (%r); key certified", name, link)
         return {
@@ -184,9 +182,15 @@ class FrontHub:
             "role": "main",
             "session_key": self.main.signer.public_key_bytes.hex(),
             "keys": self._keys(),
-            "view": view,
+            "view": list(fl.sent.values()),
             "revoked": await self.main.revoked_sessions(),
         }
+
+    async def _opened(self, fl: FrontLink) -> None:
+        """Once its hello is answered it gets pushes, and the others learn its key."""
+        await fl.link.opened.wait()
+        fl.ready = True
+        await self._send_keys()
 
     async def _watch(self, fl: FrontLink) -> None:
         await fl.link.closed.wait()
@@ -204,13 +208,16 @@ class FrontHub:
         await self._broadcast(ToFront.KEYS, {"keys": self._keys()})
 
     async def _broadcast(self, cmd: str, args: dict[str, Any]) -> None:
-        async def one(fl: FrontLink) -> None:
-            try:
-                await fl.link.request(cmd, args, timeout=max(1.0, self.main.heartbeat_timeout))
-            except (LinkClosed, CommandError, TimeoutError) as exc:
-                log.warning("%s to front %s failed: %s", cmd, fl.name, exc)
+        fronts = [fl for fl in list(self.fronts.values()) if fl.ready]
+        await asyncio.gather(*(self._send(fl, cmd, args) for fl in fronts))
 
-        await asyncio.gather(*(one(fl) for fl in list(self.fronts.values())))
+    async def _send(self, fl: FrontLink, cmd: str, args: dict[str, Any]) -> None:
+        try:
+            await fl.link.request(cmd, args, timeout=max(1.0, self.main.heartbeat_timeout))
+        except (LinkClosed, CommandError, TimeoutError) as exc:
+            # A front that misses a delta is closed: it re-syncs from a whole view.
+            log.warning("%s to front %s failed: %s", cmd, fl.name, exc)
+            await fl.link.close(f"{cmd} failed")
 
     # -- the view -----------------------------------------------------------------------
 
@@ -221,24 +228,42 @@ class FrontHub:
             if not self.fronts:
                 continue
             try:
-                async with self._push_lock:
-                    await self._push_changes()
+                await self._push_changes()
                 if time.monotonic() >= next_revocations:
                     next_revocations = time.monotonic() + REVOCATIONS_EVERY
                     await self._push_revocations()
             except Exception:  # a bug must not stop the view: fronts would route on old data
                 log.exception("pushing the view to the fronts failed")
 
-    async def _push_changes(self) -> None:
-        """Send the fronts every event whose routes changed since the last push."""
+    async def _snapshot(self) -> dict[int, dict[str, Any]]:
         infos = await self.main.event_infos()
-        now = {eid: self.main.routes(eid, info).to_wire() for eid, info in infos.items()}
-        changed = {str(eid): w for eid, w in now.items() if self._last.get(eid) != w}
-        gone = [eid for eid in self._last if eid not in now]
-        self._last = now
-        if changed or gone:
+        return {eid: self.main.routes(eid, info).to_wire() for eid, info in infos.items()}
+
+    async def _push_changes(self) -> None:
+        """Send each front the events whose routes changed since what it was last sent."""
+        now = await self._snapshot()
+        sends = []
+        for fl in list(self.fronts.values()):
+            if not fl.ready:
+                continue
+            changed = {str(eid): w for eid, w in now.items() if fl.sent.get(eid) != w}
+            gone = [eid for eid in fl.sent if eid not in now]
+            if changed or gone:
+                fl.sent = now
+                sends.append(self._send(fl, ToFront.VIEW, {"events": changed, "gone": gone}))
+        if sends:
             self.pushes += 1
-            await self._broadcast(ToFront.VIEW, {"events": changed, "gone": gone})
+            await asyncio.gather(*sends)
+
+    async def in_sync(self, timeout: float = 5.0) -> None:
+        """Until every linked front has been sent the current view (tests, benchmarks)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                now = await self._snapshot()
+                if all(fl.ready and fl.sent == now for fl in self.fronts.values()):
+                    await asyncio.sleep(self.view_interval)  # sent; now also applied
+                    return
+                await asyncio.sleep(self.view_interval / 2)
 
     async def _push_revocations(self) -> None:
         revoked = await self.main.revoked_sessions()

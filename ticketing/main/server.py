@@ -38,7 +38,7 @@ from ..metrics import MainMetrics
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import Range, count, cut, parse_ranges, shares
 from ..tls import Credentials, PemSource, check_peer, client_context
-from ..tokens import TokenSigner
+from ..tokens import KeyRing, TokenSigner
 from ..wire import Sale, ToMain, ToShard
 from .fronts import FrontHub
 from .stock import EventRoutes, Route, StockView
@@ -163,6 +163,7 @@ class MainServer:
         self._links: list[ShardLink] = []  # every shard we keep linked, named or not yet
         self._closed = False
         self.front_keys: dict[str, str] = {}  # certified front keys (name -> public hex)
+        self.front_ring = KeyRing()  # the same keys, to check what fronts sign for main
         self.fronts: FrontHub | None = None  # serve_fronts() starts it
         self.metrics = MainMetrics()  # this server's own registry (in-process tests run many)
 
@@ -662,6 +663,7 @@ class MainServer:
         tokens are refused from then on). A shard offline now gets them at its sync.
         """
         self.front_keys = dict(keys)
+        self.front_ring.replace(keys)
         await asyncio.gather(*(self._send_front_keys(s) for s in self.online_shards()))
 
     async def _send_front_keys(self, sl: ShardLink, link: Link | None = None) -> None:
