@@ -90,12 +90,17 @@ class EventRoutes:
         return None
 
     def out_of_reach(self) -> EventRoutes:
-        """The same stock seen from a front cut off from main: all of it stranded."""
+        """The same stock seen from a front cut off from main: all of it stranded.
+
+        The shards keep their link flags (they may well be up: "please wait", not
+        "no shard online"), but every unsold ticket counts as out of reach.
+        """
+        held = self.unassigned + sum(s.stock for s in self.shards)
         return replace(
             self,
             unassigned=0,
-            shards=tuple(replace(s, online=False) for s in self.shards)
-            + ((Route("main", "", False, self.unassigned),) if self.unassigned else ()),
+            shards=tuple(replace(s, stock=0) for s in self.shards)
+            + ((Route("(unreachable)", "", False, held),) if held else ()),
         )
 
     def to_wire(self) -> dict[str, Any]:
