@@ -654,6 +654,8 @@ class MainServer:
         await self.start()
         if self.fronts is None:
             self.fronts = FrontHub(self)
+        if self.fronts.port is not None:
+            return self.fronts.port  # already listening
         return await self.fronts.listen(port, host)
 
     async def certify_fronts(self, keys: dict[str, str]) -> None:
