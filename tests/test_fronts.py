@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import subprocess
 from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -184,3 +186,125 @@ async def test_main_restarts_mid_sale_with_fronts_up(tmp_path: Path) -> None:
         assert len(ids) == len(set(ids)) == 40
         audit = await main.audit()
         assert audit.exact and audit.held == 40
+
+
+# -- several hosts for real: one network namespace per process -----------------------------
+
+
+class Segment:
+    """A bridge here (198.18.N.1, main's host) and one namespace per other host on it."""
+
+    def __init__(self, hosts: list[str]) -> None:
+        tag = os.getpid() % 10_000
+        octet = 50 + os.getpid() % 40  # a /24 of 198.18.0.0/15 per test process
+        self.bridge = f"tkb{tag}"
+        self.main = f"198.18.{octet}.1"
+        self.hosts = {h: (f"tkf{tag}-{i}", f"198.18.{octet}.{i + 2}") for i, h in enumerate(hosts)}
+        self._links: list[str] = []
+
+    def create(self) -> Segment:
+        run = _ip
+        try:
+            run("link", "add", self.bridge, "type", "bridge")
+            run("addr", "add", f"{self.main}/24", "dev", self.bridge)
+            run("link", "set", self.bridge, "up")
+            for i, (ns, addr) in enumerate(self.hosts.values()):
+                outer, inner = f"{self.bridge}o{i}", f"{self.bridge}i{i}"
+                run("netns", "add", ns)
+                run("link", "add", outer, "type", "veth", "peer", "name", inner)
+                self._links.append(outer)
+                run("link", "set", inner, "netns", ns)
+                run("link", "set", outer, "master", self.bridge, "up")
+                run("-n", ns, "addr", "add", f"{addr}/24", "dev", inner)
+                run("-n", ns, "link", "set", inner, "up")
+                run("-n", ns, "link", "set", "lo", "up")
+        except subprocess.CalledProcessError:
+            self.remove()
+            raise
+        return self
+
+    def prefix(self, host: str) -> list[str]:
+        return ["ip", "netns", "exec", self.hosts[host][0]]
+
+    def addr(self, host: str) -> str:
+        return self.hosts[host][1]
+
+    def remove(self) -> None:
+        for outer in self._links:
+            subprocess.run(["ip", "link", "del", outer], capture_output=True)
+        for ns, _ in self.hosts.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+async def test_main_two_fronts_and_two_shards_on_five_hosts(tmp_path: Path) -> None:
+    from tests.test_faults_live import _netns_unavailable
+    from ticketing.cluster import (
+        LOAD_TEST_MAIN_ARGS,
+        LOAD_TEST_SHARD_ARGS,
+        FrontProcess,
+        ShardProcess,
+    )
+    from ticketing.front.server import RedirectServer
+    from ticketing.main.server import MainServer
+    from ticketing.tls import write_cluster_keys
+
+    reason = _netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    seg = Segment(["shard-1", "shard-2", "front-1", "front-2"]).create()
+    procs: list = []
+    try:
+        addrs = tuple(seg.addr(h) for h in seg.hosts) + (seg.main,)
+        keys = write_cluster_keys(
+            tmp_path / "keys", shard_names(2), addrs, fronts=["front-1", "front-2"]
+        )
+        for name in shard_names(2):
+            args = [
+                *("-m", "ticketing", "shard", "--name", name, "--keys", str(keys)),
+                *("--data", str(tmp_path), "--host", seg.addr(name)),
+                *("--tls-port=0", "--https-port=0", *LOAD_TEST_SHARD_ARGS),
+            ]
+            procs.append(await ShardProcess.spawn(name, args, prefix=seg.prefix(name)))
+        main = MainServer(data_dir=tmp_path)
+        main.set_certificate_path(keys)
+        async with main:
+            for p in procs:
+                await main.connect_client_server(seg.addr(p.name), p.tls_port, p.https_port)
+            async with RedirectServer(main) as market:
+                market_port = await market.create_server(0, seg.main)
+                link_port = await main.serve_fronts(0, seg.main)
+                fronts = []
+                for name in ("front-1", "front-2"):
+                    front = await FrontProcess.launch(
+                        name,
+                        keys,
+                        f"{seg.main}:{link_port}",
+                        market=f"https://{seg.main}:{market_port}",
+                        host=seg.addr(name),
+                        extra_args=LOAD_TEST_MAIN_ARGS,
+                        prefix=seg.prefix(name),
+                    )
+                    procs.append(front)
+                    fronts.append(f"https://{seg.addr(name)}:{front.port}/")
+                await eventually(lambda: len(main.front_keys) == 2, 10.0)
+                await main.init_tickets("Five hosts", "", "10", 30)
+                await main.distribute_tickets()
+                assert main.fronts
+                await main.fronts.in_sync()
+                outcomes = await crowd(
+                    fronts, ssl.create_default_context(cafile=str(keys / "ca.crt")), 40
+                )
+                ids = granted(outcomes)
+                assert Counter(o.kind for o in outcomes) == {"ticket": 30, "sold_out": 10}
+                assert len(ids) == len(set(ids)) == 30
+                audit = await main.audit()
+                assert audit.exact and audit.held == 30
+    finally:
+        for p in reversed(procs):
+            await p.stop()
+        seg.remove()
