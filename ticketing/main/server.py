@@ -374,7 +374,8 @@ class MainServer:
             a, r = await self._record(name, epoch, sales)
             accepted += a
             refused += r
-        await link.request(ToShard.FRONT_KEYS, {"keys": self.front_keys})
+        if self.front_keys:  # a new link starts with main's key only: nothing to revoke
+            await link.request(ToShard.FRONT_KEYS, {"keys": self.front_keys})
         pools = await ledger.shard_pools(name, rec.epoch)
         events = {str(e.id): e.public() for e in await ledger.events()}
         await link.request(
