@@ -4,6 +4,7 @@ ledger backend (SQLite by default; a module runs on both with
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,7 +17,7 @@ import pytest
 from tests.pgserver import ENV as POSTGRES_ENV
 from tests.pgserver import PostgresServer, find_bin, fresh_database
 from ticketing import ClientServer, MainServer, RedirectServer, write_cluster_keys
-from ticketing.cluster import LOAD_TEST_FRONT_OPTIONS
+from ticketing.cluster import LOAD_TEST_FRONT_OPTIONS, FrontProcess
 
 SHARD_NAMES = [f"shard-{i}" for i in range(1, 6)]
 BACKENDS = ["sqlite", "postgresql"]
@@ -54,8 +55,10 @@ async def ledger_url(ledger_backend: str, request: pytest.FixtureRequest) -> str
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's own `keys` output: a CA, main, shard-1..shard-5."""
-    return write_cluster_keys(tmp_path_factory.mktemp("keys"), SHARD_NAMES)
+    """The project's own `keys` output: a CA, main, shard-1..shard-5, front-1..front-2."""
+    return write_cluster_keys(
+        tmp_path_factory.mktemp("keys"), SHARD_NAMES, fronts=["front-1", "front-2"]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +80,33 @@ class Cluster:
     main: MainServer
     shards: list[ClientServer] = field(default_factory=list)
     redirect: RedirectServer | None = None
+    fronts: list[FrontProcess] = field(default_factory=list)
 
     @property
     def front(self) -> str:
+        """Where browsers go: the first front process if any, else main's own front."""
+        if self.fronts:
+            return f"https://127.0.0.1:{self.fronts[0].port}/"
         assert self.redirect and self.redirect.port
         return f"https://127.0.0.1:{self.redirect.port}/"
+
+    async def add_front_process(self, name: str = "front-1") -> FrontProcess:
+        """A ``ticketing front`` process in front of this main (its marketplace proxied)."""
+        assert self.redirect and self.redirect.port
+        link_port = await self.main.serve_fronts(0)
+        front = await FrontProcess.launch(
+            name,
+            self.keys,
+            f"127.0.0.1:{link_port}",
+            market=f"https://127.0.0.1:{self.redirect.port}",
+        )
+        self.fronts.append(front)
+        async with asyncio.timeout(10):
+            while name not in self.main.front_keys:  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.02)
+        assert self.main.fronts
+        await self.main.fronts.in_sync()
+        return front
 
     async def add_shard(self, name: str, *, connect: bool = True, **opts: Any) -> ClientServer:
         shard = ClientServer(name, data_dir=self.data, **opts)
@@ -94,6 +119,8 @@ class Cluster:
         return shard
 
     async def close(self) -> None:
+        for front in self.fronts:
+            await front.stop()
         if self.redirect:
             await self.redirect.close()
         await self.main.close()

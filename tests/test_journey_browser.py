@@ -63,10 +63,14 @@ async def pay(page: Any) -> None:
     )
 
 
-async def test_the_whole_journey(make_cluster) -> None:
+@pytest.mark.parametrize("door", ["embedded", "front-process"])
+async def test_the_whole_journey(make_cluster, door: str) -> None:
+    """``front-process``: the browser talks only to a separate ``ticketing front``."""
     from playwright.async_api import expect
 
     shop = await open_shop(make_cluster, shards=2, tickets=4, hold=120.0)
+    if door == "front-process":
+        await shop.cluster.add_front_process()
     async with browser_context() as ann_context:
         ann = await open_front(ann_context, shop)
         await sign_up(ann, "ann@example.com")
@@ -78,7 +82,9 @@ async def test_the_whole_journey(make_cluster) -> None:
         assert int(ann.url.split(":")[2].split("/")[0]) in shard_ports
         ticket = await ann.text_content(tid("ticket-id"))
         assert ticket and ticket.startswith(f"{shop.event}-")
-        await ann.screenshot(path=str(artifact("journey-1-shard-ticket.png")), full_page=True)
+        await ann.screenshot(
+            path=str(artifact(f"journey-1-shard-ticket-{door}.png")), full_page=True
+        )
 
         # Checkout on the front, with the test card.
         await ann.click(tid("checkout-link"))

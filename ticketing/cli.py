@@ -1,4 +1,4 @@
-"""The ``ticketing`` command: keys, shard, main, redirect, cluster, audit, event, bench."""
+"""The ``ticketing`` command: keys, shard, front, main, redirect, cluster, audit, event, bench."""
 
 from __future__ import annotations
 
@@ -33,9 +33,37 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, int]], use_uvloop: bool = Fal
 
 def cmd_keys(args: argparse.Namespace) -> int:
     names = args.shard or [f"shard-{i}" for i in range(1, args.shards + 1)]
-    out = write_cluster_keys(args.dir, names, tuple(args.host or DEFAULT_HOSTS))
-    print(f"wrote the cluster CA, main and {', '.join(names)} to {out}/")
+    fronts = args.front or [f"front-{i}" for i in range(1, args.fronts + 1)]
+    out = write_cluster_keys(args.dir, names, tuple(args.host or DEFAULT_HOSTS), fronts=fronts)
+    print(f"wrote the cluster CA, main and {', '.join(names + fronts)} to {out}/")
     return 0
+
+
+# -- front -------------------------------------------------------------------------
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from .front.node import FrontServer
+
+    async def run() -> int:
+        host, port = args.main.rsplit(":", 1)
+        front = FrontServer(
+            args.name,
+            main_host=host.strip("[]"),
+            main_port=int(port),
+            market_url=args.market,
+            **_heartbeats(args),
+            **_front_options(args),
+        )
+        front.set_certificate_path(args.keys)
+        async with front:
+            bound = await front.create_server(args.port, args.host)
+            stop = stop_signal()
+            print("READY " + json.dumps({"port": bound}), flush=True)
+            await wait_for_stop(stop)
+        return 0
+
+    return _run(run, args.uvloop)
 
 
 # -- shard --------------------------------------------------------------------
@@ -87,12 +115,16 @@ def cmd_main(args: argparse.Namespace) -> int:
                 host, tls, https = _parse_shard(spec)
                 print(f"linked {await main.connect_client_server(host, tls, https)}", flush=True)
             await _maybe_create_event(main, args)
+            ready: dict[str, Any] = {}
+            if args.front_port is not None:  # fronts dial in here
+                ready["front_port"] = await main.serve_fronts(args.front_port, args.host)
+                print(f"front link port: {args.host}:{ready['front_port']}", flush=True)
             async with RedirectServer(main, **_front_options(args)) as redirect:
                 port = await redirect.create_server(args.port, args.host)
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
                 print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
                 stop = stop_signal()
-                print("READY " + json.dumps({"port": port}), flush=True)
+                print("READY " + json.dumps({"port": port, **ready}), flush=True)
                 await wait_for_stop(stop)
                 await drain_main(main, redirect, args.drain_timeout)
         return 0
@@ -123,6 +155,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             shard_names(args.shards),
             host=args.host,
             redirect_port=args.port,
+            fronts=args.fronts,
             main_options={
                 "ledger_url": args.ledger,
                 "hold_seconds": args.hold_seconds,
@@ -136,6 +169,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             await _maybe_create_event(cluster.main, args)
             for p in cluster.processes:
                 print(f"  {p.name}: pid {p.pid}, link port {p.tls_port}, https port {p.https_port}")
+            for f in cluster.front_processes:
+                print(f"  {f.name}: pid {f.pid}, https://{args.host}:{f.port}/")
             print(f"\nOpen {cluster.front_url} in a browser to get a ticket.")
             print(f"Accounts, checkout, resale, waiting list: {cluster.front_url}app/")
             print(
@@ -384,8 +419,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default="keys", help="where to write them")
     p.add_argument("--shards", type=int, default=2, help="shard-1..shard-N")
     p.add_argument("--shard", action="append", help="explicit shard names (repeatable)")
+    p.add_argument("--fronts", type=int, default=0, help="front-1..front-N (front processes)")
+    p.add_argument("--front", action="append", help="explicit front names (repeatable)")
     p.add_argument("--host", action="append", help="host names/IPs in the certificates")
     p.set_defaults(fn=cmd_keys)
+
+    p = _role(sub, "front", "run one front-door process (it dials main's --front-port)")
+    p.add_argument("--name", default="front-1", help="this front's name, as in its certificate")
+    p.add_argument("--keys", default="keys", help="directory with ca.crt and NAME.crt/.key")
+    p.add_argument("--main", default="127.0.0.1:9000", help="main's front link port, HOST:PORT")
+    p.add_argument(
+        "--market", help="main's own front (https://HOST:PORT) that serves /app/ and /api/v1"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address browsers reach this front on")
+    p.add_argument("--port", type=int, default=8443, help="HTTPS port for browsers")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop (the bench extra)")
+    _failure_options(p, main=False)
+    _front_parser_options(p)
+    p.set_defaults(fn=cmd_front)
 
     p = _role(sub, "shard", "run one shard (client server)")
     p.add_argument("--name", help="this shard's name, as in its certificate (required)")
@@ -414,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
         _ledger_option(p)
         p.add_argument("--host", default="127.0.0.1", help="address the redirect server binds")
         p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
+        p.add_argument(
+            "--front-port", type=int, help="mutual-TLS port front processes dial (default: none)"
+        )
         _event_options(p, 0)
         _failure_options(p, main=True)
         _front_parser_options(p)
@@ -425,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     _ledger_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address every server binds")
     p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
+    p.add_argument(
+        "--fronts",
+        type=int,
+        default=0,
+        help="front processes (0: the front runs inside main); they get ports --port+1...",
+    )
     _event_options(p, 100)
     _failure_options(p, main=True)
     p.set_defaults(fn=cmd_cluster)
@@ -471,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * args.verbose
     if getattr(args, "log_level", None):
         level = getattr(logging, args.log_level.upper())
-    node = getattr(args, "name", None) if args.command == "shard" else "main"
+    node = getattr(args, "name", None) if args.command in ("shard", "front") else "main"
     setup_logging(
         getattr(args, "log_format", "text"), level=level, role=args.command, node=node or "-"
     )

@@ -1,5 +1,9 @@
 """A local cluster on this machine: main + redirect in this process, shards as processes.
 
+With ``fronts=F`` it also starts F front processes (``ticketing front``) that dial
+main's front link port; browsers then use them, and main's own front stays as the
+marketplace backend they proxy to.
+
 Used by ``ticketing cluster``, the benchmark and the multi-process tests. Shard
 processes print one ``READY {json}`` line with their bound ports; they are stopped
 by PID (SIGTERM, then SIGKILL after a grace period), never by name.
@@ -168,6 +172,37 @@ class ShardProcess(Child):
 
 
 @dataclass
+class FrontProcess(Child):
+    """A ``ticketing front`` process; its READY line gives the bound HTTPS port."""
+
+    @property
+    def port(self) -> int:
+        return int(self.ready["port"])
+
+    @classmethod
+    async def launch(
+        cls,
+        name: str,
+        keys: Path,
+        main: str,
+        *,
+        market: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra_args: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+        ready_timeout: float = 30.0,
+    ) -> FrontProcess:
+        args = [
+            *("-m", "ticketing", "front", "--name", name, "--keys", str(keys)),
+            *("--main", main, "--host", host, "--port", str(port)),
+            *(("--market", market) if market else ()),
+            *extra_args,
+        ]
+        return await cls.spawn(name, args, timeout=ready_timeout, prefix=prefix)
+
+
+@dataclass
 class LocalCluster:
     """Main and the redirect in this process, ``shards`` shard processes."""
 
@@ -181,9 +216,13 @@ class LocalCluster:
     # A crowd from 127.0.0.1 stands for thousands of buyers (tests, benchmarks): lift the
     # per-address connection caps and admission rate limits. Never on a public front.
     load_test: bool = False
+    fronts: int = 0  # front processes (0: browsers use main's embedded front)
+    front_args: Sequence[str] = ()
     main: MainServer | None = None
     redirect: RedirectServer | None = None
     processes: list[ShardProcess] = field(default_factory=list)
+    front_processes: list[FrontProcess] = field(default_factory=list)
+    front_link_port: int | None = None
 
     @property
     def keys(self) -> Path:
@@ -191,15 +230,56 @@ class LocalCluster:
 
     @property
     def front_url(self) -> str:
+        """Where browsers go: the first front process, else main's embedded front."""
+        return self.front_urls[0]
+
+    @property
+    def front_urls(self) -> list[str]:
+        if self.front_processes:
+            return [f"https://{self.host}:{f.port}/" for f in self.front_processes]
         assert self.redirect and self.redirect.port
-        return f"https://{self.host}:{self.redirect.port}/"
+        return [f"https://{self.host}:{self.redirect.port}/"]
+
+    def front_names(self) -> list[str]:
+        return [f"front-{i}" for i in range(1, self.fronts + 1)]
+
+    async def add_front(self, name: str, port: int = 0) -> FrontProcess:
+        """Start one more front process (mid-sale is fine: it dials main)."""
+        assert self.main and self.redirect and self.front_link_port
+        if not (self.keys / f"{name}.crt").exists():
+            write_cluster_keys(self.keys, [], include_main=False, fronts=[name])
+        lifted = LOAD_TEST_MAIN_ARGS if self.load_test else ()
+        front = await FrontProcess.launch(
+            name,
+            self.keys,
+            f"{self.host}:{self.front_link_port}",
+            market=f"https://{self.host}:{self.redirect.port}",
+            host=self.host,
+            port=port,
+            extra_args=[*lifted, *self.front_args],
+        )
+        self.front_processes.append(front)
+        async with asyncio.timeout(10):  # routable only once main certified its key
+            while name not in self.main.front_keys:  # noqa: ASYNC110 (another process's hello)
+                await asyncio.sleep(0.02)
+        return front
+
+    async def fronts_in_sync(self, timeout: float = 5.0) -> None:
+        """Until every front process has main's current view (e.g. of a new event)."""
+        assert self.main
+        if self.main.fronts is not None:
+            await self.main.fronts.in_sync(timeout)
 
     async def start(self) -> LocalCluster:
         keys = self.keys
-        missing = [n for n in ["main", *self.shard_names] if not (keys / f"{n}.crt").exists()]
+        nodes = ["main", *self.shard_names, *self.front_names()]
+        missing = [n for n in nodes if not (keys / f"{n}.crt").exists()]
         if missing:
             write_cluster_keys(
-                keys, [n for n in self.shard_names if n in missing], include_main="main" in missing
+                keys,
+                [n for n in self.shard_names if n in missing],
+                include_main="main" in missing,
+                fronts=[n for n in self.front_names() if n in missing],
             )
         try:
             self.processes = list(
@@ -218,6 +298,11 @@ class LocalCluster:
                 await self.main.connect_client_server(self.host, p.tls_port, p.https_port)
             self.redirect = RedirectServer(self.main, **self._redirect_options())
             await self.redirect.create_server(self.redirect_port, self.host)
+            if self.fronts:
+                self.front_link_port = await self.main.serve_fronts(0, self.host)
+                base = self.redirect_port + 1 if self.redirect_port else 0
+                for i, name in enumerate(self.front_names()):
+                    await self.add_front(name, base + i if base else 0)
         except BaseException:
             await self.stop()
             raise
@@ -233,6 +318,7 @@ class LocalCluster:
         return {**LOAD_TEST_FRONT_OPTIONS, **self.redirect_options}
 
     async def stop(self) -> None:
+        await asyncio.gather(*(f.stop() for f in self.front_processes))
         if self.redirect:
             await self.redirect.close()
         if self.main:

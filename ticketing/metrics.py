@@ -54,6 +54,7 @@ def refusal_reason(message: str) -> str:
     for needle, reason in (
         ("expired", "expired"),
         ("signature", "forged"),
+        ("uncertified", "uncertified"),
         ("already used", "replayed"),
         ("another shard", "other_shard"),
         ("malformed", "malformed"),
@@ -229,7 +230,7 @@ class ShardMetrics(_Metrics):
         self.upgrades = Counter(
             "ticketing_shard_admissions_total",
             "WSS upgrades by outcome: admitted, or refused with a reason (forged, expired,"
-            " replayed, other_shard, malformed, conflict, not_linked, draining, other)",
+            " replayed, other_shard, malformed, uncertified, conflict, not_linked, draining, other)",
             ["outcome"],
             registry=r,
         )

@@ -1,7 +1,8 @@
 """Cluster keys and TLS contexts.
 
-The cluster CA issues one certificate per node. A node's **role** (``main`` or
-``shard``) is the subject's OU and its **name** (``main``, ``shard-1``...) the CN, so
+The cluster CA issues one certificate per node. A node's **role** (``main``,
+``shard`` or ``front``) is the subject's OU and its **name** (``main``, ``shard-1``,
+``front-1``...) the CN, so
 after the handshake each side checks not only the chain but who the peer is.
 ECDSA P-256 keys, TLS 1.3 only, client certificates required on the link.
 """
@@ -13,6 +14,7 @@ import ipaddress
 import os
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError, PeerRejected
 
-ROLES = ("main", "shard")
+ROLES = ("main", "shard", "front")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 ORGANIZATION = "ticketing"
 
@@ -150,10 +152,11 @@ def write_cluster_keys(
     hosts: tuple[str, ...] = DEFAULT_HOSTS,
     *,
     include_main: bool = True,
+    fronts: Sequence[str] = (),
 ) -> Path:
-    """Write (or extend) a cluster's keys: ``ca.*``, ``main.*``, ``<shard>.*``.
+    """Write (or extend) a cluster's keys: ``ca.*``, ``main.*``, ``<shard>.*``, ``<front>.*``.
 
-    An existing CA in ``directory`` is reused, so shards can be added later.
+    An existing CA in ``directory`` is reused, so shards and fronts can be added later.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +166,11 @@ def write_cluster_keys(
         _write(out / "ca.key", _key_pem(loaded[0]), private=True)
         _write(out / "ca.crt", loaded[1].public_bytes(serialization.Encoding.PEM))
     ca_key, ca_cert = loaded
-    nodes = ([("main", "main")] if include_main else []) + [("shard", s) for s in shards]
+    nodes = (
+        ([("main", "main")] if include_main else [])
+        + [("shard", s) for s in shards]
+        + [("front", f) for f in fronts]
+    )
     for role, name in nodes:
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"bad node name {name!r}")

@@ -2,7 +2,9 @@
 
 Main holds the private key and signs; shards get only the public key (sent in the
 hello of the mutual-TLS link), so they verify a token without a round trip and
-cannot mint one themselves.
+cannot mint one themselves. Fronts sign admission tokens with their own keys, named
+by a key id (``kid`` in the payload); main certifies which front keys are valid and
+tells the shards, which verify against a :class:`KeyRing` of certified keys.
 
 Wire form: ``base64url(json payload) "." base64url(signature)``; the payload always
 carries ``exp`` (unix seconds) and ``typ`` so an admission token is never accepted
@@ -40,11 +42,22 @@ def _b64d(text: str) -> bytes:
 
 
 class TokenSigner:
-    """Signs payloads with an Ed25519 private key."""
+    """Signs payloads with an Ed25519 private key.
 
-    def __init__(self, private_key: Ed25519PrivateKey | None = None, *, clock: Clock = time.time):
+    ``kid``: the key's name, put in every payload so a :class:`KeyRing` knows which
+    key to check it with (None: main's own key, the ring's default).
+    """
+
+    def __init__(
+        self,
+        private_key: Ed25519PrivateKey | None = None,
+        *,
+        clock: Clock = time.time,
+        kid: str | None = None,
+    ):
         self.private_key = private_key or Ed25519PrivateKey.generate()
         self.clock = clock
+        self.kid = kid
 
     @property
     def public_key_bytes(self) -> bytes:
@@ -57,6 +70,8 @@ class TokenSigner:
 
     def sign(self, typ: str, claims: dict[str, Any], ttl: float) -> str:
         payload = dict(claims, typ=typ, exp=round(self.clock() + ttl, 3))
+        if self.kid is not None:
+            payload["kid"] = self.kid
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         return _b64e(body) + "." + _b64e(self.private_key.sign(body))
 
@@ -69,6 +84,7 @@ class TokenVerifier:
             self.public_key = Ed25519PublicKey.from_public_bytes(public_key)
         except ValueError as exc:
             raise TokenError("bad public key") from exc
+        self.public_bytes = public_key
         self.clock = clock
 
     def verify(self, token: str, typ: str) -> dict[str, Any]:
@@ -93,6 +109,53 @@ class TokenVerifier:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or exp <= self.clock():
             raise TokenError("expired")
+        return claims
+
+
+class KeyRing:
+    """The certified signing keys: a token is checked with the key its ``kid`` names.
+
+    A token without ``kid`` is checked with the ``default`` key (main's own). An
+    unknown ``kid`` (an uncertified or revoked front) is refused without trying any
+    other key, so a forged token costs one JSON parse and no signature check.
+    """
+
+    def __init__(self, default: TokenVerifier | None = None, *, clock: Clock = time.time):
+        self.default = default
+        self.clock = clock
+        self._keys: dict[str, TokenVerifier] = {}
+
+    def __contains__(self, kid: object) -> bool:
+        return kid in self._keys
+
+    def kids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def replace(self, keys: dict[str, str]) -> None:
+        """Certify exactly ``keys`` (kid -> public key hex); every other kid is revoked."""
+        fresh: dict[str, TokenVerifier] = {}
+        for kid, hexkey in keys.items():
+            old = self._keys.get(kid)
+            raw = bytes.fromhex(hexkey)
+            fresh[kid] = (
+                old if old and old.public_bytes == raw else TokenVerifier(raw, clock=self.clock)
+            )
+        self._keys = fresh
+
+    def verify(self, token: str, typ: str) -> dict[str, Any]:
+        """The claims, or :class:`TokenError` (``uncertified key`` for an unknown kid)."""
+        if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
+            raise TokenError("malformed")
+        try:  # peek at the (unverified) kid only to pick the key
+            kid = json.loads(_b64d(token.split(".")[0])).get("kid")
+        except (ValueError, AttributeError) as exc:
+            raise TokenError("malformed") from exc
+        verifier = self.default if kid is None else self._keys.get(kid)
+        if verifier is None:
+            raise TokenError("uncertified key")
+        claims = verifier.verify(token, typ)
+        if claims.get("kid") != kid:
+            raise TokenError("malformed")
         return claims
 
 

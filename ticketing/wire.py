@@ -1,6 +1,8 @@
 """Cross-process contracts, defined once and imported by every side.
 
-- link commands: :class:`ToMain` (a shard asks main), :class:`ToShard` (main asks a shard);
+- link commands: :class:`ToMain` (a shard asks main), :class:`ToShard` (main asks a
+  shard), :class:`ToFront` (main tells a front); a front dials main and its hello
+  carries its signing key (:data:`FRONT_HELLO_KEY`);
 - :class:`Sale`, a grant as it travels from a shard to main in ``report_sales``;
 - signed tokens: :class:`Admission` (the front signs, the shard verifies) and
   :class:`SessionClaims` (main signs, the front and the market verify), each with
@@ -17,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from .errors import TokenError
-from .tokens import TokenSigner, TokenVerifier
+from .tokens import KeyRing, TokenSigner, TokenVerifier
 
 # Token types: an admission token is never accepted as a session token, or the reverse.
 ADMISSION = "admission"
@@ -41,6 +43,23 @@ class ToShard(StrEnum):
     RELEASE = "release"  # {"event", "count", "epoch"} -> {"ranges"}
     STATUS = "status"
     PING = "ping"
+    # {"keys": {kid: public key hex}}: exactly the front keys certified now (a kid
+    # not in it is revoked); sent when a front links or unlinks, and on every sync.
+    FRONT_KEYS = "front_keys"
+
+
+class ToFront(StrEnum):
+    """Commands main sends to a front (after the front's hello)."""
+
+    # {"events": {id: EventRoutes wire}, "gone": [id]}: the routing view, as deltas
+    # per event (only events that changed), coalesced by main (``view_interval``).
+    VIEW = "view"
+    KEYS = "keys"  # {"keys": {kid: hex}}: certified keys (for place tokens of other fronts)
+    REVOKED = "revoked"  # {"sessions": [[sid, exp]]}: signed-out sessions
+    PING = "ping"
+
+
+FRONT_HELLO_KEY = "token_key"  # the front's Ed25519 public key (hex) in its hello
 
 
 PLACE = "place"  # a visitor's place in line, signed by the front (front/admission.py)
@@ -158,7 +177,7 @@ class Admission:
         return signer.sign(ADMISSION, self.claims(), ttl)
 
     @classmethod
-    def verify(cls, verifier: TokenVerifier, token: str) -> Admission:
+    def verify(cls, verifier: TokenVerifier | KeyRing, token: str) -> Admission:
         """The admission a token carries, or :class:`TokenError` saying why not."""
         return cls.from_claims(verifier.verify(token, ADMISSION))
 
@@ -195,7 +214,7 @@ class Place:
         return signer.sign(PLACE, self.claims(), ttl)
 
     @classmethod
-    def verify(cls, verifier: TokenVerifier, token: str) -> Place:
+    def verify(cls, verifier: TokenVerifier | KeyRing, token: str) -> Place:
         return cls.from_claims(verifier.verify(token, PLACE))
 
 

@@ -6,8 +6,12 @@ Ed25519-signed by main) and answer ``302`` to the shard's page. The visitor id i
 random id kept in an HttpOnly cookie, so one browser is one visitor. Sold out or no
 shard online: a clear page, or JSON for clients that ``Accept: application/json``.
 
-It runs in the main server's process (it needs main's stock counts and key); the
-marketplace API (``api.py``) is mounted on the same app when given.
+:class:`FrontDoor` is the admission path, reading a
+:class:`~ticketing.front.source.RoutingSource`. :class:`RedirectServer` is the
+embedded front (``--fronts 0``): in main's process, routing on main's live state,
+signing with main's key, with the marketplace (``api.py``) and dashboard mounted on
+the same app. A front process (``front/node.py``, ``FrontServer``) routes on the
+view main pushes and signs with its own certified key.
 
 Abuse: admissions are rate-limited per client address and per visitor (429 with
 ``Retry-After``); connections go through a :class:`~ticketing.edge.ConnectionGate`
@@ -25,7 +29,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 
@@ -35,16 +39,18 @@ from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
 from ..logs import add_secret
 from ..main.server import MainServer
+from ..main.stock import Route
 from ..metrics import FrontMetrics
 from ..operator import operator_token_from_env
 from ..ratelimit import Rate, RateLimiter, retry_after
 from ..tls import browser_server_context
-from ..tokens import TokenVerifier
 from ..visitor import VISITOR_COOKIE, public_id, set_visitor_cookie, valid_visitor
 from ..wire import Admission, Place
 from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 from .dashboard import mount_dashboard
+from .forwarding import forwarded_client
 from .observe import metrics_handler, observe_middleware
+from .source import MainSource, RoutingSource
 
 if TYPE_CHECKING:
     from ..market import Market
@@ -126,12 +132,12 @@ async def _add_security_headers(request: web.Request, response: web.StreamRespon
         response.headers.setdefault(name, value)
 
 
-class RedirectServer:
-    """HTTPS redirector in front of the shards. ``async with RedirectServer(main)``."""
+class FrontDoor:
+    """The front door's HTTPS app and admission path, on any :class:`RoutingSource`."""
 
     def __init__(
         self,
-        main: MainServer,
+        source: RoutingSource,
         *,
         # Timeouts
         token_ttl: float = 60.0,
@@ -142,18 +148,15 @@ class RedirectServer:
         limits: EdgeLimits = FRONT_LIMITS,
         admissions_per_address: Rate | None = ADMISSIONS_PER_ADDRESS,
         admissions_per_visitor: Rate | None = ADMISSIONS_PER_VISITOR,
-        # TLS (default: main's own certificate)
+        # TLS for browsers (default: the subclass's own certificate)
         ssl_context: ssl.SSLContext | None = None,
         # The origin browsers use (e.g. "https://tickets.example"); default: the bound one
         public_origin: str | None = None,
-        setup: Callable[[web.Application], None] | None = None,
-        marketplace: bool = True,
     ) -> None:
-        self.main = main
+        self.source = source
         self.token_ttl = token_ttl
         self.place_ttl, self.retry_after = place_ttl, retry_after
         self.waiting = WaitingRoom(stale_after=4 * retry_after + 1.0)
-        self._verifier: TokenVerifier | None = None  # of our own place tokens
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits
         self.by_address = RateLimiter(admissions_per_address) if admissions_per_address else None
@@ -177,24 +180,20 @@ class RedirectServer:
                 web.get("/metrics", metrics_handler(self._exposition, lambda: self.operator_token)),
             ]
         )
-        mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
-        self.market: Market | None = None
-        if marketplace:  # the REST API and front page (api.py); False to mount your own
-            from ..market.api import mount_marketplace  # api imports this module
-
-            self.market = mount_marketplace(self.app, main)
-        if setup is not None:
-            setup(self.app)
+        self.market: Market | None = None  # the marketplace, when mounted in this process
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
 
+    def _tls_context(self) -> ssl.SSLContext:
+        raise NotImplementedError  # the subclass knows its certificate
+
+    async def _start(self) -> None:
+        """Runs before the port opens (the subclass's own start-up)."""
+
     async def create_server(self, port: int = 0, host: str = "127.0.0.1") -> int:
         """Serve HTTPS on ``host:port``; returns the bound port."""
-        await self.main.start()
-        ctx = self.ssl_context
-        if ctx is None:
-            assert self.main.credentials
-            ctx = browser_server_context(self.main.credentials)
+        await self._start()
+        ctx = self.ssl_context or self._tls_context()
         self.runner = web.AppRunner(
             self.app, access_log=None, keepalive_timeout=self.keepalive_timeout
         )
@@ -206,7 +205,7 @@ class RedirectServer:
         if self.public_origin is None:
             self.public_origin = origin_of(host, self.port)
             self.app[PUBLIC_ORIGINS].append(self.public_origin)
-        log.info("redirect server on https://%s:%d", host, self.port)
+        log.info("front door on https://%s:%d", host, self.port)
         return self.port
 
     async def close(self) -> None:
@@ -216,7 +215,7 @@ class RedirectServer:
         if self.gate is not None:
             self.gate.close()  # whatever is still mid-handshake
 
-    async def __aenter__(self) -> RedirectServer:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -225,17 +224,19 @@ class RedirectServer:
     # -- handlers -------------------------------------------------------------------
 
     async def handle_root(self, request: web.Request) -> web.StreamResponse:
-        events = await self.main.events()
-        if not events:
+        latest = await self.source.latest_event()
+        if latest is None:
+            if not self.source.linked:  # a front that has not heard from main yet
+                return self._admit_unknown(request)
             return self._answer(request, 404, "No event on sale", {"status": "no_event"})
-        return await self._admit(request, events[-1].id)
+        return await self._admit(request, latest)
 
     async def handle_event(self, request: web.Request) -> web.StreamResponse:
         return await self._admit(request, int(request.match_info["event_id"]))
 
     async def handle_health(self, request: web.Request) -> web.Response:
         """Up or down, nothing more (details: ``/api/v1/admin/status``, operators only)."""
-        up = bool(self.main.online_shards())
+        up = self.source.up()
         return web.json_response({"status": "up" if up else "down"}, status=200 if up else 503)
 
     def _throttled(self, request: web.Request, visitor: str | None) -> float:
@@ -248,12 +249,14 @@ class RedirectServer:
         return wait
 
     async def _exposition(self) -> bytes:
-        """Main's series and the front's (one process today, two registries)."""
-        return await self.main.metrics_exposition() + self.metrics.exposition()
+        """This front's series (the embedded front adds main's)."""
+        return self.metrics.exposition()
 
     async def _admit(self, request: web.Request, event_id: int) -> web.StreamResponse:
-        event = await self.main.event(event_id)
+        event = await self.source.event_info(event_id)
         if event is None:
+            if not self.source.linked:  # maybe it exists: main will tell when back
+                return self._admit_unknown(request, event_id)
             return self._answer(request, 404, "No such event", {"status": "no_event"})
         visitor = request.cookies.get(VISITOR_COOKIE, "")
         fresh = not valid_visitor(visitor)
@@ -269,14 +272,15 @@ class RedirectServer:
             )
             limited.headers["Retry-After"] = retry_after(wait)
             return limited
-        info = {"event": event.public()}
+        info = {"event": event}
         resp: web.StreamResponse
         place, arrived = self._place(request, visitor, event_id)
-        view = self.main.stock_view(event_id)
+        routes = self.source.routes(event_id)
+        # The one place where "admit this visitor now or not" is decided.
         answer = choose_answer(
-            view, waiting_ahead=self.waiting.ahead(place, arrived, time.monotonic())
+            routes.view(), waiting_ahead=self.waiting.ahead(place, arrived, time.monotonic())
         )
-        shard = self.main.pick_shard(event_id) if answer is Answer.REDIRECT else None
+        shard = routes.pick() if answer is Answer.REDIRECT else None
         if answer is Answer.REDIRECT and shard is None:  # counts moved under us
             answer = Answer.WAIT
         if shard is not None:
@@ -287,7 +291,7 @@ class RedirectServer:
             resp = self._answer(
                 request,
                 200,
-                f"{event.name}: sold out",
+                f"{event.get('name', 'This event')}: sold out",
                 {"status": "sold_out", **info},
                 "<p>Every ticket is taken right now. Tickets not paid for in time come"
                 " back on sale, first to the waiting list."
@@ -307,16 +311,13 @@ class RedirectServer:
     def _place(self, request: web.Request, visitor: str, event_id: int) -> tuple[str, float]:
         """The visitor's place in line: (nonce, arrival time), from its place token.
 
-        Only a token this front signed, for this visitor and event, counts; anything
+        Only a token a certified front signed, for this visitor and event, counts; anything
         else (none, forged, expired, another visitor's) is a new arrival now.
         """
         token = request.query.get("place", "")
         if token:
-            assert self.main.signer
-            if self._verifier is None:
-                self._verifier = self.main.signer.verifier()
             try:
-                held = Place.verify(self._verifier, token)
+                held = Place.verify(self.source.places, token)
             except TokenError:
                 held = None
             if held is not None and held.visitor == public_id(visitor) and held.event == event_id:
@@ -324,17 +325,16 @@ class RedirectServer:
         return secrets.token_urlsafe(12), round(time.time(), 3)
 
     def _place_token(self, visitor: str, event_id: int, place: str, arrived: float) -> str:
-        assert self.main.signer
         # The visitor's public id: the place token rides in URLs too.
         held = Place(public_id(visitor), event_id, place, arrived)
-        return held.sign(self.main.signer, self.place_ttl)
+        return held.sign(self.source.signer, self.place_ttl)
 
     def _redirect(
         self,
         request: web.Request,
         visitor: str,
         event_id: int,
-        shard: Any,
+        shard: Route,
         arrived: float,
         place: str,
         info: dict[str, Any],
@@ -347,8 +347,7 @@ class RedirectServer:
             arrived=arrived,
             front=self.public_origin,  # the shard page links back here only
         )
-        assert self.main.signer
-        token = admission.sign(self.main.signer, self.token_ttl)
+        token = admission.sign(self.source.signer, self.token_ttl)
         self.metrics.admissions.labels("redirect").inc()
         location = (
             f"{shard.https_url}/?event={event_id}&token={token}"
@@ -359,6 +358,34 @@ class RedirectServer:
             status=302,
             headers={"Location": location},
         )
+
+    def _admit_unknown(self, request: web.Request, event_id: int | None = None) -> web.Response:
+        """Main is away and this front does not know the event yet: come back shortly."""
+        visitor = request.cookies.get(VISITOR_COOKIE, "")
+        if not valid_visitor(visitor):
+            visitor = secrets.token_urlsafe(16)
+        place, arrived = secrets.token_urlsafe(12), round(time.time(), 3)
+        if event_id is None:  # no place to keep without an event: a plain retry page
+            self.metrics.admissions.labels(Answer.WAIT.value).inc()
+            payload = {
+                "status": Answer.WAIT.value,
+                "retry_after": self.retry_after,
+                "location": "/",
+            }
+            if wants_json(request):
+                resp = web.json_response(payload)
+            else:
+                resp = _page(
+                    "Please wait",
+                    "<p>The sale is starting; this page retries by itself.</p>",
+                    200,
+                    refresh=(self.retry_after, "/"),
+                )
+            resp.headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        else:
+            resp = self._wait(request, Answer.WAIT, visitor, event_id, place, arrived, {})
+        set_visitor_cookie(resp, visitor)
+        return resp
 
     def _wait(
         self,
@@ -418,3 +445,43 @@ class RedirectServer:
         if wants_json(request):
             return web.json_response(payload, status=status)
         return _page(title, body, status)
+
+
+class RedirectServer(FrontDoor):
+    """The embedded front in main's process (``--fronts 0``). ``async with RedirectServer(main)``.
+
+    Routes on main's live state and signs with main's key; the marketplace
+    (``/app/``, ``/api/v1``) and the dashboard (``/admin/``) are mounted on its app.
+    With front processes in front of it, the same app is their marketplace backend.
+    """
+
+    def __init__(
+        self,
+        main: MainServer,
+        *,
+        setup: Callable[[web.Application], None] | None = None,
+        marketplace: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(MainSource(main), **options)
+        self.main = main
+        # First: behind a front process, the visitor's address comes signed by the front.
+        self.app.middlewares.insert(0, forwarded_client(lambda: main.front_ring))
+        mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
+        if marketplace:  # the REST API and front page (api.py); False to mount your own
+            from ..market.api import mount_marketplace  # api imports this module
+
+            self.market = mount_marketplace(self.app, main)
+        if setup is not None:
+            setup(self.app)
+
+    async def _start(self) -> None:
+        await self.main.start()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        assert self.main.credentials
+        return browser_server_context(self.main.credentials)
+
+    async def _exposition(self) -> bytes:
+        """Main's series and the front's (one process, two registries)."""
+        return await self.main.metrics_exposition() + self.metrics.exposition()

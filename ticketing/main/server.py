@@ -38,9 +38,10 @@ from ..metrics import MainMetrics
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import Range, count, cut, parse_ranges, shares
 from ..tls import Credentials, PemSource, check_peer, client_context
-from ..tokens import TokenSigner
+from ..tokens import KeyRing, TokenSigner
 from ..wire import Sale, ToMain, ToShard
-from .stock import StockView
+from .fronts import FrontHub
+from .stock import EventRoutes, Route, StockView
 
 log = logging.getLogger("ticketing.main")
 
@@ -161,6 +162,9 @@ class MainServer:
         self._stock_lock = asyncio.Lock()  # one stock move at a time
         self._links: list[ShardLink] = []  # every shard we keep linked, named or not yet
         self._closed = False
+        self.front_keys: dict[str, str] = {}  # certified front keys (name -> public hex)
+        self.front_ring = KeyRing()  # the same keys, to check what fronts sign for main
+        self.fronts: FrontHub | None = None  # serve_fronts() starts it
         self.metrics = MainMetrics()  # this server's own registry (in-process tests run many)
 
     # -- configuration -----------------------------------------------------------
@@ -193,6 +197,8 @@ class MainServer:
         if self._closed:
             return
         self._closed = True
+        if self.fronts is not None:
+            await self.fronts.close()
         for sl in self._links:
             for task in (sl.task, sl.watchdog):
                 if task:
@@ -368,6 +374,8 @@ class MainServer:
             a, r = await self._record(name, epoch, sales)
             accepted += a
             refused += r
+        if self.front_keys:  # a new link starts with main's key only: nothing to revoke
+            await link.request(ToShard.FRONT_KEYS, {"keys": self.front_keys})
         pools = await ledger.shard_pools(name, rec.epoch)
         events = {str(e.id): e.public() for e in await ledger.events()}
         await link.request(
@@ -409,15 +417,22 @@ class MainServer:
     def online_shards(self) -> list[ShardLink]:
         return [s for s in self.shards.values() if s.online and s.link]
 
+    def routes(self, event_id: int, info: dict[str, Any] | None = None) -> EventRoutes:
+        """What a front needs to route this event's visitors (``info``: its public fields)."""
+        return EventRoutes(
+            event_id,
+            info or {},
+            self._ledger().unassigned_count(event_id),
+            tuple(
+                Route(s.name, s.https_url, s in self.online_shards(), s.stock.get(event_id, 0))
+                for s in self.shards.values()
+                if s.name
+            ),
+        )
+
     def stock_view(self, event_id: int) -> StockView:
         """Where the event's unsold tickets are, as the front's answer needs it."""
-        online = self.online_shards()
-        return StockView(
-            online_shards=len(online),
-            in_live_pools=sum(s.stock.get(event_id, 0) for s in online),
-            unassigned=self._ledger().unassigned_count(event_id),
-            stranded=sum(s.stock.get(event_id, 0) for s in self.shards.values() if s not in online),
-        )
+        return self.routes(event_id).view()
 
     async def distribute_tickets(
         self,
@@ -595,6 +610,14 @@ class MainServer:
     async def events(self) -> list[Event]:
         return await self._ledger().events()
 
+    async def event_infos(self) -> dict[int, dict[str, Any]]:
+        """Every event's public fields, by id (what fronts show and route on)."""
+        return {e.id: e.public() for e in await self._ledger().events()}
+
+    async def revoked_sessions(self) -> list[tuple[str, float]]:
+        """Signed-out sessions not expired yet (fronts refuse their cookies)."""
+        return await self._ledger().reader().revoked_sessions(time.time())
+
     async def event(self, event_id: int) -> Event | None:
         return await self._ledger().event(event_id)
 
@@ -621,16 +644,38 @@ class MainServer:
         return m.exposition()
 
     def pick_shard(self, event_id: int) -> ShardLink | None:
-        """Choose an online shard for a new visitor, weighted by its remaining stock.
+        """Choose an online shard for a new visitor (:meth:`EventRoutes.pick`)."""
+        route = self.routes(event_id).pick()
+        return None if route is None else self.shards.get(route.name)
 
-        When no shard holds stock but main still has unassigned tickets, any online
-        shard will do: it asks main for stock on the visitor's arrival.
+    # -- fronts ---------------------------------------------------------------------------
+
+    async def serve_fronts(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        """Listen for front processes (mutual TLS, role ``front``); returns the port."""
+        await self.start()
+        if self.fronts is None:
+            self.fronts = FrontHub(self)
+        if self.fronts.port is not None:
+            return self.fronts.port  # already listening
+        return await self.fronts.listen(port, host)
+
+    async def certify_fronts(self, keys: dict[str, str]) -> None:
+        """Make exactly ``keys`` (front name -> Ed25519 public key hex) valid at every shard.
+
+        Called when a front links (before it may route anyone) or unlinks (its
+        tokens are refused from then on). A shard offline now gets them at its sync.
         """
-        online = self.online_shards()
-        stocked = [s for s in online if s.stock.get(event_id, 0) > 0]
-        if stocked:
-            weights = [s.stock[event_id] for s in stocked]
-            return random.choices(stocked, weights)[0]
-        if online and self._ledger().unassigned_count(event_id) > 0:
-            return random.choice(online)
-        return None
+        self.front_keys = dict(keys)
+        self.front_ring.replace(keys)
+        await asyncio.gather(*(self._send_front_keys(s) for s in self.online_shards()))
+
+    async def _send_front_keys(self, sl: ShardLink, link: Link | None = None) -> None:
+        link = link or sl.link
+        if link is None:
+            return
+        try:
+            await link.request(ToShard.FRONT_KEYS, {"keys": self.front_keys})
+        except (LinkClosed, CommandError, TimeoutError) as exc:
+            log.warning(
+                "front keys to %s not confirmed (%s); its next sync sends them", sl.name, exc
+            )

@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,56 +21,17 @@ from ..edge import EdgeLimits
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected
 from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..link import Commands, Handler, Link
+from ..listener import LinkListener, accept_tls
 from ..metrics import ShardMetrics
 from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import RangeSet, parse_ranges
-from ..tls import Credentials, PemSource, check_peer, server_context
-from ..tokens import NonceCache, TokenVerifier
+from ..tls import Credentials, PemSource, server_context
+from ..tokens import KeyRing, NonceCache, TokenVerifier
 from ..wire import ToMain, ToShard
 from .dispenser import Dispenser, Pending, Waiter, retry_message, sold_out_message
 from .journal import Journal
 
 log = logging.getLogger("ticketing.shard")
-
-
-class LinkListener:
-    """The shard's link port: accepts TCP connections, each run as TLS from its first byte.
-
-    Not ``start_server(ssl=...)``: a refused handshake would never reach us, and we
-    log it. Not a plain accept + ``start_tls`` either: a ClientHello read before the
-    upgrade stays in the plain stream's buffer and the handshake hangs (uvloop reads
-    as soon as it accepts; uvloop#707, cpython#142352).
-    """
-
-    def __init__(self, host: str, port: int, on_socket: Callable[[socket.socket, Any], Any]):
-        family, _, _, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        self.sock = socket.create_server(addr, family=family, backlog=128)
-        self.sock.setblocking(False)
-        self.sockets = [self.sock]
-        self._on_socket = on_socket
-        self._task = asyncio.ensure_future(self._accept())
-
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(self.sock)
-            except OSError as exc:  # e.g. out of file descriptors: retry, as asyncio does
-                log.warning("link port: accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            conn.setblocking(False)
-            self._on_socket(conn, peer)
-
-    def close(self) -> None:
-        """Stop accepting; the socket closes once the accept loop has let go of it."""
-        if self._task.done():
-            self.sock.close()
-        else:
-            self._task.cancel()
-            self._task.add_done_callback(lambda _: self.sock.close())
 
 
 class ClientServer:
@@ -112,7 +72,10 @@ class ClientServer:
         self.epoch = 0
         self.journal: Journal | None = None
         self.link: Link | None = None
-        self.verifier: TokenVerifier | None = None
+        self.verifier: TokenVerifier | None = None  # main's key, from its hello
+        # Admission tokens are checked against main's key and the front keys main
+        # certified (ToShard.FRONT_KEYS); a new main link starts with main's key only.
+        self.keyring = KeyRing()
         self.nonces = NonceCache()
         self.metrics = ShardMetrics()  # this shard's own registry (tests run several per process)
         self.tls_port: int | None = None
@@ -229,27 +192,14 @@ class ClientServer:
     # -- the link to main -------------------------------------------------------------
 
     async def _on_connection(self, sock: socket.socket, peer: Any) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
-        writer: asyncio.StreamWriter | None = None
         try:
             # TLS is run here, not in a TLS server, so a refused handshake is logged.
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
-                sock,
-                ssl=self._link_ctx,
-                ssl_handshake_timeout=self.handshake_timeout,
+            reader, writer, ident = await accept_tls(
+                sock, self._link_ctx, "main", self.main_name, self.handshake_timeout
             )
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            ident = check_peer(writer.get_extra_info("ssl_object"), "main", self.main_name)
         except (ssl.SSLError, PeerRejected, OSError, TimeoutError) as exc:
             self.metrics.handshake_failures.labels("link").inc()
             log.warning("%s: refused link from %s: %s", self.name, peer, exc)
-            if writer is not None:
-                writer.close()
-            else:
-                sock.close()  # a failed handshake's transport has closed it already
             return
         link = Link(
             reader,
@@ -271,6 +221,7 @@ class ClientServer:
                 ToShard.RELEASE: self._on_release,
                 ToShard.STATUS: self._on_status,
                 ToShard.PING: self._on_ping,
+                ToShard.FRONT_KEYS: self._on_front_keys,
             }
         )
         link.start()
@@ -308,6 +259,7 @@ class ClientServer:
                     )
             self.link = link
             self.verifier = verifier
+            self.keyring = KeyRing(verifier)  # fronts' keys: as the new main certifies them
         self._spawn(self._watch_link(link))
         log.info("%s: linked to %s (%r)", self.name, link.peer.name, link)
         return {
@@ -397,6 +349,15 @@ class ClientServer:
 
     async def _on_ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {}
+
+    async def _on_front_keys(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Main's certified front keys, all of them: any other front is revoked now."""
+        keys = args["keys"]
+        if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+            raise ValueError("keys must map key ids to hex public keys")
+        self.keyring.replace(keys)
+        log.info("%s: certified front keys: %s", self.name, self.keyring.kids() or "none")
+        return {"kids": self.keyring.kids()}
 
     def _check_epoch(self, args: dict[str, Any]) -> None:
         if args.get("epoch") != self.epoch:

@@ -44,7 +44,7 @@ from ..metrics import CONTENT_TYPE, ShardMetrics, refusal_reason
 from ..operator import authorized, operator_token_from_env
 from ..ratelimit import LogThrottle
 from ..tls import Credentials, browser_server_context
-from ..tokens import NonceCache, TokenVerifier
+from ..tokens import KeyRing, NonceCache, TokenVerifier
 from ..wire import Admission
 from .dispenser import Dispenser, Waiter
 
@@ -82,6 +82,7 @@ class Shard(Protocol):
     grant_timeout: float
     dispenser: Dispenser
     verifier: TokenVerifier | None  # None until main's hello brought its key
+    keyring: KeyRing  # main's key and the front keys main certified
     nonces: NonceCache
     metrics: ShardMetrics
 
@@ -181,7 +182,7 @@ class ShardWeb:
                 return self._refuse(
                     HTTPStatus.SERVICE_UNAVAILABLE, "shard is not linked to main yet"
                 )
-            admission = Admission.verify(shard.verifier, token)
+            admission = Admission.verify(shard.keyring, token)
             if admission.shard != shard.name:
                 raise TokenError("token is for another shard")
         except TokenError as exc:

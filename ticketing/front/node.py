@@ -1,0 +1,315 @@
+"""A front process: the public door, any number of them, beside main and the shards.
+
+``async with FrontServer("front-1", main_host=..., main_port=...) as front``:
+``create_server(port)`` serves browsers; the front dials main's front link port
+(mutual TLS, role ``front``, heartbeats) and keeps that link up, reconnecting with
+backoff. Its hello carries its own Ed25519 key, which main certifies at every shard
+before answering; from then on it routes each visitor from the view main pushes
+(:class:`~ticketing.front.view.PushedView`) and signs admission tokens itself.
+While main is away the view says "out of reach", so visitors are told to wait
+(they keep their place) and nobody gets an error page.
+
+The marketplace (``/app/``, ``/api/v1`` including its WebSocket, ``/admin/``) is
+proxied over HTTPS to main's own front (``market_url``), so browsers see one origin
+per front. Main's marketplace rate-limits by client address: the front passes the
+visitor's address in a header signed with its certified key (``X-Ticketing-Client``),
+which main believes only with a valid signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import ssl
+import warnings
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..errors import CommandError, LinkClosed, PeerRejected
+from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
+from ..link import Commands, Handler, Link
+from ..market.sessions import COOKIE_NAME
+from ..protocol import PROTOCOL_VERSION
+from ..tls import Credentials, PemSource, browser_server_context, check_peer, client_context
+from ..tokens import TokenSigner
+from ..wire import FRONT_HELLO_KEY, ToFront
+from .forwarding import CLIENT_HEADER, HOP_HEADERS, sign_client
+from .server import FrontDoor
+from .view import PushedView
+
+log = logging.getLogger("ticketing.front")
+
+PROXIED = ("/app", "/api/v1", "/admin")  # served by main's marketplace behind this front
+
+
+class FrontServer(FrontDoor):
+    """One front process's server: admission from the pushed view, the marketplace proxied."""
+
+    def __init__(
+        self,
+        name: str = "front-1",
+        *,
+        main_host: str = "127.0.0.1",
+        main_port: int = 9000,
+        market_url: str | None = None,  # main's own front (https://host:port); None: no market
+        # Timeouts
+        connect_timeout: float = 10.0,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 2.0,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        **options: Any,
+    ) -> None:
+        # A fresh key per process: main certifies it for as long as this link lives.
+        self.view = PushedView(TokenSigner(kid=name))
+        super().__init__(self.view, **options)
+        self.name = name
+        self.main_host, self.main_port = main_host, main_port
+        self.market_url = market_url.rstrip("/") if market_url else None
+        self.connect_timeout = connect_timeout
+        self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
+        self.credentials: Credentials | None = None
+        self.link: Link | None = None
+        self.linked = asyncio.Event()  # set while the link to main is up and in sync
+        self.links_made = 0
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self.app.middlewares.append(self._identity)
+        if self.market_url:
+            for prefix in PROXIED:
+                self.app.router.add_route("*", prefix + "{tail:(/.*)?}", self._proxy)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def set_certificate_path(self, path: str | os.PathLike[str]) -> None:
+        """Use ``<path>/ca.crt`` and ``<path>/<name>.crt|.key``."""
+        self.credentials = Credentials.from_directory(path, self.name)
+
+    def set_options(self, *, key: PemSource, cert: PemSource, ca: PemSource) -> None:
+        self.credentials = Credentials(cert=cert, key=key, ca=ca)
+
+    def _creds(self) -> Credentials:
+        if self.credentials is None:
+            self.set_certificate_path("keys")
+        assert self.credentials is not None
+        return self.credentials
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return browser_server_context(self._creds())
+
+    async def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._keep_linked(), name=f"{self.name}-link")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        if self.link is not None:
+            await self.link.close("front closing")
+        await super().close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def wait_linked(self, timeout: float = 10.0) -> None:
+        """Until the link to main is up (the key certified, the first view in)."""
+        await asyncio.wait_for(self.linked.wait(), timeout)
+
+    # -- the link to main ------------------------------------------------------------------
+
+    async def _keep_linked(self) -> None:
+        delay = self.reconnect_min
+        while not self._closed:
+            try:
+                link = await self._connect()
+            except (OSError, ssl.SSLError, TimeoutError, PeerRejected, LinkClosed) as exc:
+                log.warning("%s: link to main failed: %s (retry in %.1fs)", self.name, exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            delay = self.reconnect_min
+            self.links_made += 1
+            await link.closed.wait()
+            self.link = None
+            self.linked.clear()
+            self.view.lost()  # visitors wait (keeping their place) until main is back
+            log.warning("%s: link to main closed (%s)", self.name, link.close_reason)
+
+    async def _connect(self) -> Link:
+        ctx = client_context(self._creds())
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                self.main_host, self.main_port, ssl=ctx, server_hostname=self.main_host
+            ),
+            self.connect_timeout,
+        )
+        try:
+            ident = check_peer(writer.get_extra_info("ssl_object"), "main")
+        except PeerRejected:
+            writer.close()
+            raise
+        link = Link(
+            reader,
+            writer,
+            ident,
+            Commands(),
+            log,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
+        # Main's first pushes can be read in the same chunk as its hello answer and
+        # run before we have applied that answer: each waits for it, keeping order.
+        based = asyncio.Event()
+
+        def after_hello(handler: Handler) -> Handler:
+            async def run(args: dict[str, Any]) -> Any:
+                await based.wait()
+                return await handler(args)
+
+            return run
+
+        handlers: dict[str, Handler] = {
+            ToFront.VIEW: after_hello(self._on_view),
+            ToFront.KEYS: after_hello(self._on_keys),
+            ToFront.REVOKED: after_hello(self._on_revoked),
+            ToFront.PING: _pong,
+        }
+        link.commands = Commands().extended(handlers)
+        link.start()
+        try:
+            hello = await link.hello(
+                {
+                    "version": PROTOCOL_VERSION,
+                    "node": self.name,
+                    "role": "front",
+                    FRONT_HELLO_KEY: self.view.signer.public_key_bytes.hex(),
+                },
+                timeout=self.connect_timeout,
+            )
+            if hello.get("role") != "main" or hello.get("node") != ident.name:
+                raise PeerRejected(f"hello from {hello.get('node')!r} does not match")
+            self.view.reset(hello)
+            based.set()
+        except (CommandError, KeyError, ValueError) as exc:
+            await link.close("hello failed")
+            raise PeerRejected(f"bad hello from main: {exc}") from exc
+        except BaseException:
+            await link.close("link setup failed")
+            raise
+        self.link = link
+        self.linked.set()
+        log.info("%s: linked to main (%r)", self.name, link)
+        return link
+
+    async def _on_view(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.view.apply(args)
+        return {}
+
+    async def _on_keys(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.view.set_keys(args["keys"])
+        return {}
+
+    async def _on_revoked(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.view.revoke(args["sessions"])
+        return {}
+
+    # -- browsers ------------------------------------------------------------------------
+
+    @web.middleware
+    async def _identity(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The signed-in account, from the session cookie checked with main's key."""
+        if not request.path.startswith(PROXIED):
+            claims = self.view.session(request.cookies.get(COOKIE_NAME))
+            if claims is not None:
+                with warnings.catch_warnings():  # the plain key the admission path reads
+                    warnings.simplefilter("ignore", web.NotAppKeyWarning)
+                    request["account_id"] = claims.account_id
+        return await handler(request)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=client_context(self._creds()), limit=256)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self._session
+
+    def _forward_headers(self, request: web.Request) -> dict[str, str]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        # The browser's Host stays (main checks Origin against it); the address is signed.
+        headers[CLIENT_HEADER] = sign_client(self.view.signer, request.remote or "?")
+        return headers
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        """Forward a marketplace request to main's front and stream its answer back."""
+        assert self.market_url
+        url = self.market_url + request.rel_url.path_qs
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._proxy_ws(request, url)
+        try:
+            async with self._client().request(
+                request.method,
+                url,
+                headers=self._forward_headers(request),
+                data=await request.read() if request.can_read_body else None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as upstream:
+                body = await upstream.read()
+                resp = web.Response(body=body, status=upstream.status)
+                for k, v in upstream.headers.items():
+                    if k.lower() not in HOP_HEADERS and k.lower() != "content-length":
+                        resp.headers.add(k, v)
+                return resp
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("%s: marketplace unreachable: %s", self.name, exc)
+            return web.json_response(
+                {"errors": [{"message": "the marketplace is unavailable, try again shortly"}]},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+
+    async def _proxy_ws(self, request: web.Request, url: str) -> web.StreamResponse:
+        """The marketplace's live socket: one upstream socket per browser socket."""
+        headers = {
+            k: v
+            for k, v in self._forward_headers(request).items()
+            if not k.lower().startswith("sec-websocket")
+        }
+        try:
+            upstream = await self._client().ws_connect(url, headers=headers, max_msg_size=4096)
+        except (aiohttp.ClientError, TimeoutError):
+            return web.json_response({"errors": [{"message": "unavailable"}]}, status=503)
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+        await ws.prepare(request)
+
+        async def pump(src: Any, dst: Any) -> None:
+            async for msg in src:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await dst.send_str(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    await dst.send_bytes(msg.data)
+                else:
+                    break
+
+        tasks = [asyncio.create_task(pump(ws, upstream)), asyncio.create_task(pump(upstream, ws))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        await upstream.close()
+        await ws.close()
+        return ws
+
+
+async def _pong(args: dict[str, Any]) -> dict[str, Any]:
+    return {}

@@ -1,0 +1,282 @@
+"""Main's side of the front links: fronts dial in, main certifies their keys and pushes a view.
+
+**Who dials.** Fronts dial main (one well-known port, ``serve_fronts``), so fronts
+can be added and removed while a sale runs without telling main anything first,
+and a front reconnects by itself when main restarts. Main dials the shards (they
+hold the stock; main decides which exist); fronts are disposable edge processes.
+
+**Keys.** A front's hello carries its Ed25519 public key. Main certifies it at
+every online shard (``ToShard.FRONT_KEYS``, awaited) *before* answering the
+hello, so the front's first token is already valid. When the link closes (the
+front stopped, crashed, or was silent for ``heartbeat_timeout``) its key is
+revoked at every shard at once: its tokens are refused from then on.
+
+**The view.** Every ``view_interval`` (50 ms) main builds each event's
+:class:`~ticketing.main.stock.EventRoutes` and sends the fronts the events that
+changed since the last push (a delta per event; nothing when nothing changed), so
+routing never costs main a round trip per visitor and a view is at most about
+``view_interval`` plus one link latency old. Signed-out sessions go the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import CommandError, LinkClosed, PeerRejected
+from ..link import Commands, Link
+from ..listener import LinkListener, accept_tls
+from ..protocol import PROTOCOL_VERSION
+from ..tls import Credentials, server_context
+from ..tokens import TokenSigner
+from ..wire import FRONT_HELLO_KEY, ToFront
+from .stock import EventRoutes
+
+log = logging.getLogger("ticketing.main.fronts")
+
+VIEW_INTERVAL = 0.05  # seconds between view pushes (the coalescing window)
+REVOCATIONS_EVERY = 1.0  # seconds between checks for new sign-outs
+
+
+class _Main(Protocol):
+    """What the hub needs of :class:`~ticketing.main.server.MainServer`."""
+
+    name: str
+    credentials: Credentials | None
+    signer: TokenSigner | None
+    max_line: int
+    max_in_flight: int
+    heartbeat_interval: float
+    heartbeat_timeout: float
+
+    async def event_infos(self) -> dict[int, dict[str, Any]]: ...
+    def routes(self, event_id: int, info: dict[str, Any] | None = None) -> EventRoutes: ...
+    async def certify_fronts(self, keys: dict[str, str]) -> None: ...
+    async def revoked_sessions(self) -> list[tuple[str, float]]: ...
+
+
+@dataclass(eq=False)
+class FrontLink:
+    """One linked front: its link and the public key main certified for it."""
+
+    name: str
+    link: Link
+    key: str  # Ed25519 public key, hex
+    sent: dict[int, dict[str, Any]] = field(default_factory=dict)  # the view it has now
+    ready: bool = False  # its hello is answered: requests may go to it
+
+
+def _check_key(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64:
+        raise ValueError("token_key must be 32 bytes of hex")
+    bytes.fromhex(value)
+    return value
+
+
+class FrontHub:
+    """Accepts front links, certifies their keys, pushes them the routing view."""
+
+    def __init__(
+        self,
+        main: _Main,
+        *,
+        view_interval: float = VIEW_INTERVAL,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.main = main
+        self.view_interval = view_interval
+        self.handshake_timeout = handshake_timeout
+        self.fronts: dict[str, FrontLink] = {}
+        self.commands = Commands(tuple(ToFront))
+        self.pushes = 0  # view deltas sent (a figure for tests and the bench)
+        self._revoked: set[str] = set()
+        self._listener: LinkListener | None = None
+        self._ctx: ssl.SSLContext | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pusher: asyncio.Task[None] | None = None
+        self.port: int | None = None
+
+    async def listen(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        assert self.main.credentials
+        self._ctx = server_context(self.main.credentials)
+        self._listener = LinkListener(
+            host, port, lambda sock, peer: self._spawn(self._on_connection(sock, peer))
+        )
+        self.port = int(self._listener.sockets[0].getsockname()[1])
+        self._pusher = asyncio.create_task(self._push_loop(), name="front-view-pusher")
+        log.info("front link port %s:%d (mutual TLS)", host, self.port)
+        return self.port
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for task in [*self._tasks, self._pusher]:
+            if task is not None:
+                task.cancel()
+        for fl in list(self.fronts.values()):
+            await fl.link.close("main closing")
+        self.fronts.clear()
+
+    # -- links --------------------------------------------------------------------------
+
+    async def _on_connection(self, sock: socket.socket, peer: Any) -> None:
+        assert self._ctx is not None
+        try:
+            reader, writer, ident = await accept_tls(
+                sock, self._ctx, "front", None, self.handshake_timeout
+            )
+        except (ssl.SSLError, PeerRejected, OSError, TimeoutError) as exc:
+            log.warning("refused front link from %s: %s", peer, exc)
+            return
+        m = self.main
+        link = Link(
+            reader,
+            writer,
+            ident,
+            self.commands,
+            log,
+            max_line=m.max_line,
+            max_in_flight=m.max_in_flight,
+            heartbeat_interval=m.heartbeat_interval,
+            heartbeat_timeout=m.heartbeat_timeout,
+        )
+        link.commands = self.commands.extended(
+            {"hello": lambda args: self._on_hello(link, args), ToFront.PING: _pong}
+        )
+        link.start()
+        waits = {asyncio.ensure_future(e.wait()) for e in (link.opened, link.closed)}
+        done, _ = await asyncio.wait(
+            waits, timeout=self.handshake_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for w in waits:
+            w.cancel()
+        if not done:
+            await link.close("no hello in time")
+
+    async def _on_hello(self, link: Link, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("version") != PROTOCOL_VERSION:
+            raise CommandError("hello", "version", f"protocol version {PROTOCOL_VERSION} required")
+        name = link.peer.name
+        if args.get("node") != name or args.get("role") != "front":
+            raise PeerRejected(f"hello from {args.get('node')!r} does not match {name!r}")
+        key = _check_key(args.get(FRONT_HELLO_KEY))
+        old = self.fronts.get(name)
+        if old is not None:  # the same front reconnecting (restart, blip): the new link wins
+            await old.link.close("replaced by a new link from the same front")
+        fl = self.fronts[name] = FrontLink(name, link, key)
+        await self.main.certify_fronts(self._keys())  # valid at the shards before it routes
+        self._spawn(self._watch(fl))
+        fl.sent = await self._snapshot()  # the base its deltas will follow
+        self._spawn(self._opened(fl))
+        assert self.main.signer
+        log.info("front %s linked (%r); key certified", name, link)
+        return {
+            "version": PROTOCOL_VERSION,
+            "node": self.main.name,
+            "role": "main",
+            "session_key": self.main.signer.public_key_bytes.hex(),
+            "keys": self._keys(),
+            "view": list(fl.sent.values()),
+            "revoked": await self.main.revoked_sessions(),
+        }
+
+    async def _opened(self, fl: FrontLink) -> None:
+        """Once its hello is answered it gets pushes, and the others learn its key."""
+        await fl.link.opened.wait()
+        fl.ready = True
+        await self._send_keys()
+
+    async def _watch(self, fl: FrontLink) -> None:
+        await fl.link.closed.wait()
+        if self.fronts.get(fl.name) is not fl:
+            return  # replaced by a newer link: that one's key stays
+        del self.fronts[fl.name]
+        log.warning("front %s unlinked (%s); its key is revoked", fl.name, fl.link.close_reason)
+        await self.main.certify_fronts(self._keys())
+        await self._send_keys()
+
+    def _keys(self) -> dict[str, str]:
+        return {name: fl.key for name, fl in self.fronts.items()}
+
+    async def _send_keys(self) -> None:
+        await self._broadcast(ToFront.KEYS, {"keys": self._keys()})
+
+    async def _broadcast(self, cmd: str, args: dict[str, Any]) -> None:
+        fronts = [fl for fl in list(self.fronts.values()) if fl.ready]
+        await asyncio.gather(*(self._send(fl, cmd, args) for fl in fronts))
+
+    async def _send(self, fl: FrontLink, cmd: str, args: dict[str, Any]) -> None:
+        try:
+            await fl.link.request(cmd, args, timeout=max(1.0, self.main.heartbeat_timeout))
+        except (LinkClosed, CommandError, TimeoutError) as exc:
+            # A front that misses a delta is closed: it re-syncs from a whole view.
+            log.warning("%s to front %s failed: %s", cmd, fl.name, exc)
+            await fl.link.close(f"{cmd} failed")
+
+    # -- the view -----------------------------------------------------------------------
+
+    async def _push_loop(self) -> None:
+        next_revocations = 0.0
+        while True:
+            await asyncio.sleep(self.view_interval)
+            if not self.fronts:
+                continue
+            try:
+                await self._push_changes()
+                if time.monotonic() >= next_revocations:
+                    next_revocations = time.monotonic() + REVOCATIONS_EVERY
+                    await self._push_revocations()
+            except Exception:  # a bug must not stop the view: fronts would route on old data
+                log.exception("pushing the view to the fronts failed")
+
+    async def _snapshot(self) -> dict[int, dict[str, Any]]:
+        infos = await self.main.event_infos()
+        return {eid: self.main.routes(eid, info).to_wire() for eid, info in infos.items()}
+
+    async def _push_changes(self) -> None:
+        """Send each front the events whose routes changed since what it was last sent."""
+        now = await self._snapshot()
+        sends = []
+        for fl in list(self.fronts.values()):
+            if not fl.ready:
+                continue
+            changed = {str(eid): w for eid, w in now.items() if fl.sent.get(eid) != w}
+            gone = [eid for eid in fl.sent if eid not in now]
+            if changed or gone:
+                fl.sent = now
+                sends.append(self._send(fl, ToFront.VIEW, {"events": changed, "gone": gone}))
+        if sends:
+            self.pushes += 1
+            await asyncio.gather(*sends)
+
+    async def in_sync(self, timeout: float = 5.0) -> None:
+        """Until every linked front has been sent the current view (tests, benchmarks)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                now = await self._snapshot()
+                if all(fl.ready and fl.sent == now for fl in self.fronts.values()):
+                    await asyncio.sleep(self.view_interval)  # sent; now also applied
+                    return
+                await asyncio.sleep(self.view_interval / 2)
+
+    async def _push_revocations(self) -> None:
+        revoked = await self.main.revoked_sessions()
+        fresh = [[sid, exp] for sid, exp in revoked if sid not in self._revoked]
+        self._revoked = {sid for sid, _ in revoked}
+        if fresh:
+            await self._broadcast(ToFront.REVOKED, {"sessions": fresh})
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _pong(args: dict[str, Any]) -> dict[str, Any]:
+    return {}
