@@ -244,10 +244,10 @@ class RawMain:
         assert line.endswith(b"\n"), line
         return json.loads(line)
 
-    async def hello(self, rid: int) -> dict[str, Any]:
+    async def hello(self, rid: int, term: int = 1) -> dict[str, Any]:
         key = Ed25519PrivateKey.generate().public_key()
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        args = {"version": 1, "node": "main", "role": "main", "token_key": raw.hex()}
+        args = {"version": 1, "node": "main", "role": "main", "term": term, "token_key": raw.hex()}
         return await self.send(
             json.dumps({"id": rid, "cmd": "hello", "args": args}).encode() + b"\n"
         )
@@ -286,7 +286,7 @@ async def test_raw_client_gets_error_replies_and_the_shard_keeps_serving(
         main = await make_main()
         await link(main, shard)
         main_link = shard.link
-        reply = await raw.hello(2)
+        reply = await raw.hello(2)  # the same term as the live main's: one main at a time
         assert code(reply) == "already_connected" and reply["id"] == 2
         assert shard.link is main_link
         assert await main.call("shard-1", "ping") == {}

@@ -9,6 +9,7 @@
      ├── PeerRejected              TLS identity (role/name) or hello refused
      ├── CommandError              a peer answered a request with an error reply
      ├── LinkClosed                the link went away with requests in flight
+     ├── NotLeader                 a newer main's term fenced this one
      ├── TokenError                a signed token is forged, expired or malformed
      ├── Overloaded                a bounded queue is full: try again (``retry_after``)
      └── ValidationError           bad user input for the REST API (has a field)
@@ -67,6 +68,10 @@ class CommandError(TicketingError):
 
 class LinkClosed(TicketingError):
     """The link closed before a reply arrived."""
+
+
+class NotLeader(TicketingError):
+    """This main's term is over: another main leads now (its writes are refused)."""
 
 
 class TokenError(TicketingError):

@@ -7,7 +7,6 @@ the target, which must hold no event yet. The audit is compared before and after
 
 from __future__ import annotations
 
-from .driver import Driver
 from .records import Audit
 from .sql import SqlLedger
 
@@ -79,5 +78,5 @@ async def copy_ledger(source: SqlLedger, target: SqlLedger) -> tuple[Audit, Audi
 
 async def reopen(ledger: SqlLedger) -> SqlLedger:
     """The same database with its caches (events, stock counts) read afresh."""
-    driver: Driver = ledger.driver
-    return await SqlLedger.open(driver)
+    await ledger.reload()
+    return ledger

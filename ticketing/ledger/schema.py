@@ -186,9 +186,20 @@ CREATE UNIQUE INDEX IF NOT EXISTS owners_one_per_account
     ON owners(event_id, account_id) WHERE account_id IS NOT NULL;
 """
 
+# Which main leads (one row): its term and its lease (main/leader.py).
+V3 = """
+CREATE TABLE IF NOT EXISTS leadership (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    term INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at {REAL} NOT NULL
+);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "ledger, marketplace and account tables", V1),
     (2, "one owned ticket per event per account", V2),
+    (3, "leadership: term and lease", V3),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ..errors import NotLeader
 from ..slices import Range, compress, count
 from ..wire import Sale, ticket_id
 from .decide import SalesDecision, TicketRow, decide_sales
@@ -647,22 +648,29 @@ class SqlLedger:
         # lookups cost no database round trip.
         self._events: dict[int, Event] = {}
         self._unassigned: Counter[int] = Counter()  # event -> tickets in main's pool
+        self.fence_term: int | None = None  # set by a leading main: older terms may not write
 
     @classmethod
     async def open(cls, driver: Driver) -> SqlLedger:
         """Migrate the schema to this code's version, then load the caches."""
         await migrate(driver)
         ledger = cls(driver)
-        rows = await driver.fetch(
+        await ledger.reload()
+        return ledger
+
+    async def reload(self) -> None:
+        """Read the caches (events, main's stock counts) afresh: at open, and when a
+        standby starts to lead on a ledger another main has been writing."""
+        rows = await self.driver.fetch(
             "SELECT id, name, description, price_cents, count FROM events ORDER BY id"
         )
-        ledger._events = {r["id"]: Event(**r) for r in rows}
-        rows = await driver.fetch(
+        self._events.clear()
+        self._events.update({r["id"]: Event(**r) for r in rows})
+        rows = await self.driver.fetch(
             "SELECT event_id, count(*) AS n FROM tickets WHERE state = ? GROUP BY event_id",
             (TicketState.UNASSIGNED,),
         )
-        ledger._unassigned = Counter({r["event_id"]: r["n"] for r in rows})
-        return ledger
+        self._unassigned = Counter({r["event_id"]: r["n"] for r in rows})
 
     async def close(self) -> None:
         await self.driver.close()
@@ -671,6 +679,14 @@ class SqlLedger:
     async def transaction(self) -> AsyncIterator[SqlTx]:
         """One unit of work: commit on success, roll back on any error."""
         async with self.driver.transaction() as q:
+            if self.fence_term is not None:
+                # A paused old leader that wakes up must not commit: the term decides.
+                fenced = await q.execute(
+                    "UPDATE leadership SET term = term WHERE id = 1 AND term = ?",
+                    (self.fence_term,),
+                )
+                if fenced != 1:
+                    raise NotLeader(f"term {self.fence_term} is over: another main leads")
             tx = SqlTx(q, self._events)
             yield tx
         self._unassigned.update(tx.unassigned_delta)  # committed: main's counts follow

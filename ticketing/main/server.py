@@ -41,6 +41,7 @@ from ..tls import Credentials, PemSource, check_peer, client_context
 from ..tokens import KeyRing, TokenSigner
 from ..wire import Sale, ToMain, ToShard
 from .fronts import FrontHub
+from .leader import Lease
 from .stock import EventRoutes, Route, StockView
 
 log = logging.getLogger("ticketing.main")
@@ -141,6 +142,9 @@ class MainServer:
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         # Durability
         synchronous: str = "FULL",
+        # Failover (a PostgreSQL ledger shared by several mains: main/leader.py)
+        standby: bool = False,
+        lease_seconds: float = 3.0,
     ) -> None:
         self.name = name
         self.data_dir = Path(data_dir)
@@ -153,6 +157,11 @@ class MainServer:
         self.reclaim_after = reclaim_after
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.synchronous = synchronous
+        self.standby, self.lease_seconds = standby, lease_seconds
+        self.term = 0  # this main's leadership term (sent in every hello)
+        self.deposed = asyncio.Event()  # set when another main took the lease
+        self._lease: Lease | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self.credentials: Credentials | None = None
         self.commands = Commands(tuple(ToMain))
         self.ledger: SqlLedger | None = None
@@ -189,14 +198,53 @@ class MainServer:
         if self.credentials is None:
             self.set_certificate_path("keys")
         self.signer = TokenSigner(load_signing_key(self.data_dir / "signing.key"))
-        self.ledger = await open_ledger(self.ledger_url, synchronous=self.synchronous)
+        ledger = await open_ledger(self.ledger_url, synchronous=self.synchronous)
+        await self._lead(ledger)
+        ledger.fence_term = self.term
+        self.ledger = ledger
         await self._refresh_stock()
-        log.info("main started on %s", redact(self.ledger_url))
+        log.info("main started on %s (term %d)", redact(self.ledger_url), self.term)
+
+    async def _lead(self, ledger: SqlLedger) -> None:
+        """Take the leadership: the next term at once, or (standby) once the lease is free."""
+        lease = self._lease = Lease(ledger.driver, self.name, lease=self.lease_seconds)
+        if not self.standby:
+            self.term = await lease.take()
+        else:
+            log.info("standby: waiting for the leader's lease to run out")
+            # Polling is the point: the lease lives in another process's database row.
+            while (term := await lease.try_acquire()) is None:  # noqa: ASYNC110
+                await asyncio.sleep(self.lease_seconds / 6)
+            self.term = term
+            await ledger.reload()  # what the old leader sold meanwhile
+        self._renewer = asyncio.create_task(self._renew(lease), name="main-lease")
+
+    async def _renew(self, lease: Lease) -> None:
+        """Keep the lease; if it is lost (another main took it, the database is gone),
+        stop leading: close every link, so the new leader's links win."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                kept = await asyncio.wait_for(lease.renew(), self.lease_seconds / 2)
+            except Exception as exc:  # noqa: BLE001 - any failure to renew ends the term
+                log.error("lease renewal failed: %s", exc)
+                kept = False
+            if not kept:
+                log.error("term %d is over: another main leads; stepping down", self.term)
+                self.deposed.set()
+                for sl in self._links:
+                    if sl.task:
+                        sl.task.cancel()
+                    if sl.link:
+                        await sl.link.close("deposed: a newer term leads")
+                return
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()
         if self.fronts is not None:
             await self.fronts.close()
         for sl in self._links:
@@ -346,6 +394,7 @@ class MainServer:
                     "version": PROTOCOL_VERSION,
                     "node": self.name,
                     "role": "main",
+                    "term": self.term,
                     "token_key": self.signer.public_key_bytes.hex(),
                 },
                 timeout=self.connect_timeout,

@@ -70,6 +70,8 @@ class ClientServer:
         self.commands = Commands(tuple(ToShard))
         self.dispenser = Dispenser()
         self.epoch = 0
+        self.term = 0  # the newest leadership term of main seen (older mains are refused)
+        self.link_term = 0  # the term of the main on self.link
         self.journal: Journal | None = None
         self.link: Link | None = None
         self.verifier: TokenVerifier | None = None  # main's key, from its hello
@@ -243,8 +245,18 @@ class ClientServer:
                 f"hello from {args.get('node')!r} does not match certificate {link.peer.name!r}"
             )
         verifier = TokenVerifier(bytes.fromhex(args["token_key"]))
+        term = args.get("term", 0)
+        if type(term) is not int or term < 0:
+            raise CommandError("hello", "bad_args", "term must be a whole number")
         async with self._hello_lock:  # two mains racing: exactly one wins
+            if term < self.term:  # an old leader, paused and woken up: fenced by its term
+                log.warning(
+                    "%s: refused main of term %d (term %d leads)", self.name, term, self.term
+                )
+                raise CommandError("hello", "stale_term", f"term {self.term} leads, not {term}")
             old = self.link
+            if old is not None and not old.closed.is_set() and term > self.link_term:
+                await old.close(f"replaced by the main of term {term}")
             if old is not None and not old.closed.is_set():
                 try:
                     await old.request(ToShard.PING, timeout=2.0)
@@ -258,6 +270,7 @@ class ClientServer:
                         "hello", "already_connected", f"{self.name} already has a main"
                     )
             self.link = link
+            self.term = self.link_term = term
             self.verifier = verifier
             self.keyring = KeyRing(verifier)  # fronts' keys: as the new main certifies them
         self._spawn(self._watch_link(link))
@@ -371,6 +384,7 @@ class ClientServer:
         return {
             "name": self.name,
             "epoch": self.epoch,
+            "term": self.link_term,
             "linked": self._ready.is_set(),
             "pools": {str(e): len(p) for e, p in d.pools.items()},
             "queued": d.queued(),
