@@ -107,12 +107,19 @@ def cmd_main(args: argparse.Namespace) -> int:
             ledger_url=args.ledger,
             hold_seconds=args.hold_seconds,
             reclaim_after=_reclaim_after(args),
+            standby=args.standby,
             **_heartbeats(args),
         )
         main.set_certificate_path(args.keys)
+        stop = stop_signal()  # before start(): a standby may wait there a long time
         async with main:
-            for spec in args.shard:
-                host, tls, https = _parse_shard(spec)
+            print(f"leading: term {main.term}", flush=True)
+            assert main.ledger
+            # The shards given, else every shard the ledger knows (a standby taking over).
+            specs = [_parse_shard(spec) for spec in args.shard] or [
+                (r.host, r.tls_port, r.https_port) for r in await main.ledger.shards()
+            ]
+            for host, tls, https in specs:
                 print(f"linked {await main.connect_client_server(host, tls, https)}", flush=True)
             await _maybe_create_event(main, args)
             ready: dict[str, Any] = {}
@@ -123,9 +130,15 @@ def cmd_main(args: argparse.Namespace) -> int:
                 port = await redirect.create_server(args.port, args.host)
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
                 print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
-                stop = stop_signal()
-                print("READY " + json.dumps({"port": port, **ready}), flush=True)
-                await wait_for_stop(stop)
+                print("READY " + json.dumps({"port": port, "term": main.term, **ready}), flush=True)
+                deposed = asyncio.ensure_future(main.deposed.wait())
+                stopped = asyncio.ensure_future(wait_for_stop(stop))
+                await asyncio.wait({deposed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if main.deposed.is_set():  # a newer term leads: never serve beside it
+                    print(f"deposed: term {main.term} is over", flush=True)
+                    return 3
+                deposed.cancel()
                 await drain_main(main, redirect, args.drain_timeout)
         return 0
 
@@ -463,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--keys", default="keys", help="directory with ca.crt and main.crt/.key")
         p.add_argument("--data", default="data", help="directory for the ledger and signing key")
         _ledger_option(p)
+        p.add_argument(
+            "--standby",
+            action="store_true",
+            help="wait until the leading main's lease runs out, then lead (PostgreSQL ledger)",
+        )
         p.add_argument("--host", default="127.0.0.1", help="address the redirect server binds")
         p.add_argument("--port", type=int, default=8443, help="redirect server HTTPS port")
         p.add_argument(

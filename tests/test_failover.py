@@ -1,0 +1,172 @@
+"""Main failover on one PostgreSQL ledger, with real processes, and term fencing.
+
+A leader and a standby ``ticketing main`` share the ledger; two shard processes;
+a crowd running. SIGKILL the leader: the standby's lease wait ends, it leads with
+the next term, links every shard the ledger knows, and the crowd completes on its
+front. Then a paused leader (SIGSTOP) loses its lease to a third main; woken up
+(SIGCONT) it finds its term over and steps down. In-process, two mains on one
+ledger show the fencing itself: the older term's writes and hellos are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import ClusterFactory
+from tests.helpers import eventually
+from tests.pgserver import fresh_database
+from ticketing.cluster import LOAD_TEST_MAIN_ARGS, Child, ShardProcess, shard_names
+from ticketing.errors import NotLeader
+from ticketing.main.server import MainServer
+from ticketing.tls import write_cluster_keys
+from ticketing.web_client import Outcome, WebClient
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+HB = ["--heartbeat-interval=0.3", "--heartbeat-timeout=1.2"]
+
+
+async def crowd(front: str, ctx: ssl.SSLContext, n: int) -> list[Outcome]:
+    async def visit() -> Outcome:
+        async with WebClient(ctx, timeout=60, persistent=True) as client:
+            return await client.get_ticket(front)
+
+    return list(await asyncio.gather(*(visit() for _ in range(n))))
+
+
+async def held_or_sold(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT event_id, serial FROM orders WHERE status IN ('awaiting_payment', 'complete')"
+        )
+    finally:
+        await conn.close()
+    return {f"{r['event_id']}-{r['serial']}" for r in rows}
+
+
+def main_args(keys: Path, data: Path, url: str, *extra: str) -> list[str]:
+    return [
+        *("-m", "ticketing", "main", "--keys", str(keys), "--data", str(data)),
+        *("--ledger", url, "--port", "0", *LOAD_TEST_MAIN_ARGS, *HB, *extra),
+    ]
+
+
+async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = await fresh_database(request.getfixturevalue("postgres_admin"))
+    keys = write_cluster_keys(tmp_path / "keys", shard_names(2))
+    data = tmp_path / "data"  # one folder: both mains sign with the same key
+    ctx = ssl.create_default_context(cafile=str(keys / "ca.crt"))
+    children: list[Child] = []
+    try:
+        shards = [
+            await ShardProcess.launch(n, keys, data, extra_args=[*HB, "--max-per-address", "4096"])
+            for n in shard_names(2)
+        ]
+        children += shards
+        specs = [a for s in shards for a in ("--shard", f"127.0.0.1:{s.tls_port}:{s.https_port}")]
+        leader = await Child.spawn("main-1", main_args(keys, data, url, "--tickets", "200", *specs))
+        children.append(leader)
+        assert leader.ready["term"] == 1
+        # The standby waits in start() for the lease; it prints READY once it leads.
+        standby_ready = asyncio.ensure_future(
+            Child.spawn("main-2", main_args(keys, data, url, "--standby"), timeout=120)
+        )
+        first = asyncio.ensure_future(crowd(f"https://127.0.0.1:{leader.ready['port']}/", ctx, 60))
+        deadline = time.monotonic() + 60
+        while len(await held_or_sold(url)) < 20:  # mid-sale  # noqa: ASYNC110
+            assert time.monotonic() < deadline, "no sale on the leader"
+            await asyncio.sleep(0.05)
+        killed_at = time.monotonic()
+        leader.proc.send_signal(signal.SIGKILL)
+        await leader.proc.wait()
+        standby = await standby_ready
+        children.append(standby)
+        took = time.monotonic() - killed_at
+        assert standby.ready["term"] == 2
+        assert took <= 6.0, f"the standby took {took:.1f} s to lead"
+        print(f"\nfailover: the standby led {took:.2f} s after the kill")
+        front = f"https://127.0.0.1:{standby.ready['port']}/"
+        t0 = time.monotonic()
+        later = await crowd(front, ctx, 1)
+        print(
+            f"first answer under the new leader {time.monotonic() - t0 + took:.2f} s after the kill"
+        )
+        outcomes = list(await first) + later + await crowd(front, ctx, 200)
+
+        # A third main waits; the leader is paused; its lease runs out; the third leads.
+        third_ready = asyncio.ensure_future(
+            Child.spawn("main-3", main_args(keys, data, url, "--standby"), timeout=120)
+        )
+        standby.proc.send_signal(signal.SIGSTOP)
+        third = await third_ready
+        children.append(third)
+        assert third.ready["term"] == 3
+        standby.proc.send_signal(signal.SIGCONT)  # wakes up: its term is over
+        async with asyncio.timeout(30):
+            tag = ""
+            while tag != "deposed:":
+                tag, _ = await standby.read()
+                assert tag != "", "the old leader ended without saying it was deposed"
+        assert await asyncio.wait_for(standby.proc.wait(), 30) == 3
+        outcomes += await crowd(f"https://127.0.0.1:{third.ready['port']}/", ctx, 5)
+    finally:
+        for child in reversed(children):
+            if child.proc.returncode is None:
+                child.proc.send_signal(signal.SIGCONT)
+                await child.stop()
+
+    kinds = Counter(o.kind for o in outcomes)
+    print(f"failover crowd: {dict(kinds)}")
+    tickets = [o.ticket_id for o in outcomes if o.kind == "ticket"]
+    assert tickets and len(tickets) == len(set(tickets))  # never sold twice
+    assert set(tickets) <= await held_or_sold(url)  # told only after the commit
+    assert kinds["ticket"] == 200 and set(kinds) <= {"ticket", "sold_out"}
+    audit = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ticketing", "audit", "--ledger", url, "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await audit.communicate()
+    assert audit.returncode == 0 and b'"exact": true' in out, out
+
+
+async def test_an_older_term_can_neither_write_nor_link(
+    make_cluster: ClusterFactory, keys: Path
+) -> None:
+    cluster = await make_cluster(1)
+    old = cluster.main
+    event = await old.init_tickets("Fenced", "", "5.00", 4)
+    await old.distribute_tickets()
+    shard = cluster.shards[0]
+    assert old.term == 1 and shard.term == 1
+    new = MainServer(data_dir=cluster.data, ledger_url=old.ledger_url)  # the next term
+    new.set_certificate_path(keys)
+    try:
+        await new.start()
+        assert new.term == 2
+        assert shard.tls_port and shard.https_port
+        await new.connect_client_server("127.0.0.1", shard.tls_port, shard.https_port)
+        await eventually(lambda: shard.link_term == 2, 10)  # the old main's link was dropped
+        with pytest.raises(NotLeader):  # a late write of the old term
+            await old.init_tickets("Late", "", "1.00", 1)
+        assert old.ledger is not None
+        with pytest.raises(NotLeader):
+            await old.ledger.assign(event, {"shard-1": (1, [(0, 1)])})
+        # Its reconnects are refused by term, not by "already connected".
+        sl = old.shards["shard-1"]
+        await eventually(lambda: not sl.online, 10)
+        assert shard.term == 2 and shard.link_term == 2
+        assert (await new.audit()).exact
+    finally:
+        await new.close()
