@@ -129,6 +129,16 @@ class Link:
         self._reader_task = asyncio.create_task(self._read_loop(), name=f"link-{self.id}-reader")
         self._beat_task = asyncio.create_task(self._beat_loop(), name=f"link-{self.id}-heartbeat")
 
+    async def answered_hello(self, timeout: float) -> None:
+        """The accepting side: return once the peer's hello is answered or the link has
+        closed (a refused hello closes it); close it if neither happens in time."""
+        waits = {asyncio.ensure_future(e.wait()) for e in (self.opened, self.closed)}
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if not done:
+            await self.close("no hello in time")
+
     async def hello(self, hello: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         """Client side: send our hello and return the peer's answer."""
         rid = self.proto.send_hello(hello)

@@ -227,15 +227,7 @@ class ClientServer:
             }
         )
         link.start()
-        # Done when the hello is answered or the link closes (a refused hello closes it).
-        waits = {asyncio.ensure_future(e.wait()) for e in (link.opened, link.closed)}
-        done, _ = await asyncio.wait(
-            waits, timeout=self.handshake_timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        for w in waits:
-            w.cancel()
-        if not done:
-            await link.close("no hello in time")
+        await link.answered_hello(self.handshake_timeout)
 
     async def _on_hello(self, link: Link, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("version") != PROTOCOL_VERSION:
