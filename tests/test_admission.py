@@ -11,7 +11,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.helpers import eventually
 from ticketing.tokens import TokenSigner
 from ticketing.web_client import WebClient, ws_url
 
@@ -143,8 +142,8 @@ async def test_a_visitor_who_leaves_before_the_grant_takes_nothing(cluster, ca_c
     url = ws_url(shard_url(shard, mint(cluster, "shard-1")))
     async with connect(url, ssl=ca_context) as ws:
         await ws.send(json.dumps({"type": "request"}))
-        await eventually(lambda: shard.dispenser.queued() == 1)
-    await eventually(lambda: shard.dispenser.queued() == 0)  # the shard noticed the close
+        await shard.changes.wait_for(lambda: shard.dispenser.queued() == 1, 10)
+    await shard.changes.wait_for(lambda: shard.dispenser.queued() == 0, 10)  # noticed the close
     shard._ready.set()
     shard._wake.set()
     await assert_nothing_left_the_pools(cluster)

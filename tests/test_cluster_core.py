@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import BACKENDS, Cluster, ClusterFactory
 from tests.helpers import eventually
 from ticketing import ClientServer, CommandError, MainServer, TicketingError
+from ticketing.changes import wait_any
 from ticketing.ledger import Audit
 from ticketing.slices import expand
 from ticketing.wire import Sale
@@ -80,7 +81,7 @@ async def restart_shard(cluster: Cluster, old: ClientServer) -> ClientServer:
     port = old.tls_port
     assert port
     await old.close()
-    await eventually(lambda: not cluster.main.shards[old.name].online, 5)
+    await cluster.main.changes.wait_for(lambda: not cluster.main.shards[old.name].online, 5)
     shard = ClientServer(old.name, data_dir=cluster.data)
     shard.set_certificate_path(cluster.keys)
     cluster.shards.append(shard)
@@ -192,7 +193,8 @@ async def test_main_restart_keeps_the_ledger_and_assigns_nothing_twice(
     pools_before = [s.dispenser.pools[event].ranges() for s in cluster.shards]
 
     await main.close()
-    await eventually(lambda: all(s.link is None for s in cluster.shards), 5)
+    for s in cluster.shards:
+        await s.changes.wait_for(lambda s=s: s.link is None, 5)
     main = cluster.main = MainServer(data_dir=cluster.data, ledger_url=main.ledger_url)
     main.set_certificate_path(cluster.keys)
     for shard in cluster.shards:
@@ -235,7 +237,11 @@ async def test_shard_restart_restores_its_pool_from_the_journal(
     assert shard.dispenser.events[event]["name"] == "Journal"
 
     await shard.create_client_server(port)  # same port: main's reconnect loop finds it
-    await eventually(lambda: linked(main, shard) and not shard.dispenser.unacked, 10)
+    await wait_any(
+        [main.changes, shard.changes],
+        lambda: linked(main, shard) and not shard.dispenser.unacked,
+        10,
+    )
     assert shard.dispenser.pools[event].ranges() == pool_before
     assert len(await orders(main)) == 1
     await assert_exact(main, total=10, held=1, pools={"shard-1": 4, "shard-2": 5})
@@ -270,7 +276,11 @@ async def test_unreported_grant_is_resent_after_a_crash_and_recorded_once(
     assert list(shard.dispenser.unacked) == [(event, 0)]
     assert 0 not in shard.dispenser.pools[event]
     await shard.create_client_server(port)
-    await eventually(lambda: linked(main, shard) and not shard.dispenser.unacked, 10)
+    await wait_any(
+        [main.changes, shard.changes],
+        lambda: linked(main, shard) and not shard.dispenser.unacked,
+        10,
+    )
 
     [order] = await orders(main)
     assert order[1:] == (0, "visitor-a", "shard-1", "awaiting_payment")
@@ -307,7 +317,11 @@ async def test_grant_whose_ack_was_lost_is_recorded_once(make_cluster: ClusterFa
     old_link = shard.link
     await old_link.close("cut mid-report")
 
-    await eventually(lambda: linked(main, shard, old_link) and not shard.dispenser.unacked, 10)
+    await wait_any(
+        [main.changes, shard.changes],
+        lambda: linked(main, shard, old_link) and not shard.dispenser.unacked,
+        10,
+    )
     assert [o[0] for o in await orders(main)] == [order_id]
     assert (await shard.journal.load()).unacked == []
     await assert_exact(main, total=6, held=1, pools={"shard-1": 5})
@@ -329,7 +343,7 @@ async def test_reclaim_fences_the_shard(make_cluster: ClusterFactory) -> None:
     await assert_exact(main, total=10, unassigned=5, pools={"shard-2": 5}, held=0)
 
     # A still-linked shard is cut off and re-syncs into the new epoch with an empty pool.
-    await eventually(lambda: linked(main, s1) and s1.epoch == 2, 10)
+    await wait_any([main.changes, s1.changes], lambda: linked(main, s1) and s1.epoch == 2, 10)
     assert len(s1.dispenser.pools.get(event, ())) == 0
     # Whatever is said under the old epoch is refused.
     assert s1.link
@@ -374,7 +388,11 @@ async def test_dead_shard_reclaimed_then_back_with_an_old_grant(
     await assert_exact(main, total=10, unassigned=5, pools={"shard-2": 5})
 
     await shard.create_client_server(port)
-    await eventually(lambda: linked(main, shard) and not shard.dispenser.unacked, 10)
+    await wait_any(
+        [main.changes, shard.changes],
+        lambda: linked(main, shard) and not shard.dispenser.unacked,
+        10,
+    )
     assert shard.epoch == 2
     assert await orders(main) == []  # the epoch-1 grant was refused
     assert shard.dispenser.pools.get(event) is None or len(shard.dispenser.pools[event]) == 0
@@ -398,8 +416,10 @@ async def test_main_reconnects_after_the_link_drops(
     main_side = sl.link
     assert main_side and shard.link
     await shard.link.close("test drops the link")
-    await eventually(lambda: main_side.closed.is_set(), 5)
-    await eventually(lambda: linked(main, shard) and sl.link is not main_side, 10)
+    await asyncio.wait_for(main_side.closed.wait(), 5)
+    await wait_any(
+        [main.changes, shard.changes], lambda: linked(main, shard) and sl.link is not main_side, 10
+    )
     assert any("shard-1 offline; reconnecting" in r.getMessage() for r in caplog.records)
     assert await main.call("shard-1", "ping") == {}
     await assert_exact(main, total=4, pools={"shard-1": 4})
@@ -428,7 +448,7 @@ async def test_reconnect_backs_off_while_the_shard_is_away(
     assert max(delays()) <= 0.4  # capped by reconnect_max
 
     await shard.create_client_server(port)
-    await eventually(lambda: linked(main, shard), 10)
+    await wait_any([main.changes, shard.changes], lambda: linked(main, shard), 10)
     assert await main.call("shard-1", "status") == shard.status()
 
 

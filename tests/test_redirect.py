@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from tests.helpers import eventually
 from ticketing.web_client import WebClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,7 +80,7 @@ async def test_an_offline_shard_gets_no_new_visitors(make_cluster, ca_context) -
     down._tls_server.close()  # main cannot reconnect: it stays offline
     assert down.link
     await down.link.close("network cut")
-    await eventually(lambda: not cluster.main.shards["shard-1"].online)
+    await cluster.main.changes.wait_for(lambda: not cluster.main.shards["shard-1"].online, 10)
     ports = set()
     for _ in range(10):
         async with WebClient(ca_context) as client:

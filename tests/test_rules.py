@@ -243,3 +243,29 @@ def test_admission_claims_round_trip_and_refuse_malformed_ones() -> None:
         Admission.verify(signer.verifier(), session)
     claims = SessionClaims.verify(signer.verifier(), session)
     assert (claims.account_id, claims.email) == (4, "ann@example.com")
+
+
+# -- waiting for in-process state (changes.py) ------------------------------------------
+
+
+async def test_changes_wake_waiters_and_time_out_without_a_change() -> None:
+    import asyncio
+
+    from ticketing.changes import Changes, wait_any
+
+    changes, other = Changes(), Changes()
+    state = {"n": 0}
+    waiter = asyncio.ensure_future(changes.wait_for(lambda: state["n"] == 2, 5))
+    for _ in range(2):
+        await asyncio.sleep(0)
+        state["n"] += 1
+        changes.notify()
+    await asyncio.wait_for(waiter, 1)
+    both = asyncio.ensure_future(wait_any([changes, other], lambda: state["n"] == 3, 5))
+    await asyncio.sleep(0)
+    state["n"] = 3
+    other.notify()
+    await asyncio.wait_for(both, 1)
+    state["n"] = 4  # changed, but nobody says so: the waiter does not poll
+    with pytest.raises(TimeoutError):
+        await changes.wait_for(lambda: state["n"] == 5, 0.05)

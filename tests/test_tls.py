@@ -295,7 +295,7 @@ async def test_raw_client_gets_error_replies_and_the_shard_keeps_serving(
 
     # Once main is gone, a raw main-certified client may say hello and then misbehave.
     await main.close()
-    await eventually(lambda: shard.link is None, 5)
+    await shard.changes.wait_for(lambda: shard.link is None, 5)
     raw = await RawMain.connect(keys, shard.tls_port)
     try:
         reply = await raw.hello(1)
@@ -318,7 +318,7 @@ async def test_raw_client_gets_error_replies_and_the_shard_keeps_serving(
         await raw.close()
 
     # The shard survived all of it: a new main links and gets answers.
-    await eventually(lambda: shard.link is None, 5)
+    await shard.changes.wait_for(lambda: shard.link is None, 5)
     main2 = await make_main()
     assert await link(main2, shard) == "shard-1"
     assert await main2.call("shard-1", "ping") == {}

@@ -29,6 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..changes import Changes
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected, TicketingError
 from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..ledger import Audit, Event, SqlLedger, open_ledger
@@ -160,6 +161,7 @@ class MainServer:
         self.standby, self.lease_seconds = standby, lease_seconds
         self.term = 0  # this main's leadership term (sent in every hello)
         self.deposed = asyncio.Event()  # set when another main took the lease
+        self.changes = Changes()  # shards online or not: for waiters
         self._lease: Lease | None = None
         self._renewer: asyncio.Task[None] | None = None
         self.credentials: Credentials | None = None
@@ -326,6 +328,7 @@ class MainServer:
                 self.metrics.reconnects.labels(sl.name or "").inc()
             await link.closed.wait()
             sl.online, sl.link, sl.offline_since = False, None, time.monotonic()
+            self.changes.notify()
             self.metrics.link_losses.labels(sl.name or "").inc()
             log.warning("shard %s offline; reconnecting (%s)", sl.name, link.close_reason)
             if self.reclaim_after is not None and sl.watchdog is None:
@@ -438,6 +441,7 @@ class MainServer:
             },
         )
         sl.name, sl.epoch, sl.link, sl.online, sl.offline_since = name, rec.epoch, link, True, None
+        self.changes.notify()
         if sl.watchdog is not None:
             sl.watchdog.cancel()  # back in time: nothing to fence
             sl.watchdog = None

@@ -17,6 +17,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from ..changes import Changes
 from ..edge import EdgeLimits
 from ..errors import CommandError, ConfigError, LinkClosed, PeerRejected
 from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
@@ -71,6 +72,7 @@ class ClientServer:
         self.dispenser = Dispenser()
         self.epoch = 0
         self.term = 0  # the newest leadership term of main seen (older mains are refused)
+        self.changes = Changes()  # link, epoch, queue, unconfirmed grants: for waiters
         self.link_term = 0  # the term of the main on self.link
         self.journal: Journal | None = None
         self.link: Link | None = None
@@ -266,6 +268,7 @@ class ClientServer:
             self.verifier = verifier
             self.keyring = KeyRing(verifier)  # fronts' keys: as the new main certifies them
         self._spawn(self._watch_link(link))
+        self.changes.notify()
         log.info("%s: linked to %s (%r)", self.name, link.peer.name, link)
         return {
             "version": PROTOCOL_VERSION,
@@ -283,6 +286,7 @@ class ClientServer:
             # Main is gone (or cut off): nobody here can be granted until it is back,
             # so send every waiter back through the front, where it keeps its place.
             sent = self.dispenser.send_back(retry_message("the shard lost its main server"))
+            self.changes.notify()
             level = logging.INFO if link.close_reason == "peer closed the link" else logging.WARNING
             log.log(
                 level,
@@ -323,6 +327,7 @@ class ClientServer:
         )
         self._ready.set()
         self._wake.set()
+        self.changes.notify()
         return self._remaining()
 
     async def _on_assign(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -400,11 +405,14 @@ class ClientServer:
             if arrived is None
             else Waiter(visitor, event, account, arrived=arrived)
         )
+        # Answered or given up (the browser left): the queue changed.
+        w.future.add_done_callback(lambda _: self.changes.notify())
         if self.link is None:  # main is gone: send it back at once rather than hang it
             w.answer(retry_message("the shard has no main server"))
             return w
         self.dispenser.enqueue(w)
         self._wake.set()
+        self.changes.notify()
         return w
 
     async def _dispatch_loop(self) -> None:
@@ -448,6 +456,7 @@ class ClientServer:
             {e: self.dispenser.pools[e] for e in changed if e in self.dispenser.pools},
             settled=settled,
         )
+        self.changes.notify()
 
     async def _ask_stock(self, link: Link, event: int) -> None:
         try:
