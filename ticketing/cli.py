@@ -160,7 +160,12 @@ async def _maybe_create_event(main: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from .cluster import LocalCluster, shard_names
+    from .cluster import Child, LocalCluster, shard_names
+    from .ledger import is_postgres
+
+    if args.mains > 1 and not (args.ledger and is_postgres(args.ledger)):
+        print("--mains 2 needs a shared ledger: --ledger postgresql://...", file=sys.stderr)
+        return 2
 
     async def run() -> int:
         cluster = LocalCluster(
@@ -177,9 +182,20 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             },
             shard_args=_heartbeat_flags(args),
         )
+        # Standby mains print READY only once they lead: each is a task until then, and
+        # cancelling it stops its process (Child.spawn stops it by PID).
+        standbys: list[asyncio.Task[Child]] = []
         async with cluster:
             assert cluster.main
             await _maybe_create_event(cluster.main, args)
+            for i in range(2, args.mains + 1):  # standby mains: same ledger, keys, signing key
+                standby = [
+                    *("-m", "ticketing", "main", "--standby", "--ledger", args.ledger),
+                    *("--keys", str(cluster.keys), "--data", str(args.data)),
+                    *("--host", args.host, "--port", "0", *_heartbeat_flags(args)),
+                ]
+                standbys.append(asyncio.create_task(Child.spawn(f"main-{i}", standby, timeout=1e9)))
+                print(f"  main-{i}: standby (leads when main's lease runs out)")
             for p in cluster.processes:
                 print(f"  {p.name}: pid {p.pid}, link port {p.tls_port}, https port {p.https_port}")
             for f in cluster.front_processes:
@@ -195,6 +211,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             await drain_main(cluster.main, cluster.redirect, args.drain_timeout)
             audit = await cluster.main.audit()
             print(f"\nstopping; audit: {json.dumps(audit.as_dict())}")
+            for task in standbys:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    await task.result().stop()  # it had taken over
+                task.cancel()
+            await asyncio.gather(*standbys, return_exceptions=True)
         return 0
 
     return _run(run)
@@ -493,6 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _role(sub, "cluster", "main + redirect + N shard processes on this machine")
     p.add_argument("--shards", type=int, default=2, help="how many shard processes")
+    p.add_argument(
+        "--mains",
+        type=int,
+        default=1,
+        help="1 leader + N-1 standby main processes (needs --ledger postgresql://...)",
+    )
     p.add_argument("--data", default="data/cluster", help="directory for keys, ledger, journals")
     _ledger_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address every server binds")
