@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.pgserver import ENV as POSTGRES_ENV
-from tests.pgserver import PostgresServer, find_bin, fresh_database
+from tests.pgserver import PostgresServer, drop_database, find_bin, fresh_database
 from ticketing import ClientServer, MainServer, RedirectServer, write_cluster_keys
 from ticketing.cluster import LOAD_TEST_FRONT_OPTIONS, FrontProcess
 
@@ -24,7 +24,7 @@ BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[str]:
+def postgres_admin(pytestconfig: pytest.Config) -> Iterator[str]:
     """An administrative URL of a PostgreSQL server: ``$TICKETING_TEST_POSTGRES``, or
     a throwaway server started here (``scripts/test`` installs Debian's postgresql)."""
     given = os.environ.get(POSTGRES_ENV)
@@ -34,10 +34,9 @@ def postgres_admin() -> Iterator[str]:
     if not find_bin("initdb"):
         pytest.skip(f"no PostgreSQL: install Debian's postgresql or set {POSTGRES_ENV}")
     server = PostgresServer().start()
-    try:
-        yield server.admin_url
-    finally:
-        server.stop()
+    # Stopped when the session ends, outside any one test's timeout.
+    pytestconfig.add_cleanup(server.stop)
+    yield server.admin_url
 
 
 @pytest.fixture(params=["sqlite"])
@@ -46,11 +45,17 @@ def ledger_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def ledger_url(ledger_backend: str, request: pytest.FixtureRequest) -> str | None:
+async def ledger_url(
+    ledger_backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[str | None]:
     """None for SQLite (each main's file in its data folder), else a fresh database."""
     if ledger_backend == "sqlite":
-        return None
-    return await fresh_database(request.getfixturevalue("postgres_admin"))
+        yield None
+        return
+    admin = request.getfixturevalue("postgres_admin")
+    url = await fresh_database(admin)
+    yield url
+    await drop_database(admin, url)
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ class PostgresServer:
         pg_ctl = find_bin("pg_ctl")
         if pg_ctl and (self.dir / "data").exists():
             self._run(pg_ctl, "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        subprocess.run(["rm", "-rf", str(self.dir)], check=False, timeout=120)
 
 
 async def fresh_database(admin_url: str) -> str:
@@ -82,3 +82,13 @@ async def fresh_database(admin_url: str) -> str:
         await conn.close()
     base, _, _ = admin_url.rpartition("/")
     return f"{base}/{name}"
+
+
+async def drop_database(admin_url: str, url: str) -> None:
+    """Drop a database made by :func:`fresh_database` (its files would pile up)."""
+    name = url.rpartition("/")[2]
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
