@@ -232,6 +232,13 @@ def _front_options(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("admissions_per_address", "admissions_per_visitor"):
         if getattr(args, name) is not None:  # else the RedirectServer default
             opts[name] = _rate(getattr(args, name))
+    from .front.queue import QueueOptions
+
+    per_address = args.queue_entries_per_address
+    opts["queue"] = QueueOptions(
+        enabled=args.waiting_room == "on",
+        entries_per_address=None if per_address == "off" else int(per_address),
+    )
     return opts
 
 
@@ -244,6 +251,19 @@ def _front_parser_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--admissions-per-address", metavar="RATE", help="default 30/60")
     g.add_argument("--admissions-per-visitor", metavar="RATE", help="default 5/50")
+    g = p.add_argument_group("waiting room (front/queue.py)")
+    g.add_argument(
+        "--waiting-room",
+        choices=["on", "off"],
+        default="on",
+        help="queue visitors beyond what the shards take (default on)",
+    )
+    g.add_argument(
+        "--queue-entries-per-address",
+        default="50",
+        metavar="N",
+        help="live queue entries per client address, or off (default 50)",
+    )
     p.add_argument(
         "--public-origin",
         help="the front's origin as browsers see it, e.g. https://tickets.example",

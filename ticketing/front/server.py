@@ -45,6 +45,7 @@ from ..wire import Admission, Place
 from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 from .dashboard import mount_dashboard
 from .observe import metrics_handler, observe_middleware
+from .queue import QueueDoor, QueueOptions
 
 if TYPE_CHECKING:
     from ..market import Market
@@ -148,6 +149,7 @@ class RedirectServer:
         public_origin: str | None = None,
         setup: Callable[[web.Application], None] | None = None,
         marketplace: bool = True,
+        queue: QueueOptions | None = None,  # the waiting room (front/queue.py)
     ) -> None:
         self.main = main
         self.token_ttl = token_ttl
@@ -178,6 +180,8 @@ class RedirectServer:
             ]
         )
         mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
+        self.queue = QueueDoor(main, queue)
+        self.queue.mount(self.app)  # /events/{id}/queue, the long-poll
         self.market: Market | None = None
         if marketplace:  # the REST API and front page (api.py); False to mount your own
             from ..market.api import mount_marketplace  # api imports this module
@@ -269,9 +273,15 @@ class RedirectServer:
             )
             limited.headers["Retry-After"] = retry_after(wait)
             return limited
+        gate = self.queue.gate(request, event, public_id(visitor))  # the waiting room
+        if isinstance(gate, web.StreamResponse):
+            if fresh:
+                set_visitor_cookie(gate, visitor)
+            return gate
         info = {"event": event.public()}
         resp: web.StreamResponse
         place, arrived = self._place(request, visitor, event_id)
+        arrived = min(arrived, gate.arrived or arrived)  # the queue entry is the arrival
         view = self.main.stock_view(event_id)
         answer = choose_answer(
             view, waiting_ahead=self.waiting.ahead(place, arrived, time.monotonic())

@@ -186,9 +186,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS owners_one_per_account
     ON owners(event_id, account_id) WHERE account_id IS NOT NULL;
 """
 
+# The waiting room's settings per event (records.Event). One ADD COLUMN per
+# statement: the portable form (SQLite cannot add several in one).
+V3 = """
+ALTER TABLE events ADD COLUMN sale_starts_at {REAL};
+ALTER TABLE events ADD COLUMN prequeue_order TEXT NOT NULL DEFAULT 'random';
+ALTER TABLE events ADD COLUMN pow_bits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN release_rate {REAL};
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "ledger, marketplace and account tables", V1),
     (2, "one owned ticket per event per account", V2),
+    (3, "waiting-room settings per event", V3),
 ]
 LATEST = MIGRATIONS[-1][0]
 

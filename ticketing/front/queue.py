@@ -1,0 +1,377 @@
+"""The waiting room on the front's HTTP port: the gate, the long-poll, the page.
+
+:meth:`QueueDoor.gate` runs first in the front's admission: a visitor goes straight
+on while nobody waits, the sale has started and the shards have room
+(:class:`~ticketing.front.waitroom.ReleaseRate`); otherwise it gets a signed queue
+ticket and ``{"status": "queued", "position", "eta_s", ...}`` (JSON) or the waiting
+page (``queue_page/``). The page and :class:`~ticketing.web_client.WebClient`
+long-poll ``GET /events/{id}/queue?token=...``: the answer comes when the visitor
+is released, the event sells out, or after a while (sooner near the head) with the
+new position. A ticker releases the head of each line every ``tick`` seconds.
+
+Refusals: a queue ticket of another visitor (copied to another browser) or not
+signed by us: 403. Proof of work (an event's ``pow_bits``): a new entry needs a
+solved challenge (``pow.py``), a wrong one is 403 with a fresh challenge. Live
+entries per client address are capped (429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..errors import TokenError
+from ..ledger.records import Event
+from ..visitor import VISITOR_COOKIE, public_id, valid_visitor
+from ..wire import QueueTicket
+from .pow import PowGate
+from .waitroom import ClockSequencer, Line, ReleaseRate, Sequencer, eta_seconds, prequeue_rank
+
+if TYPE_CHECKING:
+    from ..main.server import MainServer
+
+log = logging.getLogger("ticketing.queue")
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """The waiting room's knobs (``RedirectServer(queue=...)``)."""
+
+    enabled: bool = True
+    # Release rate (ReleaseRate): visitors in flight to the shards
+    min_window: int = 64
+    target_delay: float = 1.0
+    # Timeouts
+    tick: float = 0.1  # seconds between releases
+    poll_timeout: float = 15.0  # the longest long-poll (under the keep-alive timeout)
+    stale_after: float = 45.0  # a waiter silent that long has left
+    ticket_ttl: float = 12 * 3600.0  # a queue ticket's life (pre-queues can be long)
+    # Limits
+    entries_per_address: int | None = 50  # live entries per client address; None: no cap
+
+
+@dataclass(frozen=True)
+class Pass:
+    """The gate lets the visitor on; ``arrived``: its queue entry's time (unix s), if any."""
+
+    arrived: float | None = None
+
+
+def _page() -> str:
+    return resources.files("ticketing.front.queue_page").joinpath("index.html").read_text()
+
+
+class QueueDoor:
+    """Every event's line on one front, with its release rate and ticker."""
+
+    def __init__(
+        self,
+        main: MainServer,
+        options: QueueOptions | None = None,
+        *,
+        sequencer: Sequencer | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.main = main
+        self.options = options or QueueOptions()
+        self.sequencer = sequencer or ClockSequencer(clock)
+        self.clock, self.monotonic = clock, monotonic
+        self.lines: dict[int, Line] = {}
+        self.rates: dict[int, ReleaseRate] = {}
+        self.events: dict[int, Event] = {}
+        self._wakers: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self._pow: PowGate | None = None
+        self._verifier: Any = None
+        self._last_prune = 0.0
+
+    # -- wiring -------------------------------------------------------------------
+
+    def mount(self, app: web.Application) -> None:
+        app.add_routes(
+            [
+                web.get("/events/{event_id:[0-9]{1,12}}/queue", self.handle_poll),
+                web.get("/queue/queue.js", self.handle_script),
+            ]
+        )
+        app.cleanup_ctx.append(self._ticking)
+
+    async def _ticking(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for fut in self._wakers.values():
+            if not fut.done():
+                fut.cancel()
+
+    def _keys(self) -> tuple[Any, PowGate]:
+        if self._pow is None:
+            assert self.main.signer
+            self._verifier = self.main.signer.verifier()
+            self._pow = PowGate(self.main.signer, self._verifier)
+        return self._verifier, self._pow
+
+    def line(self, event_id: int) -> Line:
+        if event_id not in self.lines:
+            self.lines[event_id] = Line(stale_after=self.options.stale_after)
+        return self.lines[event_id]
+
+    def rate(self, event: Event) -> ReleaseRate:
+        rate = self.rates.get(event.id)
+        if rate is None:
+            rate = self.rates[event.id] = ReleaseRate(
+                min_window=self.options.min_window, target_delay=self.options.target_delay
+            )
+            rate.observe(self.main.stock_view(event.id).remaining, self.monotonic())
+        rate.cap = event.release_rate
+        return rate
+
+    # -- the gate -----------------------------------------------------------------
+
+    def gate(self, request: web.Request, event: Event, visitor: str) -> Pass | web.Response:
+        """Let the visitor (public id) on, or answer with its place in line."""
+        if not self.options.enabled:
+            return Pass()
+        self.events[event.id] = event
+        now, mono = self.clock(), self.monotonic()
+        started = event.sale_starts_at is None or now >= event.sale_starts_at
+        line, rate = self.line(event.id), self.rate(event)
+        token = request.query.get("queue", "")
+        if token:
+            ticket = self._ticket(token, visitor, event.id)
+            if ticket is None:
+                return self._refused(
+                    request, event, "this place in line belongs to another browser"
+                )
+            if line.released(ticket.rank):
+                return Pass(ticket.issued)
+            line.join(ticket.rank, ticket.issued, request.remote or "?", mono)
+            return self._queued(request, event, ticket, token)
+        if self.main.stock_view(event.id).remaining == 0:
+            return Pass()  # sold out: the front says so
+        if started and not len(line) and rate.allowance(mono) > 0:
+            rate.released(1, mono)
+            return Pass()
+        return self._enter(request, event, visitor, started)
+
+    def _enter(
+        self, request: web.Request, event: Event, visitor: str, started: bool
+    ) -> web.Response:
+        """A new entry, after the proof of work when the event asks for one."""
+        line, address = self.line(event.id), request.remote or "?"
+        if event.pow_bits > 0:
+            _, gate = self._keys()
+            challenge, solution = request.query.get("pow", ""), request.query.get("solution", "")
+            if not gate.check(challenge, solution, visitor, event.id, event.pow_bits):
+                status = 403 if challenge else 200
+                return self._challenge(request, event, visitor, status)
+        cap = self.options.entries_per_address
+        if cap is not None and line.entries_from(address) >= cap:
+            resp = self._json_or_page(
+                request, 429, {"status": "rate_limited", "errors": [{"message": "too many"}]}
+            )
+            resp.headers["Retry-After"] = "30"
+            return resp
+        seq = self.sequencer.next(event.id)
+        rank = seq if started else prequeue_rank(event.prequeue_order, seq)
+        ticket = QueueTicket(visitor, event.id, seq, rank, round(self.clock(), 3))
+        assert self.main.signer
+        token = ticket.sign(self.main.signer, self.options.ticket_ttl)
+        line.join(rank, ticket.issued, address, self.monotonic())
+        return self._queued(request, event, ticket, token)
+
+    def _ticket(self, token: str, visitor: str, event_id: int) -> QueueTicket | None:
+        verifier, _ = self._keys()
+        try:
+            ticket = QueueTicket.verify(verifier, token)
+        except TokenError:
+            return None
+        return ticket if ticket.visitor == visitor and ticket.event == event_id else None
+
+    # -- answers ------------------------------------------------------------------
+
+    def state(self, event: Event, ticket: QueueTicket, token: str) -> dict[str, Any]:
+        """What the page and API clients see about one entry."""
+        line, rate = self.line(event.id), self.rate(event)
+        base = f"/events/{event.id}"
+        out: dict[str, Any] = {
+            "status": "queued",
+            "queue": token,
+            "location": f"{base}?queue={token}",
+            "poll": f"{base}/queue?queue={token}",
+            "event": {"id": event.id, "name": event.name},
+        }
+        if line.released(ticket.rank):
+            return dict(out, status="released")
+        if self.main.stock_view(event.id).remaining == 0:
+            return dict(out, status="sold_out")
+        starts_in = 0.0 if event.sale_starts_at is None else event.sale_starts_at - self.clock()
+        speed = rate.expected_rate()
+        if starts_in > 0:  # pre-queue: the order is drawn at the start
+            return dict(
+                out,
+                prequeue=True,
+                position=None,
+                waiting=len(line),
+                starts_in_s=round(starts_in, 1),
+                sale_starts_at=event.sale_starts_at,
+                eta_s=round(starts_in, 1),
+                release_rate=round(speed, 1),
+                retry_after=min(self.options.poll_timeout, max(0.2, starts_in)),
+            )
+        position = line.position(ticket.rank)
+        eta = eta_seconds(position - 1, speed)
+        return dict(
+            out,
+            prequeue=False,
+            position=position,
+            waiting=len(line),
+            eta_s=eta,
+            release_rate=round(speed, 1),
+            retry_after=self._poll_wait(eta),
+        )
+
+    def _poll_wait(self, eta: float) -> float:
+        """A waiter far back hears less often: positions move slowly for it anyway."""
+        return min(self.options.poll_timeout, max(1.0, eta / 4))
+
+    def _queued(
+        self, request: web.Request, event: Event, ticket: QueueTicket, token: str
+    ) -> web.Response:
+        return self._json_or_page(request, 200, self.state(event, ticket, token))
+
+    def _challenge(
+        self, request: web.Request, event: Event, visitor: str, status: int
+    ) -> web.Response:
+        _, gate = self._keys()
+        challenge = gate.challenge(visitor, event.id, event.pow_bits)
+        payload = {
+            "status": "challenge",
+            "challenge": challenge,
+            "bits": event.pow_bits,
+            "location": f"/events/{event.id}?pow={challenge}&solution=",
+            "event": {"id": event.id, "name": event.name},
+        }
+        if status == 403:
+            payload["errors"] = [{"message": "wrong or reused proof of work"}]
+        return self._json_or_page(request, status, payload)
+
+    def _refused(self, request: web.Request, event: Event, message: str) -> web.Response:
+        payload = {
+            "status": "refused",
+            "errors": [{"message": message}],
+            "location": f"/events/{event.id}",  # join the line afresh
+        }
+        return self._json_or_page(request, 403, payload)
+
+    def _json_or_page(
+        self, request: web.Request, status: int, payload: dict[str, Any]
+    ) -> web.Response:
+        if "application/json" in request.headers.get("Accept", ""):
+            return web.json_response(payload, status=status)
+        state = html.escape(json.dumps(payload), quote=True)
+        return web.Response(
+            text=_page().replace("{{STATE}}", state),
+            status=status,
+            content_type="text/html",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    # -- the long-poll ------------------------------------------------------------
+
+    async def handle_poll(self, request: web.Request) -> web.Response:
+        """Answer when released, sold out, or after ``retry_after`` with the position."""
+        event = await self.main.event(int(request.match_info["event_id"]))
+        if event is None:
+            raise web.HTTPNotFound()
+        cookie = request.cookies.get(VISITOR_COOKIE, "")
+        token = request.query.get("queue", "")
+        ticket = self._ticket(token, public_id(cookie), event.id) if valid_visitor(cookie) else None
+        if ticket is None:
+            return self._refused(request, event, "this place in line belongs to another browser")
+        self.events[event.id] = event
+        line = self.line(event.id)
+        line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
+        first = self.state(event, ticket, token)
+        if first["status"] != "queued":
+            return web.json_response(first)
+        key = (event.id, ticket.rank)
+        fut = self._wakers.get(key)
+        if fut is None or fut.done():
+            fut = self._wakers[key] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), first["retry_after"])
+        except TimeoutError:
+            pass
+        finally:
+            if self._wakers.get(key) is fut and not fut.done():
+                del self._wakers[key]
+        line.seen(ticket.rank, self.monotonic())
+        return web.json_response(self.state(event, ticket, token))
+
+    async def handle_script(self, request: web.Request) -> web.Response:
+        body = resources.files("ticketing.front.queue_page").joinpath("queue.js").read_bytes()
+        return web.Response(body=body, content_type="text/javascript")
+
+    # -- releasing ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # a bug here must not stop every line
+                log.exception("waiting room tick failed")
+            await asyncio.sleep(self.options.tick)
+
+    def tick(self) -> None:
+        """Release the head of each line as far as the shards have room (no I/O)."""
+        now, mono = self.clock(), self.monotonic()
+        prune = mono - self._last_prune >= 1.0
+        if prune:
+            self._last_prune = mono
+        for event_id, line in self.lines.items():
+            event = self.events.get(event_id)
+            if event is None:
+                continue
+            rate = self.rate(event)
+            remaining = self.main.stock_view(event_id).remaining
+            rate.observe(remaining, mono)
+            if prune:
+                line.prune(mono)
+            if remaining == 0:
+                self._wake(event_id, None)  # everyone hears "sold out" now
+                continue
+            if event.sale_starts_at is not None and now < event.sale_starts_at:
+                continue
+            n = min(len(line), rate.allowance(mono))
+            if n:
+                rate.released(n, mono)
+                self._wake(event_id, line.release(n, mono))
+
+    def _wake(self, event_id: int, ranks: list[int] | None) -> None:
+        """Answer the long-polls of ``ranks`` (None: all of the event's) now."""
+        keys = (
+            [k for k in self._wakers if k[0] == event_id]
+            if ranks is None
+            else [(event_id, r) for r in ranks]
+        )
+        for key in keys:
+            fut = self._wakers.pop(key, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def waiting(self) -> int:
+        """Visitors waiting in every line (metrics, the idle benchmark)."""
+        return sum(len(line) for line in self.lines.values())
