@@ -191,7 +191,10 @@ async def test_an_over_capacity_crowd_goes_through_in_fifo_order(make_cluster, c
         assert all(body["status"] == "queued" for _, _, body in entries)
         await cluster.main.update_event(event_id, sale_starts_at=None)  # the sale opens
         outcomes = await asyncio.gather(
-            *(c.get_ticket(f"{url}?queue={b['queue']}") for c, (_, _, b) in zip(clients, entries))
+            *(
+                c.get_ticket(f"{url}?queue={b['queue']}")
+                for c, (_, _, b) in zip(clients, entries, strict=True)
+            )
         )
     finally:
         await asyncio.gather(*(c.close() for c in clients))
@@ -253,7 +256,8 @@ async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_
         now[0] = start + 1.0  # the sale opens
         late = [await enter(s, url) for s in sessions[12:]]
         polled = [
-            await enter(s, f"{url}?queue={e['queue']}") for s, e in zip(sessions, early + late)
+            await enter(s, f"{url}?queue={e['queue']}")
+            for s, e in zip(sessions, early + late, strict=True)
         ]
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
