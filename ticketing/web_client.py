@@ -211,14 +211,18 @@ class WebClient:
         """
         while body.get("status") == "queued":
             seen.append((clock.elapsed(), body.get("position"), float(body.get("eta_s", 0.0))))
-            if clock.elapsed() >= self.timeout:
+            pause = float(body.get("next_poll_s", 0.0))  # far back: call back later
+            if clock.elapsed() + pause >= self.timeout:
                 return None
+            await asyncio.sleep(pause)
             try:
                 async with self.session.get(poll, headers={"Accept": "application/json"}) as resp:
                     body = await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 await asyncio.sleep(0.5)  # the front restarts; the ticket keeps the place
             clock.answered()
+        if body.get("status") == "released":
+            seen.append((clock.elapsed(), 0, 0.0))  # position 0: our turn came
         return body
 
     async def claim(

@@ -53,7 +53,9 @@ class QueueOptions:
     target_delay: float = 1.0
     # Timeouts
     tick: float = 0.1  # seconds between releases
-    poll_timeout: float = 15.0  # the longest long-poll (under the keep-alive timeout)
+    poll_timeout: float = 10.0  # the longest long-poll (under the keep-alive timeout)
+    hold_eta: float = 20.0  # waiters due within this many seconds long-poll; others call back
+    max_poll_gap: float = 30.0  # the longest a far-back waiter is told to wait between polls
     stale_after: float = 45.0  # a waiter silent that long has left
     ticket_ttl: float = 12 * 3600.0  # a queue ticket's life (pre-queues can be long)
     # Limits
@@ -229,7 +231,8 @@ class QueueDoor:
                 sale_starts_at=event.sale_starts_at,
                 eta_s=round(starts_in, 1),
                 release_rate=round(speed, 1),
-                retry_after=min(self.options.poll_timeout, max(0.2, starts_in)),
+                # Call back shortly before the start, then hold a poll through it.
+                next_poll_s=self._gap(starts_in - self.options.poll_timeout / 2),
             )
         position = line.position(ticket.rank)
         eta = eta_seconds(position - 1, speed)
@@ -240,12 +243,17 @@ class QueueDoor:
             waiting=len(line),
             eta_s=eta,
             release_rate=round(speed, 1),
-            retry_after=self._poll_wait(eta),
+            next_poll_s=0.0 if eta <= self.options.hold_eta else self._gap(eta / 4),
         )
 
-    def _poll_wait(self, eta: float) -> float:
-        """A waiter far back hears less often: positions move slowly for it anyway."""
-        return min(self.options.poll_timeout, max(1.0, eta / 4))
+    def _gap(self, seconds: float) -> float:
+        """How long a waiter far from its turn waits before polling again (0: poll now).
+
+        Only waiters close to their turn hold a connection open (a long-poll): 20,000
+        waiters cannot each keep a socket on one front, and far back the position
+        moves slowly anyway; the page counts the ETA down between polls.
+        """
+        return 0.0 if seconds <= 0 else round(min(self.options.max_poll_gap, max(1.0, seconds)), 1)
 
     def _queued(
         self, request: web.Request, event: Event, ticket: QueueTicket, token: str
@@ -292,7 +300,9 @@ class QueueDoor:
     # -- the long-poll ------------------------------------------------------------
 
     async def handle_poll(self, request: web.Request) -> web.Response:
-        """Answer when released, sold out, or after ``retry_after`` with the position."""
+        """A waiter close to its turn: answer when released, sold out, or after
+        ``poll_timeout`` with the new position; one far back: answer now, with
+        ``next_poll_s`` (the long-poll is the cheap part only near the head)."""
         event = await self.main.event(int(request.match_info["event_id"]))
         if event is None:
             raise web.HTTPNotFound()
@@ -305,14 +315,17 @@ class QueueDoor:
         line = self.line(event.id)
         line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
         first = self.state(event, ticket, token)
-        if first["status"] != "queued":
+        if first["status"] != "queued" or first["next_poll_s"] > 0:
             return web.json_response(first)
+        hold = self.options.poll_timeout
+        if first["prequeue"]:
+            hold = min(hold, first["starts_in_s"] + self.options.tick)  # wake at the start
         key = (event.id, ticket.rank)
         fut = self._wakers.get(key)
         if fut is None or fut.done():
             fut = self._wakers[key] = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(asyncio.shield(fut), first["retry_after"])
+            await asyncio.wait_for(asyncio.shield(fut), hold)
         except TimeoutError:
             pass
         finally:

@@ -59,6 +59,8 @@ async function poll() {
     if (s.status === "released") { location.replace(s.location); return; }
     show(s);
     if (s.status !== "queued") return;
+    // Far from our turn the front answers at once and says when to call back.
+    if (s.next_poll_s > 0) await new Promise((r) => setTimeout(r, 1000 * s.next_poll_s));
   }
 }
 
@@ -98,5 +100,8 @@ if (state.status === "challenge") {
   work(state);
 } else {
   show(state);
-  if (state.status === "queued") poll();
+  if (state.status === "queued") {
+    const first = state.next_poll_s || 0;
+    setTimeout(poll, 1000 * first);
+  }
 }
