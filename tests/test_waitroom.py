@@ -272,7 +272,7 @@ async def test_proof_of_work_is_required_when_enabled(make_cluster, ca_context) 
     event_id = await cluster.main.init_tickets("Guarded", "", "10", 2)
     await cluster.main.distribute_tickets()
     await cluster.main.update_event(event_id, pow_bits=10, sale_starts_at=4e9)
-    await front(cluster)
+    await front(cluster, min_window=4)
     url = f"{cluster.front}events/{event_id}"
     async with session(ca_context) as s:
         asked = await enter(s, url)

@@ -230,3 +230,52 @@ def format_fault(out: dict[str, Any]) -> str:
         "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out["problems"])),
     ]
     return "\n".join(lines)
+
+
+def format_crowd(out: dict[str, Any]) -> str:
+    """The crowd through the waiting room: the targets, the waiting figures, the checks."""
+    c, load, a, v, o = out["crowd"], out["load"], out["audit"], out["verdict"], out["options"]
+    w, t = c["waiting"], out["targets"]
+
+    def s(x: Any) -> str:
+        return "-" if x is None else f"{x:.2f} s"
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    rows = [
+        ("", "crowd"),
+        ("visitors (arrived)", _fmt(c["visitors"])),
+        ("tickets granted", _fmt(load["granted"])),
+        ("sold-out answers", _fmt(load["sold_out"])),
+        ("errors + timeouts", _fmt(load["errors"])),
+        ("waited in line (visitors)", _fmt(w["queued_visitors"])),
+        ("winners' median time-to-ticket", s(c["winners_median_s"])),
+        ("time to the last ticket", s(c["time_to_last_ticket_s"])),
+        (
+            "position error p50 / p95",
+            f"{_fmt(w['position_error_p50'])} / {_fmt(w['position_error_p95'])}",
+        ),
+        ("ETA error p50 / p95", f"{s(w['eta_error_s_p50'])} / {s(w['eta_error_s_p95'])}"),
+        ("FCFS inversions", f"{c['fcfs_inversions']} ({100 * c['fcfs_inversions_share']:.2f} %)"),
+    ]
+    timeline = c["timeline"]
+    lines = [
+        f"crowd: {o['shards']} shards, {o['tickets']} tickets, {o['arrival_rate']:g} arrivals/s"
+        f" for {o['duration']:g} s, {o['workers']} worker processes, {out['machine']['cpus']} CPUs",
+        "",
+        _table(rows),
+        "",
+        f"{'median / last ticket':<28} {_fmt(c['median_share'])} (target <= "
+        f"{t['median_share']:g}: {met(t['median_share_met'])})",
+        f"{'FCFS inversions share':<28} {100 * c['fcfs_inversions_share']:.2f} % (target <= "
+        f"{100 * t['fcfs_inversions_share']:g} %: {met(t['fcfs_met'])})",
+        f"{'oversold':<28} {_fmt(v['oversold'])}",
+        f"{'audit':<28} {'exact' if a['exact'] else 'NOT EXACT'} (total {a['total']}, "
+        f"unassigned {a['unassigned']}, pools {a['in_pools']}, held {a['held']}, sold {a['sold']})",
+        f"{'answers per 0.5 s':<28} tickets {timeline['ticket']}",
+        f"{'':<28} sold out {timeline['sold_out']}",
+        *(f"error x{n}: {msg}" for msg, n in (load.get("error_samples") or {}).items()),
+        "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out["problems"])),
+    ]
+    return "\n".join(lines)

@@ -37,7 +37,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from ..process import raise_fd_limit, wait_for_stop
-from ..web_client import WebClient, ws_url
+from ..tokens import peek_claims
+from ..web_client import Outcome, WebClient, ws_url
 
 PROGRESS_EVERY = 0.25  # seconds between progress lines
 
@@ -78,6 +79,29 @@ async def stop_or_orphaned() -> None:
             w.cancel()
 
 
+def queue_record(out: Outcome, t0: float) -> list[float] | None:
+    """``[rank, shown_at, position, eta_s, released_at]`` of a visitor who waited in
+    line (times monotonic, like ``t0``; ``released_at`` 0 if never released), else None.
+
+    The first position shown after the sale opened is the one judged (a pre-queue
+    shows none): the benchmark compares it with the visitors actually released
+    ahead of this one, and the ETA with the actual wait.
+    """
+    claims = peek_claims(out.queue_ticket) if out.queue_ticket else None
+    shown = [(t, p, eta) for t, p, eta in out.queue if p]
+    if claims is None or not shown:
+        return None
+    released = next((t for t, p, _ in out.queue if p == 0), None)
+    t, position, eta = shown[0]
+    return [
+        float(claims.get("r", 0)),
+        round(t0 + t, 4),
+        float(position),
+        eta,
+        round(t0 + released, 4) if released is not None else 0.0,
+    ]
+
+
 class Visits:
     """The ``visit`` mode: a bounded number of visitors, bounded concurrency and time."""
 
@@ -104,6 +128,7 @@ class Visits:
         self.waits: list[int] = []
         self.hops: list[int] = []
         self.silences: list[float] = []
+        self.queue: list[list[float] | None] = []  # the waiting room: see queue_record
         self.errors: Counter[str] = Counter()
 
     async def visit(self) -> None:
@@ -117,6 +142,7 @@ class Visits:
         # A visit that ended in an error got no real answer at all: all of it was silence.
         silence = end - t0 if out.kind == "error" else out.longest_silence
         self.silences.append(round(silence, 4))
+        self.queue.append(queue_record(out, t0))
         self.kinds.append(out.kind)
         self.tickets.append(out.ticket_id)
         self.latency.append(out.timings.get("total", end - t0))
@@ -176,6 +202,7 @@ class Visits:
             "waits": self.waits,
             "hops": self.hops,
             "silences": self.silences,
+            "queue": self.queue,
             "errors": dict(self.errors),
         }
 

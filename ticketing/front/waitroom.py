@@ -183,14 +183,15 @@ class ReleaseRate:
     A window of visitors *in flight* (let through in the last ``flight_window``
     seconds, minus tickets granted in that time): it is ``target_delay`` seconds of
     the measured grant rate, at least ``min_window``, so the shards' queues stay
-    about ``target_delay`` long. ``cap``: at most that many per second (an event's
-    configured ``release_rate``). Times are monotonic seconds.
+    about ``target_delay`` long, and never more than the tickets left. ``cap``: at
+    most that many per second (an event's configured ``release_rate``). Times are
+    monotonic seconds.
     """
 
     cap: float | None = None
     min_window: int = 64
     target_delay: float = 1.0
-    flight_window: float = 10.0
+    flight_window: float = 5.0  # a released visitor who never came stops counting then
     _releases: deque[tuple[float, int]] = field(default_factory=deque)
     _grants: deque[tuple[float, int]] = field(default_factory=deque)
     _remaining: int | None = None
@@ -213,6 +214,10 @@ class ReleaseRate:
         in_flight = max(0, _total(self._releases) - _total(self._grants))
         window = max(self.min_window, round(self.grant_rate() * self.target_delay))
         room = max(0, window - in_flight)
+        if self._remaining is not None:
+            # Never more on their way than tickets left: at the tail of a sale a visitor
+            # let through should find one, not lose it to a luckier shard's later arrival.
+            room = min(room, max(0, self._remaining - in_flight))
         if self.cap is not None:
             room = min(room, int(self._budget))
         return room
