@@ -70,7 +70,7 @@ def back_to_front(location: str, front: str) -> str | None:
     return f"{front}/events/{event}" + (f"?place={quote(place, safe='')}" if place else "")
 
 
-class _Clock:
+class VisitClock:
     """The longest stretch without an answer, across the hops of one visit."""
 
     def __init__(self) -> None:
@@ -135,7 +135,7 @@ class WebClient:
             return resp.status, resp.headers.get("Location"), body
 
     async def get_ticket(self, front_url: str) -> Outcome:
-        clock = _Clock()
+        clock = VisitClock()
         timings: dict[str, float] = {}
         url, waits, hops = front_url, 0, 0
 
@@ -202,7 +202,7 @@ class WebClient:
         self,
         poll: str,
         body: dict[str, Any],
-        clock: _Clock,
+        clock: VisitClock,
         seen: list[tuple[float, int | None, float]],
     ) -> dict[str, Any] | None:
         """Long-poll the waiting room until released (or sold out); None: out of time.

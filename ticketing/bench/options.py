@@ -17,6 +17,7 @@ DEFAULT_WORKERS = 2
 DEFAULT_MAX_SECONDS = 120.0
 LEDGER_TICKETS = 100_000
 IDLE_CONNECTIONS = 5000
+TARGET_WAITING = 20_000  # idle --waiting: visitors in a front's line within TARGET_IDLE_RSS
 FAULTS = ("kill-shard", "partition-shard", "kill-main")
 FAULT_TICKETS = 600
 DEFAULT_ARRIVAL_RATE = 20.0  # visitors per second (the fault scenarios)

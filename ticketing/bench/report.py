@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .options import IDLE_CONNECTIONS, TARGET_LEDGER_TPS
+from .options import IDLE_CONNECTIONS, TARGET_LEDGER_TPS, TARGET_WAITING
 
 
 def _fmt(v: Any) -> str:
@@ -148,6 +148,8 @@ def format_ledger(out: dict[str, Any]) -> str:
 
 
 def format_idle(out: dict[str, Any]) -> str:
+    if "waiting" in out:
+        return _format_waiting(out)
     r = out["idle"]
     rows = [
         ("", "idle"),
@@ -167,6 +169,33 @@ def format_idle(out: dict[str, Any]) -> str:
         "",
         "peak RSS MiB: " + ", ".join(f"{n} {v:.0f}" for n, v in r["peak_rss_mb"].items()),
         f"target: {IDLE_CONNECTIONS:,} idle connections within 1 GiB shard RSS: {met}",
+        *(f"failed x{n}: {msg}" for msg, n in r["failure_samples"].items()),
+        "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out.get("problems", []))),
+    ]
+    return "\n".join(lines)
+
+
+def _format_waiting(out: dict[str, Any]) -> str:
+    r = out["waiting"]
+    rows = [
+        ("", "waiting room"),
+        ("visitors asked", _fmt(r["visitors"])),
+        ("in the front's line", _fmt(r["in_line"])),
+        ("failed", _fmt(r["failed"])),
+        ("entered/s", _fmt(r["entered_per_s"])),
+        ("front connections open", _fmt(r["front_connections_at_measure"])),
+        ("front RSS MiB before", _fmt(r["front_rss_mb_before"])),
+        ("front RSS MiB held", _fmt(r["front_rss_mb_held"])),
+        ("front KiB/waiter", _fmt(r["front_kib_per_waiter"])),
+    ]
+    met = "met" if r["target_met"] else "MISSED"
+    lines = [
+        f"idle --waiting: 1 front (main's process), {'uvloop' if out['options']['uvloop'] else 'asyncio'}",
+        "",
+        _table(rows),
+        "",
+        "peak RSS MiB: " + ", ".join(f"{n} {v:.0f}" for n, v in r["peak_rss_mb"].items()),
+        f"target: {TARGET_WAITING:,} waiting visitors within 1 GiB front RSS: {met}",
         *(f"failed x{n}: {msg}" for msg, n in r["failure_samples"].items()),
         "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out.get("problems", []))),
     ]

@@ -55,7 +55,7 @@ class QueueOptions:
     tick: float = 0.1  # seconds between releases
     poll_timeout: float = 10.0  # the longest long-poll (under the keep-alive timeout)
     hold_eta: float = 20.0  # waiters due within this many seconds long-poll; others call back
-    max_poll_gap: float = 30.0  # the longest a far-back waiter is told to wait between polls
+    max_poll_gap: float = 60.0  # the longest a far-back waiter is told to wait between polls
     stale_after: float = 45.0  # a waiter silent that long has left
     ticket_ttl: float = 12 * 3600.0  # a queue ticket's life (pre-queues can be long)
     # Limits
@@ -288,14 +288,22 @@ class QueueDoor:
         self, request: web.Request, status: int, payload: dict[str, Any]
     ) -> web.Response:
         if "application/json" in request.headers.get("Accept", ""):
-            return web.json_response(payload, status=status)
-        state = html.escape(json.dumps(payload), quote=True)
-        return web.Response(
-            text=_page().replace("{{STATE}}", state),
-            status=status,
-            content_type="text/html",
-            headers={"Cache-Control": "no-store"},
-        )
+            resp = web.json_response(payload, status=status)
+        else:
+            state = html.escape(json.dumps(payload), quote=True)
+            resp = web.Response(
+                text=_page().replace("{{STATE}}", state),
+                status=status,
+                content_type="text/html",
+                headers={"Cache-Control": "no-store"},
+            )
+        return self._closing(resp, payload)
+
+    def _closing(self, resp: web.Response, payload: dict[str, Any]) -> web.Response:
+        """A waiter not back for a while does not keep an idle socket on the front."""
+        if payload.get("next_poll_s", 0) > self.options.poll_timeout:
+            resp.force_close()
+        return resp
 
     # -- the long-poll ------------------------------------------------------------
 
@@ -316,7 +324,7 @@ class QueueDoor:
         line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
         first = self.state(event, ticket, token)
         if first["status"] != "queued" or first["next_poll_s"] > 0:
-            return web.json_response(first)
+            return self._closing(web.json_response(first), first)
         hold = self.options.poll_timeout
         if first["prequeue"]:
             hold = min(hold, first["starts_in_s"] + self.options.tick)  # wake at the start
@@ -332,7 +340,8 @@ class QueueDoor:
             if self._wakers.get(key) is fut and not fut.done():
                 del self._wakers[key]
         line.seen(ticket.rank, self.monotonic())
-        return web.json_response(self.state(event, ticket, token))
+        last = self.state(event, ticket, token)
+        return self._closing(web.json_response(last), last)
 
     async def handle_script(self, request: web.Request) -> web.Response:
         body = resources.files("ticketing.front.queue_page").joinpath("queue.js").read_bytes()
