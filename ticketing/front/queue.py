@@ -325,9 +325,10 @@ class QueueDoor:
         first = self.state(event, ticket, token)
         if first["status"] != "queued" or first["next_poll_s"] > 0:
             return self._closing(web.json_response(first), first)
-        hold = self.options.poll_timeout
-        if first["prequeue"]:
-            hold = min(hold, first["starts_in_s"] + self.options.tick)  # wake at the start
+        if first["prequeue"]:  # wake at the start
+            hold = min(self.options.poll_timeout, first["starts_in_s"] + self.options.tick)
+        else:  # near the head: a fresh position every few seconds, sooner when close
+            hold = min(self.options.poll_timeout, max(1.0, first["eta_s"] / 3))
         key = (event.id, ticket.rank)
         fut = self._wakers.get(key)
         if fut is None or fut.done():
