@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import time
 
 import aiohttp
 import pytest
@@ -304,3 +305,54 @@ async def test_queue_ticket_is_bound_to_the_visitor_cookie(make_cluster, ca_cont
     async with session(ca_context) as s:
         async with s.get(f"{cluster.front}events/{event_id}?queue={token}", headers=JSON) as resp:
             assert resp.status == 403
+
+
+# -- the edge: TLS handshakes first come, first served --------------------------------
+
+
+async def test_handshakes_wait_their_turn_but_silent_sockets_hold_no_slot(keys, ca_context) -> None:
+    from ticketing.edge import ConnectionGate, EdgeLimits
+    from ticketing.tls import Credentials, browser_server_context
+
+    limits = EdgeLimits(max_handshaking=1, handshake_stall=0.5, handshake_timeout=5.0)
+    ctx = browser_server_context(Credentials.from_directory(keys, "main"))
+    gate = ConnectionGate("test", ctx, limits)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    server = await asyncio.get_running_loop().create_server(
+        gate.protocol_factory(Echo), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+
+    async def tls_echo() -> float:
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ca_context, server_hostname="localhost"
+        )
+        writer.write(b"ping\r\n\r\n")
+        assert await reader.readexactly(8) == b"ping\r\n\r\n"
+        writer.close()
+        return time.perf_counter() - t0
+
+    try:
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        assert await tls_echo() < 0.4  # five silent sockets: no slot taken
+        _, staller = await asyncio.open_connection("127.0.0.1", port)
+        staller.write(b"\x16\x03\x01\x00\xff")  # the start of a ClientHello, then nothing
+        await asyncio.sleep(0.05)
+        waited = await tls_echo()  # behind the staller until its slot counts as stalled
+        assert 0.4 <= waited < 2.0
+        assert gate.connections >= 6
+        for _, w in silent:
+            w.close()
+        staller.close()
+    finally:
+        server.close()
+        gate.close()
+        await server.wait_closed()
