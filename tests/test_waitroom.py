@@ -215,12 +215,12 @@ async def test_reload_and_restart_keep_the_place_and_a_copy_is_refused(
     cluster = await make_cluster(1)
     event_id = await cluster.main.init_tickets("Kept", "", "10", 5)
     await cluster.main.distribute_tickets()
-    await cluster.main.update_event(event_id, sale_starts_at=4e9)  # nobody is released
+    await cluster.main.update_event(event_id, release_rate=0.001)  # nobody is released
     redirect = await front(cluster)
     url = f"{cluster.front}events/{event_id}"
     async with session(ca_context) as a, session(ca_context) as b, session(ca_context) as thief:
         first, second = await enter(a, url), await enter(b, url)
-        await cluster.main.update_event(event_id, sale_starts_at=None, release_rate=0.001)
+        assert (first["position"], second["position"]) == (1, 2)
         again = await enter(a, url + "?queue=" + first["queue"])  # a reload
         assert again["status"] == "queued" and again["queue"] == first["queue"]
         async with thief.get(cluster.front + "app/") as resp:  # a cookie of its own

@@ -119,7 +119,7 @@ class _Gatekeeper(asyncio.Protocol):
         self.gate = gate
         self.make_app = make_app
         self.transport: asyncio.Transport | None = None  # until TLS starts
-        self.tls: _CappedSSLProtocol | None = None
+        self.address = "?"
         self.queued = False
         self._early: list[bytes] = []  # the ClientHello, until TLS starts
         self._timer: asyncio.TimerHandle | None = None
@@ -131,11 +131,9 @@ class _Gatekeeper(asyncio.Protocol):
         if not self.gate._admit(address):
             transport.abort()  # RST: nothing to read, nothing to buffer
             return
-        app = _HeaderDeadline(self.gate.limits.header_timeout, self.make_app())
-        self.tls = _CappedSSLProtocol(self.gate, address, app)
-        self.transport = transport
-        self.gate._hold(self.tls, address)
-        self.gate._pending.add(self)
+        # No TLS state yet: a socket that never sends a ClientHello costs little.
+        self.transport, self.address = transport, address
+        self.gate._hold(self, address)
         self._timer = asyncio.get_running_loop().call_later(
             self.gate.limits.handshake_timeout, transport.abort
         )
@@ -156,14 +154,14 @@ class _Gatekeeper(asyncio.Protocol):
 
     def start(self) -> None:
         """Hand the socket to TLS (the gate gave it a handshake slot)."""
-        assert self.transport is not None and self.tls is not None
-        transport, tls = self.transport, self.tls
-        self.transport, self.queued = None, False
-        self.gate._pending.discard(self)
+        assert self.transport is not None
+        transport, self.transport, self.queued = self.transport, None, False
+        app = _HeaderDeadline(self.gate.limits.header_timeout, self.make_app())
+        tls = _CappedSSLProtocol(self.gate, self.address, app)
+        self.gate._handover(self, tls)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.gate._handshaking[tls] = time.monotonic()
         transport.set_protocol(tls)
         tls.connection_made(transport)
         for data in self._early:
@@ -176,12 +174,11 @@ class _Gatekeeper(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.transport is not None and self.tls is not None:
+        if self.transport is not None:
             self.transport = None
-            self.gate._pending.discard(self)
             if self.queued:
                 self.gate._unqueue(self)
-            self.gate._release(self.tls, self.tls._address)
+            self.gate._release(self, self.address)
 
 
 class _HeaderDeadline(asyncio.Protocol):
@@ -305,7 +302,7 @@ class ConnectionGate:
         self.limits = limits or EdgeLimits()
         self.max_connections = min(self.limits.max_connections, fd_headroom())
         self.refused = 0
-        self._live: set[_CappedSSLProtocol] = set()
+        self._live: set[_CappedSSLProtocol | _Gatekeeper] = set()  # TLS started, or not yet
         self._per_address: Counter[str] = Counter()
         self._log = LogThrottle(log, self.limits.log_interval)
         self._high_water = 0  # connections at the peak since memory was last given back
@@ -313,7 +310,6 @@ class ConnectionGate:
         # Handshakes in progress (since when) and sockets waiting for a slot, in order.
         self._handshaking: dict[_CappedSSLProtocol, float] = {}
         self._waiting: deque[_Gatekeeper] = deque()
-        self._pending: set[_Gatekeeper] = set()  # admitted, TLS not started
         self._recheck: asyncio.TimerHandle | None = None
         install_accept_log_filter(self.limits.log_interval)
 
@@ -339,11 +335,11 @@ class ConnectionGate:
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
-        for keeper in list(self._pending):  # TLS not started yet
-            if keeper.transport is not None:
-                keeper.transport.abort()
-        for tls in list(self._live):
-            transport = cast(asyncio.Transport | None, tls._transport)
+        for held in list(self._live):
+            transport = cast(
+                asyncio.Transport | None,
+                held.transport if isinstance(held, _Gatekeeper) else held._transport,
+            )
             if transport is not None:
                 transport.abort()
 
@@ -409,12 +405,18 @@ class ConnectionGate:
         self._drop_stalled()
         self._start_waiting()
 
-    def _hold(self, tls: _CappedSSLProtocol, address: str) -> None:
+    def _handover(self, keeper: _Gatekeeper, tls: _CappedSSLProtocol) -> None:
+        """A socket's TLS starts: the same connection, now held by its TLS protocol."""
+        self._live.discard(keeper)
+        self._live.add(tls)
+        self._handshaking[tls] = time.monotonic()
+
+    def _hold(self, tls: _CappedSSLProtocol | _Gatekeeper, address: str) -> None:
         self._live.add(tls)
         self._per_address[address] += 1
         self._high_water = max(self._high_water, len(self._live))
 
-    def _release(self, tls: _CappedSSLProtocol, address: str) -> None:
+    def _release(self, tls: _CappedSSLProtocol | _Gatekeeper, address: str) -> None:
         if tls in self._live:
             self._live.discard(tls)
             self._per_address[address] -= 1

@@ -32,8 +32,9 @@ from aiohttp import web
 
 from ..errors import TokenError
 from ..ledger.records import Event
+from ..metrics import FrontMetrics
 from ..visitor import VISITOR_COOKIE, public_id, valid_visitor
-from ..wire import QueueTicket
+from ..wire import Place, QueueTicket
 from .pow import PowGate
 from .waitroom import ClockSequencer, Line, ReleaseRate, Sequencer, eta_seconds, prequeue_rank
 
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from ..main.server import MainServer
 
 log = logging.getLogger("ticketing.queue")
+
+
+REFUSED = "this place in line is another browser's, or no longer valid: join the line again"
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class QueueOptions:
     poll_timeout: float = 10.0  # the longest long-poll (under the keep-alive timeout)
     hold_eta: float = 20.0  # waiters due within this many seconds long-poll; others call back
     max_poll_gap: float = 60.0  # the longest a far-back waiter is told to wait between polls
-    stale_after: float = 45.0  # a waiter silent that long has left
+    stale_after: float = 90.0  # a waiter silent that long has left (> max_poll_gap + slack)
     ticket_ttl: float = 12 * 3600.0  # a queue ticket's life (pre-queues can be long)
     # Limits
     entries_per_address: int | None = 50  # live entries per client address; None: no cap
@@ -84,8 +88,10 @@ class QueueDoor:
         sequencer: Sequencer | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: FrontMetrics | None = None,
     ) -> None:
         self.main = main
+        self.metrics = metrics
         self.options = options or QueueOptions()
         self.sequencer = sequencer or ClockSequencer(clock)
         self.clock, self.monotonic = clock, monotonic
@@ -154,16 +160,16 @@ class QueueDoor:
         if token:
             ticket = self._ticket(token, visitor, event.id)
             if ticket is None:
-                return self._refused(
-                    request, event, "this place in line belongs to another browser"
-                )
+                return self._refused(request, event, REFUSED)
             if line.released(ticket.rank):
                 return Pass(ticket.issued)
             line.join(ticket.rank, ticket.issued, request.remote or "?", mono)
             return self._queued(request, event, ticket, token)
         if self.main.stock_view(event.id).remaining == 0:
             return Pass()  # sold out: the front says so
-        if started and not len(line) and rate.allowance(mono) > 0:
+        if self._has_place(request, visitor, event.id):
+            return Pass()  # already through once (sent back by a shard, or told to wait)
+        if started and not len(line) and rate.allowance(mono, tail=False) > 0:
             rate.released(1, mono)
             return Pass()
         return self._enter(request, event, visitor, started)
@@ -194,6 +200,18 @@ class QueueDoor:
         line.join(rank, ticket.issued, address, self.monotonic())
         return self._queued(request, event, ticket, token)
 
+    def _has_place(self, request: web.Request, visitor: str, event_id: int) -> bool:
+        """A place token this front signed for this visitor and event (``wire.Place``)."""
+        token = request.query.get("place", "")
+        if not token:
+            return False
+        verifier, _ = self._keys()
+        try:
+            held = Place.verify(verifier, token)
+        except TokenError:
+            return False
+        return held.visitor == visitor and held.event == event_id
+
     def _ticket(self, token: str, visitor: str, event_id: int) -> QueueTicket | None:
         verifier, _ = self._keys()
         try:
@@ -218,6 +236,8 @@ class QueueDoor:
         if line.released(ticket.rank):
             return dict(out, status="released")
         if self.main.stock_view(event.id).remaining == 0:
+            if self.metrics is not None:  # a waiter's final answer (released: the redirect's)
+                self.metrics.admissions.labels("sold_out").inc()
             return dict(out, status="sold_out")
         starts_in = 0.0 if event.sale_starts_at is None else event.sale_starts_at - self.clock()
         speed = rate.expected_rate()
@@ -318,7 +338,7 @@ class QueueDoor:
         token = request.query.get("queue", "")
         ticket = self._ticket(token, public_id(cookie), event.id) if valid_visitor(cookie) else None
         if ticket is None:
-            return self._refused(request, event, "this place in line belongs to another browser")
+            return self._refused(request, event, REFUSED)
         self.events[event.id] = event
         line = self.line(event.id)
         line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
@@ -373,6 +393,8 @@ class QueueDoor:
             rate.observe(remaining, mono)
             if prune:
                 line.prune(mono)
+            if self.metrics is not None:
+                self.metrics.waiting.labels(str(event_id)).set(len(line))
             if remaining == 0:
                 self._wake(event_id, None)  # everyone hears "sold out" now
                 continue

@@ -180,7 +180,7 @@ class RedirectServer:
             ]
         )
         mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
-        self.queue = QueueDoor(main, queue)
+        self.queue = QueueDoor(main, queue, metrics=self.metrics)
         self.queue.mount(self.app)  # /events/{id}/queue, the long-poll
         self.market: Market | None = None
         if marketplace:  # the REST API and front page (api.py); False to mount your own
