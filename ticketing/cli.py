@@ -235,6 +235,8 @@ def _front_options(args: argparse.Namespace) -> dict[str, Any]:
     from .front.queue import QueueOptions
 
     per_address = args.queue_entries_per_address
+    if per_address != "off" and not (per_address.isdigit() and int(per_address) > 0):
+        raise SystemExit(f"--queue-entries-per-address: a count or off, not {per_address!r}")
     opts["queue"] = QueueOptions(
         enabled=args.waiting_room == "on",
         entries_per_address=None if per_address == "off" else int(per_address),

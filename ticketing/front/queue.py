@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import json
 import logging
@@ -73,8 +74,13 @@ class Pass:
     arrived: float | None = None
 
 
+@functools.cache
+def _file(name: str) -> bytes:
+    return resources.files("ticketing.front.queue_page").joinpath(name).read_bytes()
+
+
 def _page() -> str:
-    return resources.files("ticketing.front.queue_page").joinpath("index.html").read_text()
+    return _file("index.html").decode()
 
 
 class QueueDoor:
@@ -365,8 +371,7 @@ class QueueDoor:
         return self._closing(web.json_response(last), last)
 
     async def handle_script(self, request: web.Request) -> web.Response:
-        body = resources.files("ticketing.front.queue_page").joinpath("queue.js").read_bytes()
-        return web.Response(body=body, content_type="text/javascript")
+        return web.Response(body=_file("queue.js"), content_type="text/javascript")
 
     # -- releasing ----------------------------------------------------------------
 
