@@ -73,7 +73,7 @@ class EdgeLimits:
 
 # The defaults: a front's connections are short (a redirect, API calls); a shard
 # holds every waiting browser's WSS (5,000 idle within ~250 MiB is the target).
-FRONT_LIMITS = EdgeLimits(max_connections=4096, max_per_address=256, max_handshaking=8)
+FRONT_LIMITS = EdgeLimits(max_connections=4096, max_per_address=256, max_handshaking=32)
 SHARD_LIMITS = EdgeLimits(max_connections=10_000, max_per_address=256)
 
 

@@ -25,6 +25,8 @@ from .load import drive_visits
 from .options import TARGET_FCFS_INVERSIONS, TARGET_MEDIAN_SHARE, Options
 from .workspace import DataDir, machine
 
+JITTER = 0.01  # seconds: arrivals closer than this are not told apart (see analyze_crowd)
+
 
 def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
     """Shown position vs visitors actually released ahead; shown ETA vs actual wait.
@@ -70,6 +72,12 @@ def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
     last = max((e for k, e in zip(kinds, ends, strict=True) if k == "ticket"), default=t0)
     to_last = last - t0
     inv = inversions(arrivals, ends, kinds, (float("inf"), float("-inf")))["outside"]
+    # The same, ignoring winners who arrived within JITTER of the refused visitor: the
+    # load generator stamps arrivals before its own scheduling delays.
+    latest = max((a for k, a in zip(kinds, arrivals, strict=True) if k == "ticket"), default=t0)
+    beyond = sum(
+        1 for k, a in zip(kinds, arrivals, strict=True) if k != "ticket" and a < latest - JITTER
+    )
     share = round(median(waits) / to_last, 3) if waits and to_last > 0 else None
     return {
         "visitors": len(kinds),
@@ -78,6 +86,7 @@ def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
         "median_share": share,
         "fcfs_inversions": inv,
         "fcfs_inversions_share": round(inv / len(kinds), 4) if kinds else 0.0,
+        "fcfs_inversions_beyond_jitter": beyond,
         "waiting": waiting_accuracy(visitors["queue"]),
         "timeline": answer_timeline(t0, arrivals, ends, kinds),
     }
@@ -106,10 +115,14 @@ async def run_crowd(opts: Options) -> dict[str, Any]:
                 rate=opts.arrival_rate,
             )
             audit = (await main.audit(event_id)).as_dict()
+            assert cluster.redirect is not None
+            front = dict(cluster.redirect.queue.counts)
     visitors = load.pop("visitors")
     verdict = check_sale(load.pop("ticket_ids"), opts.tickets, audit, event_id)
     crowd = analyze_crowd(visitors)
+    crowd["front"] = front  # visitors sent on at once, entered in line, released
     out.update(load=load, audit=audit, verdict=verdict.as_dict(), crowd=crowd)
+    out["visitors"] = visitors  # every visitor's record, for a closer look at the JSON
     problems = list(verdict.problems)
     if load["errors"]:
         problems.append(f"{load['errors']} errors or timeouts")

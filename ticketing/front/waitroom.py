@@ -208,20 +208,21 @@ class ReleaseRate:
         self._last = now
         self._expire(now)
 
-    def allowance(self, now: float, *, tail: bool = True) -> int:
+    def allowance(self, now: float, *, slack: int = 0) -> int:
         """Visitors that may go now (0 while the window is full or the cap spent).
 
-        ``tail``: also never more in flight than tickets left, for releases from the
-        line: at the end of a sale a released visitor should find a ticket, not lose
-        it to a later arrival on a luckier shard. (A visitor arriving at an empty
-        line goes by the window alone.)
+        Never more in flight than the tickets left (plus ``slack``): at the end of a
+        sale a visitor let through should find a ticket, not lose it to a later
+        arrival on a luckier shard. Releases from the line use no slack; a visitor
+        arriving at an empty line gets ``min_window`` of it (a few admissions that
+        are never used, as in a quiet sale, must not start a line).
         """
         self._expire(now)
         in_flight = max(0, _total(self._releases) - _total(self._grants))
         window = max(self.min_window, round(self.grant_rate() * self.target_delay))
         room = max(0, window - in_flight)
-        if tail and self._remaining is not None:
-            room = min(room, max(0, self._remaining - in_flight))
+        if self._remaining is not None:
+            room = min(room, max(0, self._remaining + slack - in_flight))
         if self.cap is not None:
             room = min(room, int(self._budget))
         return room
