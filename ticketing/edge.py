@@ -64,7 +64,7 @@ class EdgeLimits:
     # Timeouts
     max_handshaking: int | None = 64  # TLS handshakes in progress at once; None: no cap
     handshake_timeout: float = 10.0
-    handshake_stall: float = 1.0  # a handshake this old no longer holds a slot
+    handshake_stall: float = 0.25  # a handshake this old no longer holds a slot
     header_timeout: float = 10.0
     shutdown_timeout: float = 5.0
     # Logging
