@@ -177,3 +177,38 @@ def test_idle_mode_small_run(tmp_path: Path) -> None:
     r = out["idle"]
     assert out["ok"] and r["held_by_shard"] == 40 and r["failed"] == 0
     assert r["shard_rss_mb_held"] >= r["shard_rss_mb_before"] > 0
+
+
+def test_crowd_mode_small_run_through_the_waiting_room(tmp_path: Path) -> None:
+    proc, out = run_bench(
+        "--arrival-rate", "200", "--duration", "1", "--tickets", "60", "--shards", "1",
+        "--max-seconds", "30", "--quiet", "--json", str(tmp_path / "crowd.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    c, load = out["crowd"], out["load"]
+    assert out["mode"] == "crowd" and load["errors"] == 0 and out["verdict"]["oversold"] == 0
+    assert load["granted"] == 60 and load["sold_out"] == 140 and out["audit"]["exact"]
+    assert c["visitors"] == 200 and 0 < c["median_share"] <= 1
+    assert "median / last ticket" in proc.stdout and "position error" in proc.stdout
+
+
+def test_idle_waiting_small_run(tmp_path: Path) -> None:
+    proc, out = run_bench(
+        "--mode", "idle", "--waiting", "60", "--max-seconds", "30", "--quiet",
+        "--json", str(tmp_path / "waiting.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = out["waiting"]
+    assert out["ok"] and r["in_line"] == 60 and r["failed"] == 0
+    assert r["front_rss_mb_held"] > 0 and "waiting visitors within 1 GiB" in proc.stdout
+
+
+def test_waiting_accuracy_compares_with_who_was_really_ahead() -> None:
+    from ticketing.bench.crowd import waiting_accuracy
+
+    # rank, shown_at, position, eta, released_at: the second was told 2 (one ahead, true),
+    # the third 5 while only two were still ahead of it, and an ETA 1 s too long.
+    queue = [[1, 0.0, 1, 0.0, 1.0], [2, 0.0, 2, 2.0, 2.0], [3, 0.5, 5, 3.5, 3.0], None]
+    r = waiting_accuracy(queue)
+    assert r["queued_visitors"] == 3 and r["position_error_p95"] == 2.0
+    assert r["position_error_p50"] == 0.0 and r["eta_error_s_p95"] == 1.0

@@ -104,7 +104,31 @@ async def test_refusals_are_clear(make_cluster, monkeypatch) -> None:
     code, _, err = await cli(cluster, "create", "--name", "X", "--price", "1", "--count", "0")
     assert code == 1 and "count must be" in err
     code, _, err = await cli(cluster, "schedule", "1", "--at", "2030-01-01T10:00Z")
-    assert code == 3 and "not supported by this server yet" in err
+    assert code == 1 and "404" in err and "no event 1" in err
+    code, _, err = await cli(cluster, "schedule", "1", "--at", "tomorrow")
+    assert code == 2 and "ISO 8601" in err
+
+
+async def test_schedule_sets_the_sale_start_and_waiting_room(make_cluster, monkeypatch) -> None:
+    monkeypatch.setenv(OPERATOR_ENV, OPERATOR)
+    cluster = await make_cluster(1, redirect=True)
+    event_id = await cluster.main.init_tickets("Later", "", "5", 3)
+    args = ("--order", "arrival", "--pow-bits", "12", "--release-rate", "50")
+    code, out, err = await cli(
+        cluster, "schedule", str(event_id), "--at", "2030-01-01T10:00Z", *args
+    )
+    assert code == 0, err
+    assert "on sale 2030-01-01T10:00:00Z, pre-queue arrival, proof of work 12 bits" in out
+    event = await cluster.main.event(event_id)
+    assert (event.sale_starts_at, event.prequeue_order, event.pow_bits, event.release_rate) == (
+        1893492000.0,
+        "arrival",
+        12,
+        50.0,
+    )
+    code, out, _ = await cli(cluster, "schedule", str(event_id), "--at", "none")
+    assert code == 0 and "on sale now" in out
+    assert (await cluster.main.event(event_id)).sale_starts_at is None
 
 
 def test_table_aligns_columns() -> None:

@@ -45,6 +45,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_front(args: argparse.Namespace) -> int:
     from .front.node import FrontServer
 
+    options = _front_options(args)
+    options.pop("queue")  # the waiting room runs in the front inside main (for now)
+
     async def run() -> int:
         host, port = args.main.rsplit(":", 1)
         front = FrontServer(
@@ -53,7 +56,7 @@ def cmd_front(args: argparse.Namespace) -> int:
             main_port=int(port),
             market_url=args.market,
             **_heartbeats(args),
-            **_front_options(args),
+            **options,
         )
         front.set_certificate_path(args.keys)
         async with front:
@@ -338,6 +341,15 @@ def _front_options(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("admissions_per_address", "admissions_per_visitor"):
         if getattr(args, name) is not None:  # else the RedirectServer default
             opts[name] = _rate(getattr(args, name))
+    from .front.queue import QueueOptions
+
+    per_address = args.queue_entries_per_address
+    if per_address != "off" and not (per_address.isdigit() and int(per_address) > 0):
+        raise SystemExit(f"--queue-entries-per-address: a count or off, not {per_address!r}")
+    opts["queue"] = QueueOptions(
+        enabled=args.waiting_room == "on",
+        entries_per_address=None if per_address == "off" else int(per_address),
+    )
     return opts
 
 
@@ -350,6 +362,19 @@ def _front_parser_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--admissions-per-address", metavar="RATE", help="default 30/60")
     g.add_argument("--admissions-per-visitor", metavar="RATE", help="default 5/50")
+    g = p.add_argument_group("waiting room (front/queue.py)")
+    g.add_argument(
+        "--waiting-room",
+        choices=["on", "off"],
+        default="on",
+        help="queue visitors beyond what the shards take (default on)",
+    )
+    g.add_argument(
+        "--queue-entries-per-address",
+        default="50",
+        metavar="N",
+        help="live queue entries per client address, or off (default 50)",
+    )
     p.add_argument(
         "--public-origin",
         help="the front's origin as browsers see it, e.g. https://tickets.example",

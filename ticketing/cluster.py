@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from .edge import FRONT_LIMITS, SHARD_LIMITS
+from .front.queue import QueueOptions
 from .front.server import RedirectServer
 from .main.server import MainServer
 from .tls import write_cluster_keys
@@ -32,10 +33,12 @@ LOAD_TEST_FRONT_OPTIONS: dict[str, Any] = {
     "limits": replace(FRONT_LIMITS, max_per_address=FRONT_LIMITS.max_connections),
     "admissions_per_address": None,
     "admissions_per_visitor": None,
+    "queue": QueueOptions(entries_per_address=None),
 }
 LOAD_TEST_MAIN_ARGS = (
     *("--admissions-per-address", "off", "--admissions-per-visitor", "off"),
     *("--max-per-address", str(FRONT_LIMITS.max_connections)),
+    *("--queue-entries-per-address", "off"),
 )
 
 log = logging.getLogger("ticketing.cluster")

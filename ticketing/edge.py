@@ -9,6 +9,12 @@ on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, w
 - runs TLS with asyncio's ``SSLProtocol`` capped to a 16 KiB read buffer (a subclass
   used only here: asyncio's default gives every connection 256 KiB) and a
   ``handshake_timeout``;
+- runs at most ``max_handshaking`` TLS handshakes at once and starts the others in
+  the order their connections arrived (they wait, unread, in the kernel): a burst of
+  3,000 handshakes on one event loop otherwise interleaves them all, so the first
+  arrival finishes about as late as the last (issue 12's convoy). A handshake that
+  has not finished ``handshake_stall`` seconds after it started stops counting, so
+  silent clients cannot hold the queue up;
 - closes a connection whose first request has not finished its headers
   ``header_timeout`` after the handshake (slow-header clients hold no slot for long;
   aiohttp's keep-alive timeout and websockets' ``open_timeout`` cover later requests);
@@ -32,7 +38,7 @@ import logging
 import resource
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -56,7 +62,9 @@ class EdgeLimits:
     max_connections: int = 4096
     max_per_address: int = 256
     # Timeouts
+    max_handshaking: int | None = 64  # TLS handshakes in progress at once; None: no cap
     handshake_timeout: float = 10.0
+    handshake_stall: float = 0.25  # a handshake this old no longer holds a slot
     header_timeout: float = 10.0
     shutdown_timeout: float = 5.0
     # Logging
@@ -65,7 +73,7 @@ class EdgeLimits:
 
 # The defaults: a front's connections are short (a redirect, API calls); a shard
 # holds every waiting browser's WSS (5,000 idle within ~250 MiB is the target).
-FRONT_LIMITS = EdgeLimits(max_connections=4096, max_per_address=256)
+FRONT_LIMITS = EdgeLimits(max_connections=4096, max_per_address=256, max_handshaking=32)
 SHARD_LIMITS = EdgeLimits(max_connections=10_000, max_per_address=256)
 
 
@@ -91,15 +99,30 @@ class _CappedSSLProtocol(asyncio.sslproto.SSLProtocol):
         try:
             super().connection_lost(exc)
         finally:
+            self._gate._handshake_over(self)
             self._gate._release(self, self._address)
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        self._gate._handshake_over(self)
+        super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
 
 
 class _Gatekeeper(asyncio.Protocol):
-    """The protocol of a just-accepted socket: admit it (TLS from here on) or abort it."""
+    """The protocol of a just-accepted socket: admit it (TLS from here on) or abort it.
+
+    An admitted socket's TLS starts when its ClientHello has come and a handshake
+    slot is free, first come first served (it waits unread meanwhile). A socket that
+    sends nothing holds no slot; it is closed after ``handshake_timeout``.
+    """
 
     def __init__(self, gate: ConnectionGate, make_app: Callable[[], asyncio.Protocol]) -> None:
         self.gate = gate
         self.make_app = make_app
+        self.transport: asyncio.Transport | None = None  # until TLS starts
+        self.address = "?"
+        self.queued = False
+        self._early: list[bytes] = []  # the ClientHello, until TLS starts
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -108,14 +131,54 @@ class _Gatekeeper(asyncio.Protocol):
         if not self.gate._admit(address):
             transport.abort()  # RST: nothing to read, nothing to buffer
             return
+        # No TLS state yet: a socket that never sends a ClientHello costs little.
+        self.transport, self.address = transport, address
+        self.gate._hold(self, address)
+        self._timer = asyncio.get_running_loop().call_later(
+            self.gate.limits.handshake_timeout, transport.abort
+        )
+
+    def data_received(self, data: bytes) -> None:
+        """The ClientHello (a few hundred bytes): start TLS now, or queue for a slot."""
+        if self.transport is None:
+            return
+        self._early.append(data)
+        if self.queued:
+            return
+        if self.gate._handshake_slot():
+            self.start()
+        else:
+            self.queued = True
+            self.transport.pause_reading()
+            self.gate._queue(self)
+
+    def start(self) -> None:
+        """Hand the socket to TLS (the gate gave it a handshake slot)."""
+        assert self.transport is not None
+        transport, self.transport, self.queued = self.transport, None, False
         app = _HeaderDeadline(self.gate.limits.header_timeout, self.make_app())
-        tls = _CappedSSLProtocol(self.gate, address, app)
-        self.gate._hold(tls, address)
+        tls = _CappedSSLProtocol(self.gate, self.address, app)
+        self.gate._handover(self, tls)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         transport.set_protocol(tls)
         tls.connection_made(transport)
+        for data in self._early:
+            asyncio.protocols._feed_data_to_buffered_proto(tls, data)  # type: ignore[attr-defined]
+        self._early = []
+        transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - aborted or handed over
-        pass
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Gone before TLS started (silent, or waiting for a slot)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport = None
+            if self.queued:
+                self.gate._unqueue(self)
+            self.gate._release(self, self.address)
 
 
 class _HeaderDeadline(asyncio.Protocol):
@@ -239,11 +302,15 @@ class ConnectionGate:
         self.limits = limits or EdgeLimits()
         self.max_connections = min(self.limits.max_connections, fd_headroom())
         self.refused = 0
-        self._live: set[_CappedSSLProtocol] = set()
+        self._live: set[_CappedSSLProtocol | _Gatekeeper] = set()  # TLS started, or not yet
         self._per_address: Counter[str] = Counter()
         self._log = LogThrottle(log, self.limits.log_interval)
         self._high_water = 0  # connections at the peak since memory was last given back
         self._trim: asyncio.TimerHandle | None = None
+        # Handshakes in progress (since when) and sockets waiting for a slot, in order.
+        self._handshaking: dict[_CappedSSLProtocol, float] = {}
+        self._waiting: deque[_Gatekeeper] = deque()
+        self._recheck: asyncio.TimerHandle | None = None
         install_accept_log_filter(self.limits.log_interval)
 
     @property
@@ -265,8 +332,14 @@ class ConnectionGate:
 
     def close(self) -> None:
         """Abort every connection still held (the server has stopped listening)."""
-        for tls in list(self._live):
-            transport = cast(asyncio.Transport | None, tls._transport)
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        for held in list(self._live):
+            transport = cast(
+                asyncio.Transport | None,
+                held.transport if isinstance(held, _Gatekeeper) else held._transport,
+            )
             if transport is not None:
                 transport.abort()
 
@@ -283,12 +356,67 @@ class ConnectionGate:
         self._log.log(logging.WARNING, "refused", "%s: refusing connections: %s", self.name, why)
         return False
 
-    def _hold(self, tls: _CappedSSLProtocol, address: str) -> None:
+    def _handshake_slot(self) -> bool:
+        """Whether a new handshake may start now (stalled ones no longer count)."""
+        cap = self.limits.max_handshaking
+        if cap is None:
+            return True
+        if len(self._handshaking) >= cap:
+            self._drop_stalled()
+        return len(self._handshaking) < cap and not self._waiting
+
+    def _drop_stalled(self) -> None:
+        now = time.monotonic()
+        limit = self.limits.handshake_stall
+        for tls in [t for t, since in self._handshaking.items() if now - since > limit]:
+            del self._handshaking[tls]
+
+    def _queue(self, keeper: _Gatekeeper) -> None:
+        self._waiting.append(keeper)
+        self._schedule_recheck()
+
+    def _unqueue(self, keeper: _Gatekeeper) -> None:
+        try:
+            self._waiting.remove(keeper)
+        except ValueError:
+            pass
+
+    def _handshake_over(self, tls: _CappedSSLProtocol) -> None:
+        """A handshake finished, failed or its connection went: start the next ones."""
+        if self._handshaking.pop(tls, None) is not None or self._waiting:
+            self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        cap = self.limits.max_handshaking
+        while self._waiting and (cap is None or len(self._handshaking) < cap):
+            self._waiting.popleft().start()
+        if self._waiting:
+            self._schedule_recheck()
+
+    def _schedule_recheck(self) -> None:
+        """Stalled handshakes free their slot without any event: look again then."""
+        if self._recheck is None:
+            self._recheck = asyncio.get_running_loop().call_later(
+                self.limits.handshake_stall, self._rechecked
+            )
+
+    def _rechecked(self) -> None:
+        self._recheck = None
+        self._drop_stalled()
+        self._start_waiting()
+
+    def _handover(self, keeper: _Gatekeeper, tls: _CappedSSLProtocol) -> None:
+        """A socket's TLS starts: the same connection, now held by its TLS protocol."""
+        self._live.discard(keeper)
+        self._live.add(tls)
+        self._handshaking[tls] = time.monotonic()
+
+    def _hold(self, tls: _CappedSSLProtocol | _Gatekeeper, address: str) -> None:
         self._live.add(tls)
         self._per_address[address] += 1
         self._high_water = max(self._high_water, len(self._live))
 
-    def _release(self, tls: _CappedSSLProtocol, address: str) -> None:
+    def _release(self, tls: _CappedSSLProtocol | _Gatekeeper, address: str) -> None:
         if tls in self._live:
             self._live.discard(tls)
             self._per_address[address] -= 1

@@ -18,6 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,8 +28,8 @@ from .operator import OPERATOR_ENV, OPERATOR_FILE_ENV, operator_token_from_env
 DEFAULT_URL = "https://127.0.0.1:8443"
 DEFAULT_CA = "data/cluster/keys/ca.crt"
 URL_ENV, CA_ENV = "TICKETING_URL", "TICKETING_CA"
-# What a sale-start capability would look like in the admin API's description.
-SCHEDULE_FIELDS = ("sale_starts_at", "sale_start", "starts_at", "on_sale_at")
+# The admin API's sale-start field (``EventSettings`` in its OpenAPI description).
+SCHEDULE_FIELD = "sale_starts_at"
 
 
 class AdminError(TicketingError):
@@ -113,9 +114,12 @@ class AdminClient:
     def schedule_field(self) -> str | None:
         """The sale-start field the server's admin API accepts, if it has one."""
         spec = self.call("GET", "/api/v1/openapi.json")
-        schema = spec.get("components", {}).get("schemas", {}).get("NewEvent", {})
-        props = schema.get("properties", {})
-        return next((f for f in SCHEDULE_FIELDS if f in props), None)
+        schema = spec.get("components", {}).get("schemas", {}).get("EventSettings", {})
+        return SCHEDULE_FIELD if SCHEDULE_FIELD in schema.get("properties", {}) else None
+
+    def settings(self, event_id: int, settings: dict[str, Any]) -> dict[str, Any]:
+        """Set the event's waiting-room settings (PATCH); returns the event."""
+        return dict(self.call("PATCH", f"/api/v1/admin/events/{event_id}", settings)["event"])
 
 
 def _error_message(raw: bytes) -> str:
@@ -209,12 +213,54 @@ def _run(client: AdminClient, args: argparse.Namespace, out: TextIO) -> int:
                 file=sys.stderr,
             )
             return 3
-        # A server that has one: not reached today; kept honest by refusing to guess its route.
-        print(f"error: the server has {field!r} but this client cannot set it yet", file=sys.stderr)
-        return 3
+        result = client.settings(args.id, schedule_settings(args))
+        if not args.json:
+            start = result["sale_starts_at"]
+            when = "now (no start time)" if start is None else _iso(start)
+            print(
+                f"event {args.id}: on sale {when}, pre-queue {result['prequeue_order']},"
+                f" proof of work {result['pow_bits']} bits,"
+                f" release rate {result['release_rate'] or 'measured'}",
+                file=out,
+            )
     if args.json:
         print(json.dumps(result, indent=2), file=out)
     return 0
+
+
+def parse_time(text: str) -> float | None:
+    """ISO 8601 (``2030-01-01T10:00Z``; no zone means UTC) or ``none`` -> unix s."""
+    if text.lower() in ("none", "now"):
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"--at: not an ISO 8601 time: {text!r}") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat().replace("+00:00", "Z")
+
+
+def schedule_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The PATCH body of ``event schedule``: only what was given."""
+    out: dict[str, Any] = {"sale_starts_at": parse_time(args.at)}
+    if args.order is not None:
+        out["prequeue_order"] = args.order
+    if args.pow_bits is not None:
+        out["pow_bits"] = args.pow_bits
+    if args.release_rate is not None:
+        try:
+            rate = None if args.release_rate == "measured" else float(args.release_rate)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--release-rate: a number or measured: {args.release_rate!r}"
+            ) from exc
+        out["release_rate"] = rate
+    return out
 
 
 def _given(given: dict[str, int]) -> str:
@@ -257,6 +303,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         a.add_argument("id", type=int, help="the event id")
     a = actions.add_parser("schedule", parents=[common], help="set when the sale starts")
     a.add_argument("id", type=int, help="the event id")
-    a.add_argument("--at", required=True, help="sale start, ISO 8601 (e.g. 2030-01-01T10:00Z)")
+    a.add_argument(
+        "--at", required=True, help="sale start, ISO 8601 (e.g. 2030-01-01T10:00Z); none: now"
+    )
+    a.add_argument(
+        "--order", choices=["random", "arrival"], help="the pre-queue's order at the start"
+    )
+    a.add_argument("--pow-bits", type=int, help="proof of work to enter the queue (0: off)")
+    a.add_argument("--release-rate", help="visitors let through per second at most, or measured")
     p.set_defaults(fn=run)
     return p

@@ -212,6 +212,12 @@ class FrontMetrics(_Metrics):
             ["outcome"],
             registry=r,
         )
+        self.waiting = Gauge(
+            "ticketing_front_queue_waiting",
+            "Visitors waiting in the front's waiting room (front/queue.py), per event",
+            ["event"],
+            registry=r,
+        )
         self.requests = Histogram(
             "ticketing_http_request_duration_seconds",
             "HTTP requests on the front/API port by route pattern, method and status",

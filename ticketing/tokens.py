@@ -76,6 +76,16 @@ class TokenSigner:
         return _b64e(body) + "." + _b64e(self.private_key.sign(body))
 
 
+def peek_claims(token: str) -> dict[str, Any] | None:
+    """A token's claims *without* checking its signature: for measurements only
+    (the benchmark reading its own queue position), never for a decision."""
+    try:
+        claims = json.loads(_b64d(token.split(".")[0]))
+    except (ValueError, IndexError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
 class TokenVerifier:
     """Verifies tokens made by the matching :class:`TokenSigner`."""
 

@@ -3,7 +3,10 @@
 ``GET`` the redirect server (keeping the visitor cookie), follow the ``Location`` to
 the shard with its admission token, open the WSS connection, send one request and
 return the answer: a ticket, sold out, or an error. Like the page it follows "please
-wait" answers and a shard's "retry" back through the front. Benchmarks and tests use it.
+wait" answers and a shard's "retry" back through the front, waits in the waiting room
+(long-polling its place until released, solving a proof of work when asked), and
+keeps one keep-alive connection to the front meanwhile, as a browser does.
+Benchmarks and tests use it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import aiohttp
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from .front.pow import solve
+
 
 @dataclass
 class Outcome:
@@ -33,6 +38,9 @@ class Outcome:
     waits: int = 0  # "please wait" answers followed
     hops: int = 0  # times a shard sent the visitor back through the front
     longest_silence: float = 0.0  # seconds: the longest time without any answer
+    # The waiting room: (seconds since the first request, position, eta_s) per answer
+    queue: list[tuple[float, int | None, float]] = field(default_factory=list)
+    queue_ticket: str | None = None  # the signed entry (``queue`` of the answers)
 
     @property
     def ticket_id(self) -> str | None:
@@ -62,7 +70,7 @@ def back_to_front(location: str, front: str) -> str | None:
     return f"{front}/events/{event}" + (f"?place={quote(place, safe='')}" if place else "")
 
 
-class _Clock:
+class VisitClock:
     """The longest stretch without an answer, across the hops of one visit."""
 
     def __init__(self) -> None:
@@ -105,9 +113,7 @@ class WebClient:
         # unsafe=True: keep cookies for IP-address hosts such as 127.0.0.1.
         self.session = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True),
-            connector=aiohttp.TCPConnector(
-                ssl=ssl_context, force_close=True, local_addr=self.local_addr
-            ),
+            connector=aiohttp.TCPConnector(ssl=ssl_context, local_addr=self.local_addr),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
@@ -129,12 +135,17 @@ class WebClient:
             return resp.status, resp.headers.get("Location"), body
 
     async def get_ticket(self, front_url: str) -> Outcome:
-        clock = _Clock()
+        clock = VisitClock()
         timings: dict[str, float] = {}
         url, waits, hops = front_url, 0, 0
 
+        queue: list[tuple[float, int | None, float]] = []
+        ticket: str | None = None
+
         def outcome(kind: str, message: dict[str, Any], status: int | None = None) -> Outcome:
-            return Outcome(kind, message, status, timings, waits, hops, clock.longest)
+            return Outcome(
+                kind, message, status, timings, waits, hops, clock.longest, queue, ticket
+            )
 
         for _ in range(self.max_hops + 1):
             left = self.timeout - clock.elapsed()
@@ -149,6 +160,18 @@ class WebClient:
                 return outcome("error", {"message": f"redirect failed: {exc!r}"})
             clock.answered()
             timings.setdefault("redirect", clock.elapsed())
+            if location is None and body.get("status") in ("queued", "challenge"):
+                if body["status"] == "challenge":  # the page's script does this
+                    url = urljoin(url, body["location"] + solve(body["challenge"], body["bits"]))
+                    continue
+                ticket = body.get("queue")
+                released = await self.wait_in_line(urljoin(url, body["poll"]), body, clock, queue)
+                if released is None:
+                    return outcome("error", {"message": f"no turn within {self.timeout:g} s"})
+                if released.get("status") != "released":
+                    return outcome(released.get("status", "error"), released)
+                url = urljoin(url, released["location"])
+                continue
             if location is None:
                 kind = body.get("status", "error") if status < 500 else "unavailable"
                 if kind in ("wait", "unavailable") and isinstance(body.get("location"), str):
@@ -171,8 +194,36 @@ class WebClient:
                 url = again
                 continue
             out.waits, out.hops, out.longest_silence = waits, hops, clock.longest
+            out.queue, out.queue_ticket = queue, ticket
             return out
         return outcome("error", {"message": f"no answer within {self.timeout:g} s"})
+
+    async def wait_in_line(
+        self,
+        poll: str,
+        body: dict[str, Any],
+        clock: VisitClock,
+        seen: list[tuple[float, int | None, float]],
+    ) -> dict[str, Any] | None:
+        """Long-poll the waiting room until released (or sold out); None: out of time.
+
+        Each answer's position and ETA go into ``seen``.
+        """
+        while body.get("status") == "queued":
+            seen.append((clock.elapsed(), body.get("position"), float(body.get("eta_s", 0.0))))
+            pause = float(body.get("next_poll_s", 0.0))  # far back: call back later
+            if clock.elapsed() + pause >= self.timeout:
+                return None
+            await asyncio.sleep(pause)
+            try:
+                async with self.session.get(poll, headers={"Accept": "application/json"}) as resp:
+                    body = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                await asyncio.sleep(0.5)  # the front restarts; the ticket keeps the place
+            clock.answered()
+        if body.get("status") == "released":
+            seen.append((clock.elapsed(), 0, 0.0))  # position 0: our turn came
+        return body
 
     async def claim(
         self, location: str, t0: float | None = None, timings: dict[str, float] | None = None

@@ -9,6 +9,8 @@
   its claims encoded and decoded here and nowhere else.
 - place tokens (:class:`Place`): a front signs a visitor's place in line for itself;
   admission and place tokens carry the first arrival (``ARRIVED``).
+- queue tickets (:class:`QueueTicket`): a visitor's entry in the waiting room, and
+  proof-of-work challenges (:class:`PowChallenge`), both signed by the front.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ FRONT_HELLO_KEY = "token_key"  # the front's Ed25519 public key (hex) in its hel
 
 
 PLACE = "place"  # a visitor's place in line, signed by the front (front/admission.py)
+QUEUE = "queue"  # an entry in the waiting room (front/waitroom.py)
+POW = "pow"  # a proof-of-work challenge to enter the waiting room (front/pow.py)
 ARRIVED = "t"  # claim of admission and place tokens: first arrival at the front, unix s
 
 
@@ -216,6 +220,95 @@ class Place:
     @classmethod
     def verify(cls, verifier: TokenVerifier | KeyRing, token: str) -> Place:
         return cls.from_claims(verifier.verify(token, PLACE))
+
+
+@dataclass(frozen=True)
+class QueueTicket:
+    """A visitor's entry in an event's waiting room, signed by the front.
+
+    ``seq``: the cluster-wide arrival sequence number; ``rank``: the order of release
+    (``seq`` itself, or a random draw for a pre-queue put in random order: every
+    pre-queue rank is below every later ``seq``); ``visitor``: the public id, so a
+    ticket copied to another browser is refused; ``issued``: unix s.
+    """
+
+    visitor: str
+    event: int
+    seq: int
+    rank: int
+    issued: float
+
+    def claims(self) -> dict[str, Any]:
+        return {"v": self.visitor, "e": self.event, "q": self.seq, "r": self.rank, "i": self.issued}
+
+    @classmethod
+    def from_claims(cls, c: dict[str, Any]) -> QueueTicket:
+        visitor, event, seq, rank, issued = (
+            c.get("v"),
+            c.get("e"),
+            c.get("q"),
+            c.get("r"),
+            c.get("i"),
+        )
+        if (
+            not isinstance(visitor, str)
+            or type(event) is not int
+            or type(seq) is not int
+            or type(rank) is not int
+            or not _number(issued)
+        ):
+            raise TokenError("malformed claims")
+        return cls(visitor, event, seq, rank, float(issued))  # type: ignore[arg-type]
+
+    def sign(self, signer: TokenSigner, ttl: float) -> str:
+        return signer.sign(QUEUE, self.claims(), ttl)
+
+    @classmethod
+    def verify(cls, verifier: TokenVerifier, token: str) -> QueueTicket:
+        return cls.from_claims(verifier.verify(token, QUEUE))
+
+
+@dataclass(frozen=True)
+class PowChallenge:
+    """A proof-of-work challenge: find a suffix whose hash has ``bits`` leading zeros.
+
+    Bound to the visitor (public id) and the event; ``nonce`` makes a solution
+    single-use.
+    """
+
+    visitor: str
+    event: int
+    bits: int
+    nonce: str
+
+    @classmethod
+    def new(cls, visitor: str, event: int, bits: int) -> PowChallenge:
+        return cls(visitor, event, bits, secrets.token_urlsafe(9))
+
+    def claims(self) -> dict[str, Any]:
+        return {"v": self.visitor, "e": self.event, "b": self.bits, "n": self.nonce}
+
+    @classmethod
+    def from_claims(cls, c: dict[str, Any]) -> PowChallenge:
+        visitor, event, bits, nonce = c.get("v"), c.get("e"), c.get("b"), c.get("n")
+        if (
+            not isinstance(visitor, str)
+            or type(event) is not int
+            or type(bits) is not int
+            or not 0 <= bits <= 40
+            or not isinstance(nonce, str)
+        ):
+            raise TokenError("malformed claims")
+        return cls(visitor, event, bits, nonce)
+
+    def sign(self, signer: TokenSigner, ttl: float) -> str:
+        return signer.sign(POW, self.claims(), ttl)
+
+    @classmethod
+    def verify(cls, verifier: TokenVerifier, token: str) -> tuple[PowChallenge, float]:
+        """The challenge and its expiry (for the replay guard)."""
+        c = verifier.verify(token, POW)
+        return cls.from_claims(c), float(c["exp"])
 
 
 def _number(value: object) -> bool:

@@ -1,6 +1,6 @@
 """``ticketing bench``: how fast is the whole stack, and how much of it is ours?
 
-Four modes, each on this machine only (127.0.0.1), every loop bounded in count and
+Five modes, each on this machine only (127.0.0.1), every loop bounded in count and
 time (``--max-seconds``):
 
 ``e2e`` (default)
@@ -24,7 +24,14 @@ time (``--max-seconds``):
 
 ``idle``
     ``--connections`` idle WSS connections held open on one shard (each admitted with
-    a real token signed by main) and the shard's RSS per connection.
+    a real token signed by main) and the shard's RSS per connection; with
+    ``--waiting N``, N visitors holding places in the front's waiting room instead.
+
+``--arrival-rate R --duration S`` without ``--fault`` (``crowd.py``)
+    A flash crowd through the waiting room: R x S visitors arriving at a steady
+    pace, each waiting in line like the page; errors, the sale's checks, winners'
+    median time-to-ticket against the time to the last ticket, FCFS inversions,
+    position and ETA accuracy, the answers' timeline.
 
 ``--fault kill-shard|partition-shard|kill-main`` (``fault.py``)
     A steady crowd (``--arrival-rate`` visitors/s for ``--duration`` s) against main
@@ -40,7 +47,7 @@ reading the workers' reports, sampling RSS) also runs here; the baseline phase,
 during which this process serves nothing, measures that overhead.
 
 Layout: ``options`` (what a run is asked), ``load`` (visitors from worker processes),
-``e2e``, ``ledger_mode`` and ``idle`` (the modes), ``checks`` (the verdict on a sale),
+``e2e``, ``ledger_mode``, ``idle``, ``crowd`` and ``fault`` (the modes), ``checks`` (the verdict on a sale),
 ``meter`` and ``progress`` (CPU/RSS, the bar), ``children`` and ``workspace`` (helper
 processes, data directory), ``report`` (the tables) and ``run`` (the command).
 """

@@ -1,4 +1,5 @@
-"""``idle`` mode: idle WSS connections held open on one shard, and its RSS per connection."""
+"""``idle`` mode: idle WSS connections held open on one shard, and its RSS per connection;
+with ``--waiting N``, N visitors waiting in a front's waiting room, and the front's RSS."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from ..wire import Admission
 from .children import final_line, spawn_workers, stop_all
 from .load import split
 from .meter import Meter
-from .options import IDLE_CONNECTIONS, TARGET_IDLE_RSS, Options
+from .options import IDLE_CONNECTIONS, TARGET_IDLE_RSS, TARGET_WAITING, Options
 from .progress import SAMPLE_EVERY, Progress
 from .workspace import DataDir, machine
 
 
 async def run_idle(opts: Options) -> dict[str, Any]:
+    if opts.waiting:
+        return await run_idle_waiting(opts)
     raise_fd_limit()
     out: dict[str, Any] = {"mode": "idle", "options": opts.public(), "machine": machine()}
     with DataDir(opts) as data:
@@ -101,8 +104,84 @@ async def run_idle(opts: Options) -> dict[str, Any]:
     return out
 
 
-async def _hold_idle(workers: list[Child], meter: Meter, opts: Options) -> dict[str, Any]:
-    bar = Progress("idle", opts.connections, "connections", opts.progress)
+async def run_idle_waiting(opts: Options) -> dict[str, Any]:
+    """``opts.waiting`` visitors in the pre-queue of an event that starts in an hour,
+    each polling as the page does; the front's RSS before and with them in line."""
+    raise_fd_limit()
+    out: dict[str, Any] = {"mode": "idle", "options": opts.public(), "machine": machine()}
+    with DataDir(opts) as data:
+        cluster = LocalCluster(data, shard_names(1), shard_args=opts.loop_flag, load_test=True)
+        async with cluster:
+            main, redirect = cluster.main, cluster.redirect
+            assert main is not None and redirect is not None
+            event_id = await main.init_tickets("Waiting bench", "idle", "1.00", 10)
+            await main.distribute_tickets()
+            await main.update_event(event_id, sale_starts_at=time.time() + 3600)
+            front = f"{cluster.front_url.rstrip('/')}/events/{event_id}"
+            workers_n = max(1, min(opts.workers, opts.waiting))
+            jobs = [
+                {
+                    "mode": "wait",
+                    "front": front,
+                    "cafile": str(cluster.keys / "ca.crt"),
+                    "clients": n,
+                    "concurrency": max(1, opts.concurrency // workers_n),
+                    "max_seconds": opts.max_seconds,
+                }
+                for n in split(opts.waiting, workers_n)
+            ]
+            workers: list[Child] = []
+            try:
+                workers = await spawn_workers("wait", jobs, opts.loop_flag)
+                meter = Meter({"main+front": os.getpid(), **{w.name: w.pid for w in workers}})
+                rss_before = meter.rss("main+front")
+                result = await _hold_idle(workers, meter, opts, total=opts.waiting)
+                in_line = redirect.queue.waiting()
+                rss_held = meter.rss("main+front")
+                connections = redirect.gate.connections if redirect.gate else 0
+                meter.end()
+                for w in workers:
+                    await w.send("CLOSE")
+                finals = [await final_line(w, "RESULT", opts.max_seconds) for w in workers]
+            finally:
+                await stop_all(workers)
+    per_waiter = (rss_held - rss_before) / in_line if in_line else None
+    out["waiting"] = {
+        "visitors": opts.waiting,
+        "in_line": in_line,
+        "front_connections_at_measure": connections,
+        "failed": result["failed"],
+        "entry_seconds": round(result["seconds"], 2),
+        "entered_per_s": round(result["open"] / result["seconds"], 1)
+        if result["seconds"]
+        else None,
+        "front_rss_mb_before": round(rss_before / 2**20, 1),
+        "front_rss_mb_held": round(rss_held / 2**20, 1),
+        "front_kib_per_waiter": round(per_waiter / 1024, 2) if per_waiter is not None else None,
+        "peak_rss_mb": {n: round(v / 2**20, 1) for n, v in meter.rss_peak.items()},
+        "still_polling_at_close": sum(int(f.get("open_at_close", 0)) for f in finals if f),
+        "failure_samples": dict(
+            sum((Counter(f.get("failed") or {}) for f in finals if f), Counter()).most_common(5)
+        ),
+    }
+    out["waiting"]["target_met"] = bool(
+        in_line >= min(opts.waiting, TARGET_WAITING) and rss_held <= TARGET_IDLE_RSS
+    )
+    out["ok"] = in_line == opts.waiting
+    if not out["ok"]:
+        out["problems"] = [f"the front held {in_line} of {opts.waiting} visitors in line"]
+    return out
+
+
+async def _hold_idle(
+    workers: list[Child], meter: Meter, opts: Options, *, total: int | None = None
+) -> dict[str, Any]:
+    bar = Progress(
+        "idle",
+        opts.connections if total is None else total,
+        "connections" if total is None else "waiting",
+        opts.progress,
+    )
     opened: dict[str, int] = {w.name: 0 for w in workers}
     failed: dict[str, int] = {w.name: 0 for w in workers}
     holding: dict[str, dict[str, Any]] = {}

@@ -19,7 +19,9 @@ from .progress import SAMPLE_EVERY, Progress
 
 TIMELINE_STEP = 0.5  # seconds per bucket of the answers' timeline
 # What the workers report per finished visitor (worker.Visits), in one order.
-PER_VISITOR = ("kinds", "tickets", "latency", "ends", "arrivals", "waits", "hops", "silences")
+PER_VISITOR = (
+    *("kinds", "tickets", "latency", "ends", "arrivals", "waits", "hops", "silences", "queue"),
+)
 
 
 def split(total: int, parts: int) -> list[int]:

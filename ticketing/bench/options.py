@@ -19,15 +19,19 @@ DEFAULT_WORKERS = 2
 DEFAULT_MAX_SECONDS = 120.0
 LEDGER_TICKETS = 100_000
 IDLE_CONNECTIONS = 5000
+TARGET_WAITING = 20_000  # idle --waiting: visitors in a front's line within TARGET_IDLE_RSS
 FAULTS = ("kill-shard", "partition-shard", "kill-main")
 FAULT_TICKETS = 600
-DEFAULT_ARRIVAL_RATE = 20.0  # visitors per second (the issue's scenarios)
+DEFAULT_ARRIVAL_RATE = 20.0  # visitors per second (the fault scenarios)
+CROWD_TICKETS = 1000  # crowd mode (--arrival-rate without --fault): issue 12's scenario
 DEFAULT_DURATION = 40.0  # seconds of arrivals
 
 # Targets (reported; only the correctness checks decide the exit code).
 TARGET_RATIO = 0.8
 TARGET_LEDGER_TPS = 20_000
-TARGET_IDLE_RSS = 1 << 30  # 5,000 idle connections within 1 GiB
+TARGET_IDLE_RSS = 1 << 30  # 5,000 idle connections (20,000 waiting visitors) within 1 GiB
+TARGET_MEDIAN_SHARE = 0.5  # crowd: winners' median time-to-ticket / time to the last ticket
+TARGET_FCFS_INVERSIONS = 0.01  # crowd: share of visitors refused while a later one won
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Options:
     in_flight: int = 4
     ledger: str | None = None  # ledger mode: postgresql://... (an empty database); default SQLite
     connections: int = IDLE_CONNECTIONS
+    waiting: int = 0  # idle mode: visitors waiting in a front's line instead of WSS
     progress: bool = True
     json_path: str | None = None
     keep: str | None = None  # keep the data directory here (default: a deleted temp dir)
@@ -118,15 +123,26 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
     p.add_argument(
         "--connections", type=int, default=IDLE_CONNECTIONS, help="idle: WSS connections to hold"
     )
+    p.add_argument(
+        "--waiting",
+        type=int,
+        default=0,
+        help="idle: instead, this many visitors waiting in the front's waiting room",
+    )
     # Fault mode
     p.add_argument(
         "--fault", choices=FAULTS, help="fault mode: steady arrivals, this fault mid-sale"
     )
     p.add_argument(
-        "--arrival-rate", type=float, default=DEFAULT_ARRIVAL_RATE, help="fault: visitors/s"
+        "--arrival-rate",
+        type=float,
+        help=f"visitors/s; without --fault: the crowd mode (fault default {DEFAULT_ARRIVAL_RATE:g})",
     )
     p.add_argument(
-        "--duration", type=float, default=DEFAULT_DURATION, help="fault: seconds of arrivals"
+        "--duration",
+        type=float,
+        default=DEFAULT_DURATION,
+        help="fault and crowd: seconds of arrivals",
     )
     p.add_argument("--fault-at", type=float, help="fault: seconds in (default: 40 %% of duration)")
     p.add_argument(
@@ -145,15 +161,21 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """:class:`Options` from the parsed arguments; SystemExit on values out of range."""
-    mode = "fault" if args.fault else args.mode
+    crowd = args.arrival_rate is not None and not args.fault
+    mode = "fault" if args.fault else "crowd" if crowd else args.mode
+    rate = DEFAULT_ARRIVAL_RATE if args.arrival_rate is None else args.arrival_rate
     tickets = args.tickets
     if tickets is None:
-        tickets = {"ledger": LEDGER_TICKETS, "fault": FAULT_TICKETS}.get(mode, DEFAULT_TICKETS)
-    if args.fault and (args.arrival_rate <= 0 or args.duration <= 0):
+        tickets = {"ledger": LEDGER_TICKETS, "fault": FAULT_TICKETS, "crowd": CROWD_TICKETS}.get(
+            mode, DEFAULT_TICKETS
+        )
+    if mode in ("fault", "crowd") and (rate <= 0 or args.duration <= 0):
         raise SystemExit("--arrival-rate and --duration must be > 0")
     clients = args.clients
-    if args.fault:  # a steady crowd: rate x duration visitors, bounded like any other load
-        clients = max(1, round(args.arrival_rate * args.duration))
+    if mode in ("fault", "crowd"):  # rate x duration visitors, bounded like any other load
+        clients = max(1, round(rate * args.duration))
+    if args.waiting < 0:
+        raise SystemExit("--waiting must be >= 0")
     for name in ("shards", "clients", "concurrency", "workers", "batch", "in_flight", "rounds"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
@@ -174,11 +196,12 @@ def options_from_args(args: argparse.Namespace) -> Options:
         in_flight=args.in_flight,
         ledger=args.ledger,
         connections=args.connections,
+        waiting=args.waiting,
         progress=not args.quiet,
         json_path=args.json,
         keep=args.keep,
         fault=args.fault,
-        arrival_rate=args.arrival_rate,
+        arrival_rate=rate,
         duration=args.duration,
         fault_at=args.fault_at,
         fault_seconds=args.fault_seconds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .options import IDLE_CONNECTIONS, TARGET_LEDGER_TPS
+from .options import IDLE_CONNECTIONS, TARGET_LEDGER_TPS, TARGET_WAITING
 
 
 def _fmt(v: Any) -> str:
@@ -148,6 +148,8 @@ def format_ledger(out: dict[str, Any]) -> str:
 
 
 def format_idle(out: dict[str, Any]) -> str:
+    if "waiting" in out:
+        return _format_waiting(out)
     r = out["idle"]
     rows = [
         ("", "idle"),
@@ -167,6 +169,33 @@ def format_idle(out: dict[str, Any]) -> str:
         "",
         "peak RSS MiB: " + ", ".join(f"{n} {v:.0f}" for n, v in r["peak_rss_mb"].items()),
         f"target: {IDLE_CONNECTIONS:,} idle connections within 1 GiB shard RSS: {met}",
+        *(f"failed x{n}: {msg}" for msg, n in r["failure_samples"].items()),
+        "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out.get("problems", []))),
+    ]
+    return "\n".join(lines)
+
+
+def _format_waiting(out: dict[str, Any]) -> str:
+    r = out["waiting"]
+    rows = [
+        ("", "waiting room"),
+        ("visitors asked", _fmt(r["visitors"])),
+        ("in the front's line", _fmt(r["in_line"])),
+        ("failed", _fmt(r["failed"])),
+        ("entered/s", _fmt(r["entered_per_s"])),
+        ("front connections open", _fmt(r["front_connections_at_measure"])),
+        ("front RSS MiB before", _fmt(r["front_rss_mb_before"])),
+        ("front RSS MiB held", _fmt(r["front_rss_mb_held"])),
+        ("front KiB/waiter", _fmt(r["front_kib_per_waiter"])),
+    ]
+    met = "met" if r["target_met"] else "MISSED"
+    lines = [
+        f"idle --waiting: 1 front (main's process), {'uvloop' if out['options']['uvloop'] else 'asyncio'}",
+        "",
+        _table(rows),
+        "",
+        "peak RSS MiB: " + ", ".join(f"{n} {v:.0f}" for n, v in r["peak_rss_mb"].items()),
+        f"target: {TARGET_WAITING:,} waiting visitors within 1 GiB front RSS: {met}",
         *(f"failed x{n}: {msg}" for msg, n in r["failure_samples"].items()),
         "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out.get("problems", []))),
     ]
@@ -226,6 +255,56 @@ def format_fault(out: dict[str, Any]) -> str:
         _table(rows),
         "",
         *(f"{k:<28} {v_}" for k, v_ in checks),
+        *(f"error x{n}: {msg}" for msg, n in (load.get("error_samples") or {}).items()),
+        "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out["problems"])),
+    ]
+    return "\n".join(lines)
+
+
+def format_crowd(out: dict[str, Any]) -> str:
+    """The crowd through the waiting room: the targets, the waiting figures, the checks."""
+    c, load, a, v, o = out["crowd"], out["load"], out["audit"], out["verdict"], out["options"]
+    w, t = c["waiting"], out["targets"]
+
+    def s(x: Any) -> str:
+        return "-" if x is None else f"{x:.2f} s"
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    rows = [
+        ("", "crowd"),
+        ("visitors (arrived)", _fmt(c["visitors"])),
+        ("tickets granted", _fmt(load["granted"])),
+        ("sold-out answers", _fmt(load["sold_out"])),
+        ("errors + timeouts", _fmt(load["errors"])),
+        ("waited in line (visitors)", _fmt(w["queued_visitors"])),
+        ("winners' median time-to-ticket", s(c["winners_median_s"])),
+        ("time to the last ticket", s(c["time_to_last_ticket_s"])),
+        (
+            "position error p50 / p95",
+            f"{_fmt(w['position_error_p50'])} / {_fmt(w['position_error_p95'])}",
+        ),
+        ("ETA error p50 / p95", f"{s(w['eta_error_s_p50'])} / {s(w['eta_error_s_p95'])}"),
+        ("FCFS inversions", f"{c['fcfs_inversions']} ({100 * c['fcfs_inversions_share']:.2f} %)"),
+        ("  beyond 10 ms of the last winner", _fmt(c["fcfs_inversions_beyond_jitter"])),
+    ]
+    timeline = c["timeline"]
+    lines = [
+        f"crowd: {o['shards']} shards, {o['tickets']} tickets, {o['arrival_rate']:g} arrivals/s"
+        f" for {o['duration']:g} s, {o['workers']} worker processes, {out['machine']['cpus']} CPUs",
+        "",
+        _table(rows),
+        "",
+        f"{'median / last ticket':<28} {_fmt(c['median_share'])} (target <= "
+        f"{t['median_share']:g}: {met(t['median_share_met'])})",
+        f"{'FCFS inversions share':<28} {100 * c['fcfs_inversions_share']:.2f} % (target <= "
+        f"{100 * t['fcfs_inversions_share']:g} %: {met(t['fcfs_met'])})",
+        f"{'oversold':<28} {_fmt(v['oversold'])}",
+        f"{'audit':<28} {'exact' if a['exact'] else 'NOT EXACT'} (total {a['total']}, "
+        f"unassigned {a['unassigned']}, pools {a['in_pools']}, held {a['held']}, sold {a['sold']})",
+        f"{'answers per 0.5 s':<28} tickets {timeline['ticket']}",
+        f"{'':<28} sold out {timeline['sold_out']}",
         *(f"error x{n}: {msg}" for msg, n in (load.get("error_samples") or {}).items()),
         "RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out["problems"])),
     ]

@@ -9,12 +9,13 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from .crowd import run_crowd
 from .e2e import run_e2e
 from .fault import run_fault, timeline_svg
 from .idle import run_idle
 from .ledger_mode import run_ledger
 from .options import Options, add_options, options_from_args
-from .report import format_e2e, format_fault, format_idle, format_ledger
+from .report import format_crowd, format_e2e, format_fault, format_idle, format_ledger
 
 DESCRIPTION = "``ticketing bench``: how fast is the whole stack, and how much of it is ours?"
 
@@ -28,6 +29,7 @@ MODES: dict[
     "ledger": (run_ledger, format_ledger),
     "idle": (run_idle, format_idle),
     "fault": (run_fault, format_fault),  # chosen with --fault
+    "crowd": (run_crowd, format_crowd),  # chosen with --arrival-rate (and no --fault)
 }
 
 

@@ -19,6 +19,8 @@ Modes:
   "go back to the front" answers (``persistent``) until it has a final answer.
 - ``idle``: open one WSS connection per given admission URL and hold it, sending
   nothing, until told to close.
+- ``wait``: ``clients`` visitors enter the front's waiting room (a pre-queue) and
+  keep their place, polling as the page does, until told to close.
 
 Every loop is bounded: ``max_seconds`` caps the whole run.
 """
@@ -33,11 +35,13 @@ import sys
 import time
 from collections import Counter
 from typing import Any
+from urllib.parse import urljoin
 
 from websockets.asyncio.client import ClientConnection, connect
 
 from ..process import raise_fd_limit, wait_for_stop
-from ..web_client import WebClient, ws_url
+from ..tokens import peek_claims
+from ..web_client import Outcome, VisitClock, WebClient, ws_url
 
 PROGRESS_EVERY = 0.25  # seconds between progress lines
 
@@ -78,6 +82,29 @@ async def stop_or_orphaned() -> None:
             w.cancel()
 
 
+def queue_record(out: Outcome, t0: float) -> list[float] | None:
+    """``[rank, shown_at, position, eta_s, released_at]`` of a visitor who waited in
+    line (times monotonic, like ``t0``; ``released_at`` 0 if never released), else None.
+
+    The first position shown after the sale opened is the one judged (a pre-queue
+    shows none): the benchmark compares it with the visitors actually released
+    ahead of this one, and the ETA with the actual wait.
+    """
+    claims = peek_claims(out.queue_ticket) if out.queue_ticket else None
+    shown = [(t, p, eta) for t, p, eta in out.queue if p]
+    if claims is None or not shown:
+        return None
+    released = next((t for t, p, _ in out.queue if p == 0), None)
+    t, position, eta = shown[0]
+    return [
+        float(claims.get("r", 0)),
+        round(t0 + t, 4),
+        float(position),
+        eta,
+        round(t0 + released, 4) if released is not None else 0.0,
+    ]
+
+
 class Visits:
     """The ``visit`` mode: a bounded number of visitors, bounded concurrency and time."""
 
@@ -104,6 +131,7 @@ class Visits:
         self.waits: list[int] = []
         self.hops: list[int] = []
         self.silences: list[float] = []
+        self.queue: list[list[float] | None] = []  # the waiting room: see queue_record
         self.errors: Counter[str] = Counter()
 
     async def visit(self) -> None:
@@ -117,6 +145,7 @@ class Visits:
         # A visit that ended in an error got no real answer at all: all of it was silence.
         silence = end - t0 if out.kind == "error" else out.longest_silence
         self.silences.append(round(silence, 4))
+        self.queue.append(queue_record(out, t0))
         self.kinds.append(out.kind)
         self.tickets.append(out.ticket_id)
         self.latency.append(out.timings.get("total", end - t0))
@@ -176,6 +205,7 @@ class Visits:
             "waits": self.waits,
             "hops": self.hops,
             "silences": self.silences,
+            "queue": self.queue,
             "errors": dict(self.errors),
         }
 
@@ -244,7 +274,67 @@ class Idle:
         return {"done": len(self.conns) + self.failed.total(), "granted": len(self.conns)}
 
 
-async def _report_progress(job: Visits | Idle) -> None:
+class Waiting:
+    """The ``wait`` mode: visitors holding a place in a front's waiting room."""
+
+    def __init__(self, cfg: dict[str, Any], ctx: ssl.SSLContext) -> None:
+        self.front: str = cfg["front"]
+        self.clients: int = cfg["clients"]
+        self.concurrency: int = max(1, cfg["concurrency"])
+        self.max_seconds: float = cfg["max_seconds"]
+        self.ctx = ctx
+        self.entered = 0
+        self.failed: Counter[str] = Counter()
+        self.clients_open: list[WebClient] = []
+        self.polls: list[asyncio.Future[Any]] = []
+        self.started = 0
+
+    async def enter(self) -> None:
+        while self.started < self.clients:
+            self.started += 1
+            client = WebClient(self.ctx, timeout=2 * self.max_seconds)
+            self.clients_open.append(client)
+            try:
+                status, _, body = await client.admission(self.front)
+            except Exception as exc:  # any failure is one visitor fewer, counted
+                self.failed[f"{type(exc).__name__}: {str(exc)[:100]}"] += 1
+                continue
+            if body.get("status") != "queued":
+                self.failed[f"{status} {body.get('status')}"] += 1
+                continue
+            self.entered += 1
+            # Keep the place as the page does: poll when the front says so.
+            poll = client.wait_in_line(urljoin(self.front, body["poll"]), body, VisitClock(), [])
+            self.polls.append(asyncio.ensure_future(poll))
+
+    async def run(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        openers = [asyncio.ensure_future(self.enter()) for _ in range(self.concurrency)]
+        try:
+            async with asyncio.timeout(self.max_seconds):
+                await asyncio.gather(*openers)
+        except TimeoutError:
+            self.failed["timeout"] += self.clients - self.entered - self.failed.total()
+        t1 = time.monotonic()
+        emit("HOLDING", {"open": self.entered, "failed": self.failed.total(), "seconds": t1 - t0})
+        try:
+            async with asyncio.timeout(self.max_seconds):
+                while await read_line() not in ("CLOSE", ""):
+                    pass
+        except TimeoutError:
+            pass
+        still = sum(1 for p in self.polls if not p.done())
+        for p in self.polls:
+            p.cancel()
+        await asyncio.gather(*self.polls, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self.clients_open), return_exceptions=True)
+        return {"entered": self.entered, "open_at_close": still, "failed": dict(self.failed)}
+
+    def progress(self) -> dict[str, int]:
+        return {"done": self.entered + self.failed.total(), "granted": self.entered}
+
+
+async def _report_progress(job: Visits | Idle | Waiting) -> None:
     while True:
         await asyncio.sleep(PROGRESS_EVERY)
         emit("P", job.progress())
@@ -254,7 +344,12 @@ async def amain() -> int:
     raise_fd_limit()
     cfg = json.loads(await read_line())
     ctx = ssl.create_default_context(cafile=cfg["cafile"])
-    job: Visits | Idle = Visits(cfg, ctx) if cfg["mode"] == "visit" else Idle(cfg, ctx)
+    modes: dict[str, type[Visits | Idle | Waiting]] = {
+        "visit": Visits,
+        "idle": Idle,
+        "wait": Waiting,
+    }
+    job = modes[cfg["mode"]](cfg, ctx)
     emit("READY")
     if await read_line() != "GO":
         return 1

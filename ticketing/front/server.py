@@ -50,6 +50,7 @@ from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 from .dashboard import mount_dashboard
 from .forwarding import forwarded_client
 from .observe import metrics_handler, observe_middleware
+from .queue import Pass, QueueDoor, QueueOptions
 from .source import MainSource, RoutingSource
 
 if TYPE_CHECKING:
@@ -181,6 +182,7 @@ class FrontDoor:
             ]
         )
         self.market: Market | None = None  # the marketplace, when mounted in this process
+        self.queue: QueueDoor | None = None  # the waiting room (the embedded front's)
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -252,6 +254,13 @@ class FrontDoor:
         """This front's series (the embedded front adds main's)."""
         return self.metrics.exposition()
 
+    async def _waiting_room(
+        self, request: web.Request, event_id: int, visitor: str
+    ) -> Pass | web.StreamResponse | None:
+        """The waiting room's word on this visitor: let on (a :class:`Pass`), or its
+        answer (queued, challenged, refused); None where there is no waiting room."""
+        return None
+
     async def _admit(self, request: web.Request, event_id: int) -> web.StreamResponse:
         event = await self.source.event_info(event_id)
         if event is None:
@@ -272,9 +281,16 @@ class FrontDoor:
             )
             limited.headers["Retry-After"] = retry_after(wait)
             return limited
+        gate = await self._waiting_room(request, event_id, public_id(visitor))
+        if isinstance(gate, web.StreamResponse):  # queued, or refused by the waiting room
+            if fresh:
+                set_visitor_cookie(gate, visitor)
+            return gate
         info = {"event": event}
         resp: web.StreamResponse
         place, arrived = self._place(request, visitor, event_id)
+        if gate is not None and gate.arrived is not None:
+            arrived = min(arrived, gate.arrived)  # the queue entry is the arrival
         routes = self.source.routes(event_id)
         # The one place where "admit this visitor now or not" is decided.
         answer = choose_answer(
@@ -461,10 +477,13 @@ class RedirectServer(FrontDoor):
         *,
         setup: Callable[[web.Application], None] | None = None,
         marketplace: bool = True,
+        queue: QueueOptions | None = None,  # the waiting room (front/queue.py)
         **options: Any,
     ) -> None:
         super().__init__(MainSource(main), **options)
         self.main = main
+        self.queue: QueueDoor = QueueDoor(main, queue, metrics=self.metrics)
+        self.queue.mount(self.app)  # /events/{id}/queue, the long-poll
         # First: behind a front process, the visitor's address comes signed by the front.
         self.app.middlewares.insert(0, forwarded_client(lambda: main.front_ring))
         mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
@@ -477,6 +496,13 @@ class RedirectServer(FrontDoor):
 
     async def _start(self) -> None:
         await self.main.start()
+
+    async def _waiting_room(
+        self, request: web.Request, event_id: int, visitor: str
+    ) -> Pass | web.StreamResponse | None:
+        event = await self.main.event(event_id)
+        assert self.queue is not None and event is not None  # _admit found it
+        return self.queue.gate(request, event, visitor)
 
     def _tls_context(self) -> ssl.SSLContext:
         assert self.main.credentials

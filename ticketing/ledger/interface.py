@@ -199,6 +199,10 @@ class Ledger(Protocol):
 
     async def events(self) -> list[Event]: ...
 
+    async def update_event(self, event_id: int, **settings: Any) -> Event:
+        """Change an event's waiting-room settings (``records.WAITROOM_SETTINGS``)."""
+        ...
+
     async def event(self, event_id: int) -> Event | None: ...
 
     def unassigned_count(self, event_id: int) -> int:

@@ -6,17 +6,36 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+PREQUEUE_ORDERS = ("random", "arrival")  # how a pre-queue is lined up at the sale start
+MAX_POW_BITS = 28  # ~2**28 hashes: minutes in a browser, far beyond any sane setting
+
 
 @dataclass(frozen=True)
 class Event:
+    """An event on sale, with its waiting-room settings (``front/waitroom.py``).
+
+    ``sale_starts_at``: unix seconds, or None (on sale now); visitors before it wait in
+    a pre-queue put in ``prequeue_order`` at the start. ``pow_bits``: the proof of
+    work a visitor solves to enter the queue (0: none). ``release_rate``: a cap on
+    visitors let through per second (None: the rate the shards are measured to take).
+    """
+
     id: int
     name: str
     description: str
     price_cents: int
     count: int
+    sale_starts_at: float | None = None
+    prequeue_order: str = "random"
+    pow_bits: int = 0
+    release_rate: float | None = None
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The Event fields an operator may change after creation (admin API, ``ticketing event``).
+WAITROOM_SETTINGS = ("sale_starts_at", "prequeue_order", "pow_bits", "release_rate")
 
 
 @dataclass(frozen=True)

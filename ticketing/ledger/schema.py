@@ -196,10 +196,20 @@ CREATE TABLE IF NOT EXISTS leadership (
 );
 """
 
+# The waiting room's settings per event (records.Event). One ADD COLUMN per
+# statement: the portable form (SQLite cannot add several in one).
+V4 = """
+ALTER TABLE events ADD COLUMN sale_starts_at {REAL};
+ALTER TABLE events ADD COLUMN prequeue_order TEXT NOT NULL DEFAULT 'random';
+ALTER TABLE events ADD COLUMN pow_bits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN release_rate {REAL};
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "ledger, marketplace and account tables", V1),
     (2, "one owned ticket per event per account", V2),
     (3, "leadership: term and lease", V3),
+    (4, "waiting-room settings per event", V4),
 ]
 LATEST = MIGRATIONS[-1][0]
 

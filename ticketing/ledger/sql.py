@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from ..errors import NotLeader
@@ -27,7 +28,7 @@ from ..slices import Range, compress, count
 from ..wire import Sale, ticket_id
 from .decide import SalesDecision, TicketRow, decide_sales
 from .driver import Driver, Queries
-from .records import Audit, Event, OrderKind, Principal, ShardRecord
+from .records import WAITROOM_SETTINGS, Audit, Event, OrderKind, Principal, ShardRecord
 from .schema import migrate
 from .states import (
     ACTIVE_ORDER,
@@ -42,6 +43,7 @@ from .states import (
 )
 
 _SHARD = "name, epoch, host, tls_port, https_port, weight"
+EVENT_COLUMNS = "id, name, description, price_cents, count, " + ", ".join(WAITROOM_SETTINGS)
 _CHUNK = 400  # rows per multi-row statement: well under SQLite's parameter limit
 TABLES = {OrderKind.PRIMARY: "orders", OrderKind.RESALE: "resale_orders"}
 WAITLIST_SHARD = "main"  # orders offered from the waiting list were never on a shard
@@ -661,9 +663,7 @@ class SqlLedger:
     async def reload(self) -> None:
         """Read the caches (events, main's stock counts) afresh: at open, and when a
         standby starts to lead on a ledger another main has been writing."""
-        rows = await self.driver.fetch(
-            "SELECT id, name, description, price_cents, count FROM events ORDER BY id"
-        )
+        rows = await self.driver.fetch(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY id")
         self._events.clear()
         self._events.update({r["id"]: Event(**r) for r in rows})
         rows = await self.driver.fetch(
@@ -715,6 +715,21 @@ class SqlLedger:
 
     async def events(self) -> list[Event]:
         return list(self._events.values())
+
+    async def update_event(self, event_id: int, **settings: Any) -> Event:
+        """Change an event's waiting-room settings (``WAITROOM_SETTINGS`` names)."""
+        unknown = set(settings) - set(WAITROOM_SETTINGS)
+        if unknown or event_id not in self._events:
+            raise ValueError(f"no event {event_id}" if not unknown else f"unknown {unknown}")
+        if settings:
+            names = sorted(settings)
+            async with self.transaction() as tx:
+                await tx._change(
+                    f"UPDATE events SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
+                    (*(settings[n] for n in names), event_id),
+                )
+            self._events[event_id] = replace(self._events[event_id], **settings)
+        return self._events[event_id]
 
     async def event(self, event_id: int) -> Event | None:
         return self._events.get(event_id)

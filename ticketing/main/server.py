@@ -674,6 +674,10 @@ class MainServer:
     async def event(self, event_id: int) -> Event | None:
         return await self._ledger().event(event_id)
 
+    async def update_event(self, event_id: int, **settings: Any) -> Event:
+        """Change an event's waiting-room settings (``ledger.records.WAITROOM_SETTINGS``)."""
+        return await self._ledger().update_event(event_id, **settings)
+
     async def audit(self, event_id: int | None = None) -> Audit:
         return await self._ledger().audit(event_id)
 

@@ -43,6 +43,7 @@ Routes::
     POST   /api/v1/listings/{id}/buy           lock it for my checkout
     GET    /api/v1/ws                          WebSocket: offers, order and list changes
     POST   /api/v1/admin/events                {name, description, price, count}
+    PATCH  /api/v1/admin/events/{id}           {sale_starts_at, prequeue_order, pow_bits, release_rate}
     POST   /api/v1/admin/events/{id}/distribute
     GET    /api/v1/admin/status, /api/v1/admin/audit?event=
 
@@ -69,6 +70,7 @@ from ..csrf import origin_allowed, refusal
 from ..errors import Overloaded, TicketingError, ValidationError
 from ..headers import SECURITY_HEADERS
 from ..ledger import Principal
+from ..ledger.records import MAX_POW_BITS, PREQUEUE_ORDERS, WAITROOM_SETTINGS
 from ..main.server import MainServer, price_to_cents
 from ..operator import OPERATOR_ENV, OPERATOR_FILE_ENV, operator_token_from_env
 from ..ratelimit import Rate, RateLimiter, retry_after
@@ -257,6 +259,7 @@ class MarketAPI:
                 web.post(f"{p}/listings/{ID}/buy", self.handle_buy_listing),
                 web.get(f"{p}/ws", self.handle_ws),
                 web.post(f"{p}/admin/events", self.handle_admin_create_event),
+                web.patch(f"{p}/admin/events/{ID}", self.handle_admin_event_settings),
                 web.post(f"{p}/admin/events/{ID}/distribute", self.handle_admin_distribute),
                 web.get(f"{p}/admin/status", self.handle_admin_status),
                 web.get(f"{p}/admin/audit", self.handle_admin_audit),
@@ -573,6 +576,31 @@ class MarketAPI:
         event_id = await self.main.init_tickets(name.strip(), description, price, count)
         return ok({"event": (await self._event(event_id))}, 201)
 
+    async def handle_admin_event_settings(self, request: web.Request) -> web.Response:
+        """The waiting-room settings: sale start, pre-queue order, proof of work, rate cap."""
+        self._require_operator(request)
+        event_id = path_id(request)
+        await self._event(event_id)
+        body = await read_json(request)
+        unknown = sorted(set(body) - set(WAITROOM_SETTINGS))
+        if unknown:
+            raise ValidationError(f"unknown field {unknown[0]!r}", unknown[0])
+        start, order = body.get("sale_starts_at"), body.get("prequeue_order", "random")
+        bits, rate = body.get("pow_bits", 0), body.get("release_rate")
+        if start is not None and not (_real(start) and 0 <= start < 1e11):
+            raise ValidationError("sale_starts_at must be unix seconds or null", "sale_starts_at")
+        if order not in PREQUEUE_ORDERS:
+            raise ValidationError(
+                f"prequeue_order must be one of {PREQUEUE_ORDERS}", "prequeue_order"
+            )
+        if type(bits) is not int or not 0 <= bits <= MAX_POW_BITS:
+            raise ValidationError(f"pow_bits must be 0 to {MAX_POW_BITS}", "pow_bits")
+        if rate is not None and not (_real(rate) and 0 < rate <= 1e6):
+            raise ValidationError("release_rate must be a positive number or null", "release_rate")
+        settings = {k: body[k] for k in WAITROOM_SETTINGS if k in body}
+        event = await self.main.update_event(event_id, **settings)
+        return ok({"event": event.public()})
+
     async def _event(self, event_id: int) -> dict[str, Any]:
         event = await self.main.event(event_id)
         if event is None:
@@ -596,6 +624,10 @@ class MarketAPI:
     async def handle_admin_audit(self, request: web.Request) -> web.Response:
         self._require_operator(request)
         return ok(await self.market.audit(query_int(request, "event")))
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def mount_marketplace(app: web.Application, main: MainServer) -> Market:

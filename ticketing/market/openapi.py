@@ -32,6 +32,30 @@ def _obj(required: list[str], props: dict[str, Any], **extra: Any) -> dict[str, 
 
 
 INT = {"type": "integer"}
+# An event's waiting-room settings (PATCH /api/v1/admin/events/{id}; front/queue.py).
+WAITROOM_PROPS: dict[str, Any] = {
+    "sale_starts_at": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "description": "sale start, unix seconds; null: on sale now. Visitors before it"
+        " wait in a pre-queue",
+    },
+    "prequeue_order": {
+        "enum": ["random", "arrival"],
+        "description": "the pre-queue's order at the start (random, as most waiting rooms)",
+    },
+    "pow_bits": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 28,
+        "description": "proof of work to enter the queue, leading zero bits; 0: off",
+    },
+    "release_rate": {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "description": "visitors let through per second at most; null: measured",
+    },
+}
 NUM = {"type": "number"}
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
@@ -61,8 +85,16 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Event": _obj(
         ["id", "name", "description", "price_cents", "count"],
-        {"id": INT, "name": STR, "description": STR, "price_cents": INT, "count": INT},
+        {
+            "id": INT,
+            "name": STR,
+            "description": STR,
+            "price_cents": INT,
+            "count": INT,
+            **WAITROOM_PROPS,
+        },
     ),
+    "EventSettings": _obj([], WAITROOM_PROPS, additionalProperties=False),
     "EventOverview": {
         "allOf": [
             _ref("Event"),
@@ -377,6 +409,16 @@ def _paths() -> dict[str, Any]:
                 (201, "CreatedEvent"),
                 (401, 403),
                 body="NewEvent",
+                operator=True,
+            )
+        },
+        "/api/v1/admin/events/{id}": {
+            "patch": _op(
+                "Set the event's waiting room: sale start, pre-queue order, proof of work,"
+                " release rate cap",
+                (200, "CreatedEvent"),
+                (401, 403, 404),
+                body="EventSettings",
                 operator=True,
             )
         },

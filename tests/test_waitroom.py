@@ -1,0 +1,358 @@
+"""The waiting room: its rules without sockets, then the front over real TLS.
+
+Over-capacity crowds released in FIFO order with falling positions, a place kept
+over a reload and a front restart, a copied queue ticket refused, the pre-queue
+shuffled at the start then FIFO, proof of work required when enabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+
+import aiohttp
+import pytest
+
+from ticketing import RedirectServer
+from ticketing.cluster import LOAD_TEST_FRONT_OPTIONS
+from ticketing.errors import TokenError
+from ticketing.front.pow import PowGate, leading_zero_bits, solve, solved
+from ticketing.front.queue import QueueOptions
+from ticketing.front.waitroom import (
+    PREQUEUE_SPAN,
+    ClockSequencer,
+    LeasedSequencer,
+    Line,
+    ReleaseRate,
+    eta_seconds,
+    prequeue_rank,
+)
+from ticketing.tokens import TokenSigner
+from ticketing.visitor import public_id
+from ticketing.web_client import WebClient
+from ticketing.wire import QueueTicket
+
+pytestmark = pytest.mark.timeout(60)
+
+JSON = {"Accept": "application/json"}
+
+
+# -- rules, no sockets ------------------------------------------------------------
+
+
+def test_line_releases_in_rank_order_and_positions_only_fall() -> None:
+    line = Line(stale_after=10.0)
+    ranks = [5, 9, 12, 20, 31]
+    for r in ranks:
+        line.join(r, 0.0, "a", now=0.0)
+    line.join(7, 0.0, "b", now=0.0)  # back after a front restart: its rank, not the end
+    assert [line.position(r) for r in (5, 7, 9, 31)] == [1, 2, 3, 6]
+    assert line.entries_from("a") == 5 and line.entries_from("b") == 1
+    order, seen = [], []
+    while len(line):
+        seen.append(line.position(31))
+        order += line.release(2, now=1.0)
+    assert order == [5, 7, 9, 12, 20, 31] and seen == [6, 4, 2]
+    assert line.released(5) and line.released(7) and not line.waiting(5)
+    line.join(5, 0.0, "a", now=2.0)  # a released visitor reloading stays released
+    assert line.released(5) and len(line) == 0 and line.entries_from("a") == 0
+
+
+def test_silent_waiters_leave_and_release_is_forgotten_later() -> None:
+    line = Line(stale_after=5.0, keep_released=60.0)
+    line.join(1, 0.0, "a", now=0.0)
+    line.join(2, 0.0, "a", now=0.0)
+    line.seen(2, now=4.0)
+    assert line.prune(now=6.0) == [1] and line.position(2) == 1
+    assert line.release(1, now=6.0) == [2]
+    line.prune(now=70.0)
+    assert not line.released(2)
+
+
+def test_prequeue_ranks_sit_ahead_of_every_sequence_number() -> None:
+    rng = random.Random(7)
+    seq = ClockSequencer(clock=lambda: 1.7e9)
+    numbers = [seq.next(1) for _ in range(3)]
+    assert numbers == [1_700_000_000_000_000, 1_700_000_000_000_001, 1_700_000_000_000_002]
+    shuffled = [prequeue_rank("random", n, rng) for n in numbers]
+    assert all(-PREQUEUE_SPAN <= r < 0 for r in shuffled) and len(set(shuffled)) == 3
+    in_order = [prequeue_rank("arrival", n) for n in numbers]
+    assert in_order == sorted(in_order) and max(in_order) < min(shuffled)
+
+
+def test_leased_blocks_expire_so_fronts_agree_within_their_lifetime() -> None:
+    counter = iter(range(0, 10_000, 4))
+    leases: list[range] = []
+
+    def lease(event: int, n: int) -> range:
+        start = next(counter)
+        leases.append(range(start, start + n))
+        return leases[-1]
+
+    now = [0.0]
+    a = LeasedSequencer(lease, block=4, block_ttl=0.25, clock=lambda: now[0])
+    b = LeasedSequencer(lease, block=4, block_ttl=0.25, clock=lambda: now[0])
+    first = [a.next(1), b.next(1)]  # front a leased 0..3, front b 4..7
+    now[0] = 0.5  # a's block is too old: a later arrival on a must not get 1
+    later = a.next(1)
+    assert first == [0, 4] and later == 8 and later > max(first)
+
+
+def test_release_rate_follows_the_grants_and_respects_a_cap() -> None:
+    rate = ReleaseRate(min_window=10, target_delay=1.0, flight_window=10.0)
+    rate.observe(1000, 0.0)
+    assert rate.allowance(0.0) == 10
+    rate.released(10, 0.0)
+    assert rate.allowance(0.1) == 0  # the window is full until the shards grant
+    for t in range(1, 6):  # 100 grants a second
+        rate.released(rate.allowance(float(t)), float(t))
+        rate.observe(1000 - 100 * t, float(t))
+    assert rate.grant_rate() == pytest.approx(100.0, rel=0.3)
+    assert rate.allowance(5.0) >= 50  # the window grew with the measured grant rate
+    assert eta_seconds(99, 50.0) == 2.0
+    capped = ReleaseRate(cap=5.0, min_window=100)
+    capped.observe(1000, 0.0)
+    capped.observe(1000, 1.0)
+    assert capped.allowance(1.0) == 5 and capped.expected_rate() == 5.0
+
+
+def test_proof_of_work_is_checked_once_for_its_visitor() -> None:
+    assert leading_zero_bits(b"\x00\x0f") == 12 and leading_zero_bits(b"\x80") == 0
+    signer = TokenSigner()
+    gate = PowGate(signer, signer.verifier())
+    challenge = gate.challenge("visitor-a", 1, 8)
+    answer = solve(challenge, 8)
+    assert solved(challenge, answer, 8)
+    wrong = next(str(i) for i in range(10_000) if not solved(challenge, str(i), 8))
+    assert not gate.check(challenge, wrong, "visitor-a", 1, 8)
+    assert not gate.check(challenge, answer, "visitor-b", 1, 8)  # someone else's
+    assert not gate.check(challenge, answer, "visitor-a", 1, 12)  # too easy for the event now
+    assert gate.check(challenge, answer, "visitor-a", 1, 8)
+    assert not gate.check(challenge, answer, "visitor-a", 1, 8)  # single use
+
+
+def test_queue_ticket_claims_round_trip_and_refuse_garbage() -> None:
+    signer = TokenSigner()
+    ticket = QueueTicket("pVisitor", 3, 17, -5, 1.5)
+    assert QueueTicket.verify(signer.verifier(), ticket.sign(signer, 60)) == ticket
+    with pytest.raises(TokenError):
+        QueueTicket.from_claims({"v": "p", "e": 3, "q": "17", "r": 1, "i": 1.0})
+
+
+# -- the front, over TLS ------------------------------------------------------------
+
+
+async def front(cluster, **queue: object) -> RedirectServer:
+    """A front with the given waiting-room options (load-test limits: one address)."""
+    opts = {"tick": 0.05, "min_window": 1, "entries_per_address": None, **queue}
+    options = {**LOAD_TEST_FRONT_OPTIONS, "queue": QueueOptions(**opts)}
+    cluster.redirect = RedirectServer(cluster.main, **options)
+    await cluster.redirect.create_server(0)
+    return cluster.redirect
+
+
+def session(ca_context) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ca_context), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    )
+
+
+async def enter(s: aiohttp.ClientSession, url: str) -> dict:
+    async with s.get(url, headers=JSON, allow_redirects=False) as resp:
+        return await resp.json()
+
+
+async def test_an_over_capacity_crowd_goes_through_in_fifo_order(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Crowd", "", "10", 12)
+    await cluster.main.distribute_tickets()
+    # Everyone arrives before the start, then goes in arrival order, slower than the crowd.
+    await cluster.main.update_event(
+        event_id, release_rate=20.0, sale_starts_at=4e9, prequeue_order="arrival"
+    )
+    redirect = await front(cluster, min_window=4)
+    released: list[int] = []
+    door = redirect.queue
+    original = door.line(event_id).release
+
+    def spy(n: int, now: float) -> list[int]:
+        out = original(n, now)
+        released.extend(out)
+        return out
+
+    door.line(event_id).release = spy  # type: ignore[method-assign]
+    clients = [WebClient(ca_context, timeout=30) for _ in range(20)]
+    url = f"{cluster.front}events/{event_id}"
+    try:
+        entries = []
+        for c in clients:  # one after the other: the arrival order is known
+            entries.append(await c.admission(url))
+        assert all(body["status"] == "queued" for _, _, body in entries)
+        await cluster.main.update_event(event_id, sale_starts_at=None)  # the sale opens
+        outcomes = await asyncio.gather(
+            *(
+                c.get_ticket(f"{url}?queue={b['queue']}")
+                for c, (_, _, b) in zip(clients, entries, strict=True)
+            )
+        )
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+    kinds = [o.kind for o in outcomes]
+    assert kinds == ["ticket"] * 12 + ["sold_out"] * 8  # the first twelve arrivals won
+    assert released == sorted(released) and len(released) >= 12  # released by rank
+    for o in outcomes:  # each visitor's shown position only ever fell
+        positions = [p for _, p, _ in o.queue]
+        assert positions and positions == sorted(positions, reverse=True)
+    audit = await cluster.main.audit()
+    assert audit.exact and audit.held == 12
+
+
+async def test_reload_and_restart_keep_the_place_and_a_copy_is_refused(
+    make_cluster, ca_context
+) -> None:
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Kept", "", "10", 5)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, release_rate=0.001)  # nobody is released
+    redirect = await front(cluster)
+    url = f"{cluster.front}events/{event_id}"
+    async with session(ca_context) as a, session(ca_context) as b, session(ca_context) as thief:
+        first, second = await enter(a, url), await enter(b, url)
+        assert (first["position"], second["position"]) == (1, 2)
+        again = await enter(a, url + "?queue=" + first["queue"])  # a reload
+        assert again["status"] == "queued" and again["queue"] == first["queue"]
+        async with thief.get(cluster.front + "app/") as resp:  # a cookie of its own
+            assert resp.status == 200
+        for path in (f"{url}?queue={first['queue']}", f"{url}/queue?queue={first['queue']}"):
+            async with thief.get(path, headers=JSON) as resp:
+                body = await resp.json()
+                assert resp.status == 403 and body["status"] == "refused"
+        # The front restarts: a new process knows nobody, the tickets carry the places.
+        await redirect.close()
+        redirect = await front(cluster)
+        url = f"{cluster.front}events/{event_id}"
+        later = await enter(b, f"{url}?queue={second['queue']}")  # b comes back first
+        back = await enter(a, f"{url}?queue={first['queue']}")
+        behind = await enter(b, f"{url}?queue={second['queue']}")
+        assert (later["position"], back["position"], behind["position"]) == (1, 1, 2)
+
+
+async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Opening", "", "10", 40)
+    await cluster.main.distribute_tickets()
+    start = 4e9
+    await cluster.main.update_event(event_id, sale_starts_at=start, release_rate=0.001)
+    redirect = await front(cluster)
+    now = [start - 60.0]
+    redirect.queue.clock = lambda: now[0]  # the front's wall clock, injected
+    url = f"{cluster.front}events/{event_id}"
+    sessions = [session(ca_context) for _ in range(16)]
+    try:
+        early = [await enter(s, url) for s in sessions[:12]]
+        assert all(e["prequeue"] and e["position"] is None for e in early)
+        assert early[0]["starts_in_s"] == 60.0 and early[-1]["waiting"] == 12
+        now[0] = start + 1.0  # the sale opens
+        late = [await enter(s, url) for s in sessions[12:]]
+        polled = [
+            await enter(s, f"{url}?queue={e['queue']}")
+            for s, e in zip(sessions, early + late, strict=True)
+        ]
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions))
+    positions = [p["position"] for p in polled]
+    assert sorted(positions[:12]) == list(range(1, 13))  # every early bird is ahead
+    assert positions[:12] != list(range(1, 13))  # in a shuffled order (1 in 12! to fail)
+    assert positions[12:] == [13, 14, 15, 16]  # later arrivals behind, in arrival order
+
+
+async def test_proof_of_work_is_required_when_enabled(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Guarded", "", "10", 2)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, pow_bits=10, sale_starts_at=4e9)
+    await front(cluster, min_window=4)
+    url = f"{cluster.front}events/{event_id}"
+    async with session(ca_context) as s:
+        asked = await enter(s, url)
+        assert asked["status"] == "challenge" and asked["bits"] == 10
+        challenge = asked["challenge"]
+        wrong = next(str(i) for i in range(10_000) if not solved(challenge, str(i), 10))
+        async with s.get(url + f"?pow={challenge}&solution={wrong}", headers=JSON) as resp:
+            refused = await resp.json()
+            assert resp.status == 403 and refused["status"] == "challenge" and refused["errors"]
+        solved_url = cluster.front.rstrip("/") + asked["location"] + solve(challenge, 10)
+        entered = await enter(s, solved_url)
+        assert entered["status"] == "queued"
+        reused = await enter(s, solved_url)
+        assert reused["status"] == "challenge"  # a solution works once
+    await cluster.main.update_event(event_id, sale_starts_at=None)
+    async with WebClient(ca_context, timeout=20) as client:  # solves it like the page
+        outcome = await client.get_ticket(url)
+    assert outcome.kind == "ticket"
+
+
+async def test_queue_ticket_is_bound_to_the_visitor_cookie(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Bound", "", "10", 2)
+    await cluster.main.update_event(event_id, sale_starts_at=4e9)
+    await front(cluster)
+    assert cluster.main.signer
+    forged = QueueTicket(public_id(secrets.token_urlsafe(16)), event_id, 1, 1, 0.0)
+    token = forged.sign(cluster.main.signer, 60)  # signed by us, for some other visitor
+    async with session(ca_context) as s:
+        async with s.get(f"{cluster.front}events/{event_id}?queue={token}", headers=JSON) as resp:
+            assert resp.status == 403
+
+
+# -- the edge: TLS handshakes first come, first served --------------------------------
+
+
+async def test_handshakes_wait_their_turn_but_silent_sockets_hold_no_slot(keys, ca_context) -> None:
+    from ticketing.edge import ConnectionGate, EdgeLimits
+    from ticketing.tls import Credentials, browser_server_context
+
+    limits = EdgeLimits(max_handshaking=1, handshake_stall=0.5, handshake_timeout=5.0)
+    ctx = browser_server_context(Credentials.from_directory(keys, "main"))
+    gate = ConnectionGate("test", ctx, limits)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    server = await asyncio.get_running_loop().create_server(
+        gate.protocol_factory(Echo), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+
+    async def tls_echo() -> float:
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ca_context, server_hostname="localhost"
+        )
+        writer.write(b"ping\r\n\r\n")
+        assert await reader.readexactly(8) == b"ping\r\n\r\n"
+        writer.close()
+        return time.perf_counter() - t0
+
+    try:
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        assert await tls_echo() < 0.4  # five silent sockets: no slot taken
+        _, staller = await asyncio.open_connection("127.0.0.1", port)
+        staller.write(b"\x16\x03\x01\x00\xff")  # the start of a ClientHello, then nothing
+        await asyncio.sleep(0.05)
+        waited = await tls_echo()  # behind the staller until its slot counts as stalled
+        assert 0.4 <= waited < 2.0
+        assert gate.connections >= 6
+        for _, w in silent:
+            w.close()
+        staller.close()
+    finally:
+        server.close()
+        gate.close()
+        await server.wait_closed()

@@ -1,0 +1,138 @@
+"""``crowd`` mode (``--arrival-rate R --duration S``): a flash crowd through the waiting room.
+
+R x S visitors arrive at a steady pace (the workers' ``rate`` mode: every visitor a
+fresh :class:`~ticketing.web_client.WebClient` that waits in line like the page)
+at a :class:`~ticketing.cluster.LocalCluster` (main + front in this process, K
+shard processes). Reported, from every visitor's own record: errors and timeouts,
+the sale's checks (``check_sale``), the winners' median time-to-ticket against the
+time to the last ticket, first-come-first-served inversions, how true the shown
+position and ETA were, and the answers' timeline.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Sequence
+from statistics import median
+from typing import Any
+
+from ..cluster import LocalCluster, shard_names
+from ..process import raise_fd_limit
+from .checks import check_sale, percentile
+from .fault import answer_timeline, inversions
+from .load import drive_visits
+from .options import TARGET_FCFS_INVERSIONS, TARGET_MEDIAN_SHARE, Options
+from .workspace import DataDir, machine
+
+JITTER = 0.01  # seconds: arrivals closer than this are not told apart (see analyze_crowd)
+
+
+def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
+    """Shown position vs visitors actually released ahead; shown ETA vs actual wait.
+
+    A visitor shown position ``p`` at time ``s`` had ``p - 1`` ahead; the truth is
+    how many with a lower rank were released after ``s`` (they were still ahead).
+    """
+    rows = [q for q in queue if q is not None and q[4] > 0]
+    released = sorted((q[0], q[4]) for q in rows)  # by rank
+    ranks = [r for r, _ in released]
+    pos_err: list[float] = []  # |shown - true|, visitors
+    rel_err: list[float] = []  # the same over the true position
+    eta_err: list[float] = []
+    for rank, shown_at, position, eta, released_at in rows:
+        ahead = released[: bisect.bisect_left(ranks, rank)]
+        truth = 1 + sum(1 for _, t in ahead if t >= shown_at)
+        pos_err.append(abs(position - truth))
+        rel_err.append(abs(position - truth) / truth)
+        eta_err.append(abs(eta - (released_at - shown_at)))
+
+    def stat(values: list[float], p: float, digits: int) -> float | None:
+        v = percentile(values, p)
+        return None if v is None else round(v, digits)
+
+    return {
+        "queued_visitors": len(rows),
+        "position_error_p50": stat(pos_err, 50, 1),  # visitors: |shown - true|
+        "position_error_p95": stat(pos_err, 95, 1),
+        "position_error_relative_p50": stat(rel_err, 50, 3),
+        "position_error_relative_p95": stat(rel_err, 95, 3),
+        "eta_error_s_p50": stat(eta_err, 50, 2),
+        "eta_error_s_p95": stat(eta_err, 95, 2),
+    }
+
+
+def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
+    """The crowd's figures from every visitor's record (plain function)."""
+    kinds, ends, arrivals = visitors["kinds"], visitors["ends"], visitors["arrivals"]
+    t0 = min(arrivals, default=visitors["t0"])
+    waits = [
+        e - a for k, e, a in zip(kinds, ends, arrivals, strict=True) if k == "ticket"
+    ]  # arrival to ticket, waiting room included
+    last = max((e for k, e in zip(kinds, ends, strict=True) if k == "ticket"), default=t0)
+    to_last = last - t0
+    inv = inversions(arrivals, ends, kinds, (float("inf"), float("-inf")))["outside"]
+    # The same, ignoring winners who arrived within JITTER of the refused visitor: the
+    # load generator stamps arrivals before its own scheduling delays.
+    latest = max((a for k, a in zip(kinds, arrivals, strict=True) if k == "ticket"), default=t0)
+    beyond = sum(
+        1 for k, a in zip(kinds, arrivals, strict=True) if k != "ticket" and a < latest - JITTER
+    )
+    share = round(median(waits) / to_last, 3) if waits and to_last > 0 else None
+    return {
+        "visitors": len(kinds),
+        "winners_median_s": round(median(waits), 3) if waits else None,
+        "time_to_last_ticket_s": round(to_last, 3),
+        "median_share": share,
+        "fcfs_inversions": inv,
+        "fcfs_inversions_share": round(inv / len(kinds), 4) if kinds else 0.0,
+        "fcfs_inversions_beyond_jitter": beyond,
+        "waiting": waiting_accuracy(visitors["queue"]),
+        "timeline": answer_timeline(t0, arrivals, ends, kinds),
+    }
+
+
+async def run_crowd(opts: Options) -> dict[str, Any]:
+    raise_fd_limit()
+    out: dict[str, Any] = {"mode": "crowd", "options": opts.public(), "machine": machine()}
+    with DataDir(opts) as data:
+        cluster = LocalCluster(
+            data, shard_names(opts.shards), shard_args=opts.loop_flag, load_test=True
+        )
+        async with cluster:
+            main = cluster.main
+            assert main is not None
+            event_id = await main.init_tickets("Flash crowd", "crowd", "25.00", opts.tickets)
+            await main.distribute_tickets()
+            servers = {"main+front": os.getpid(), **{p.name: p.pid for p in cluster.processes}}
+            load = await drive_visits(
+                "crowd",
+                cluster.front_url,
+                cluster.keys / "ca.crt",
+                servers,
+                opts,
+                goal=opts.tickets,
+                rate=opts.arrival_rate,
+            )
+            audit = (await main.audit(event_id)).as_dict()
+            assert cluster.redirect is not None
+            front = dict(cluster.redirect.queue.counts)
+    visitors = load.pop("visitors")
+    verdict = check_sale(load.pop("ticket_ids"), opts.tickets, audit, event_id)
+    crowd = analyze_crowd(visitors)
+    crowd["front"] = front  # visitors sent on at once, entered in line, released
+    out.update(load=load, audit=audit, verdict=verdict.as_dict(), crowd=crowd)
+    out["visitors"] = visitors  # every visitor's record, for a closer look at the JSON
+    problems = list(verdict.problems)
+    if load["errors"]:
+        problems.append(f"{load['errors']} errors or timeouts")
+    out["targets"] = {
+        "median_share": TARGET_MEDIAN_SHARE,
+        "median_share_met": crowd["median_share"] is not None
+        and crowd["median_share"] <= TARGET_MEDIAN_SHARE,
+        "fcfs_inversions_share": TARGET_FCFS_INVERSIONS,
+        "fcfs_met": crowd["fcfs_inversions_share"] <= TARGET_FCFS_INVERSIONS,
+    }
+    out["ok"] = not problems
+    out["problems"] = problems
+    return out

@@ -1,0 +1,1 @@
+"""The waiting room page (served by ``front/queue.py``)."""
