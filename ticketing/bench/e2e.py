@@ -128,11 +128,20 @@ async def run_ticketing(data: Path, opts: Options) -> dict[str, Any]:
             goal=opts.tickets,
         )
         audit = (await main.audit(event_id)).as_dict()
+        result["ledger_commits"] = ledger_commits(main.metrics.registry)
     verdict = check_sale(result["ticket_ids"], opts.tickets, audit, event_id)
     result["audit"] = audit
     result["verdict"] = verdict.as_dict()
     add_costs(result)
     return result
+
+
+def ledger_commits(registry: Any) -> dict[str, Any]:
+    """How main's ledger batched this sale: its CPU per ticket falls as batches grow, so a
+    slow run's small batches make main look dearer than it would be at scale."""
+    n = registry.get_sample_value("ticketing_ledger_batch_size_sales_count") or 0.0
+    sales = registry.get_sample_value("ticketing_ledger_batch_size_sales_sum") or 0.0
+    return {"commits": int(n), "sales_per_commit": round(sales / n, 2) if n else None}
 
 
 def add_costs(result: dict[str, Any]) -> None:

@@ -98,6 +98,11 @@ def format_e2e(out: dict[str, Any]) -> str:
             cpu = ", ".join(f"{n} {s:.2f}" for n, s in r["cpu_s"].items())
             lines.append(f"{name} CPU s: {cpu}")
             lines.append(f"{name} peak RSS MiB: {rss(r)}")
+    if t.get("ledger_commits"):
+        c = t["ledger_commits"]
+        lines.append(
+            f"main's ledger: {c['commits']:,} commits, {_fmt(c['sales_per_commit'])} sales per commit"
+        )
     if b:
         lines.append(
             f"harness overhead (this process during the baseline): {b['harness_cpu_s']:.2f} s CPU"
