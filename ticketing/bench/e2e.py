@@ -141,7 +141,11 @@ def ledger_commits(registry: Any) -> dict[str, Any]:
     slow run's small batches make main look dearer than it would be at scale."""
     n = registry.get_sample_value("ticketing_ledger_batch_size_sales_count") or 0.0
     sales = registry.get_sample_value("ticketing_ledger_batch_size_sales_sum") or 0.0
-    return {"commits": int(n), "sales_per_commit": round(sales / n, 2) if n else None}
+    return {
+        "commits": int(n),
+        "sales": int(sales),
+        "sales_per_commit": round(sales / n, 2) if n else None,
+    }
 
 
 def add_costs(result: dict[str, Any]) -> None:
