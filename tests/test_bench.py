@@ -18,6 +18,7 @@ import pytest
 
 from ticketing import bench
 from ticketing.bench import check_sale, percentile, split
+from ticketing.bench.projection import per_ticket_us, project_ceiling, role_costs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -212,3 +213,69 @@ def test_waiting_accuracy_compares_with_who_was_really_ahead() -> None:
     r = waiting_accuracy(queue)
     assert r["queued_visitors"] == 3 and r["position_error_p95"] == 2.0
     assert r["position_error_p50"] == 0.0 and r["eta_error_s_p95"] == 1.0
+
+
+# -- the projected ceiling: plain arithmetic ------------------------------------------------
+
+
+def test_projection_splits_the_cores_and_names_the_limit() -> None:
+    # 63 cores for fronts and shards; fronts cost 200 µs, shards 400 µs per ticket:
+    # 21 fronts + 42 shards give min(21 / 200e-6, 42 / 400e-6) = 105,000 tickets/s,
+    # but main at 50 µs caps it at 1 / 50e-6 = 20,000.
+    p = project_ceiling(50e-6, 200e-6, 400e-6, 64)
+    assert (p.tickets_per_s, p.limited_by) == (20_000.0, "main")
+    assert (p.fronts, p.shards) == (21, 42)
+    # A cheap main: the best split limits it, here at the shards (21/2e-4 > 42/4e-4 is a tie,
+    # broken towards shards).
+    p = project_ceiling(1e-6, 200e-6, 400e-6, 64)
+    assert (p.tickets_per_s, p.fronts, p.shards, p.limited_by) == (105_000.0, 21, 42, "shards")
+    # 4 cores: 3 to split; fronts 1 ms, shards 1 ms: 1+2 or 2+1 give 1,000/s, fronts limit
+    # in 1+2 (the first best split).
+    p = project_ceiling(1e-6, 1e-3, 1e-3, 4)
+    assert (p.tickets_per_s, p.fronts, p.shards, p.limited_by) == (1_000.0, 1, 2, "fronts")
+    # The front inside main (no front processes): every other core is a shard.
+    p = project_ceiling(1e-3, 0.0, 2e-3, 64)
+    assert (p.fronts, p.shards, p.limited_by, p.tickets_per_s) == (0, 63, "main", 1_000.0)
+    assert p.cost_us == {"main": 1000.0, "fronts": 0.0, "shards": 2000.0}
+    d = p.as_dict()
+    assert "not a measurement" in d["kind"] and "min(1 / m" in d["formula"]
+    with pytest.raises(ValueError):
+        project_ceiling(1e-3, 1e-3, 1e-3, 1)
+
+
+def test_role_costs_sum_each_roles_processes() -> None:
+    cpu = {"main": 0.2, "front-1": 1.0, "front-2": 1.0, "shard-1": 3.0, "shard-2": 1.0}
+    cpu |= {"harness": 9.0, "ticketing-worker-1": 9.0}  # not the cluster's: left out
+    assert role_costs(cpu, 1000) == pytest.approx({"main": 2e-4, "fronts": 2e-3, "shards": 4e-3})
+    assert role_costs({"main+redirect": 1.0, "redirect": 1.0}, 100) == pytest.approx(
+        {"main": 0.01, "fronts": 0.01, "shards": 0.0}
+    )
+    assert per_ticket_us({"main": 0.2}, 2000) == {"main": 100.0}
+    assert per_ticket_us({"main": 0.2}, 0) == {}
+
+
+def test_e2e_with_a_front_process(tmp_path: Path) -> None:
+    """``--fronts 1``: visitors through a front process; the baseline in the same layout."""
+    proc, out = run_bench(
+        "--shards", "1", "--fronts", "1", "--clients", "24", "--tickets", "16",
+        "--workers", "1", "--concurrency", "6", "--max-seconds", "20", "--cores", "16",
+        "--quiet", "--json", str(tmp_path / "fronts.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    t, b = out["ticketing"], out["baseline"]
+    assert out["ok"] and t["granted"] == 16 and t["sold_out"] == 8 and t["errors"] == 0
+    assert t["audit"]["exact"] and b["granted"] == 24 and b["errors"] == 0
+    # The same roles on both sides (main only in the real run), each measured.
+    assert set(t["cpu_s"]) >= {"main", "front-1", "shard-1"}
+    assert set(b["cpu_s"]) >= {"front-1", "shard-1"} and "redirect" not in b["cpu_s"]
+    assert t["cpu_s"]["front-1"] > 0 and b["cpu_s"]["front-1"] > 0  # the front served them
+    costs = t["cpu_us_per_ticket"]
+    assert costs["front-1"] == pytest.approx(1e6 * t["cpu_s"]["front-1"] / 16, rel=0.01)
+    assert "load generators" in costs
+    c = t["ledger_commits"]  # main batched the 16 sales into at most 16 commits
+    assert c["sales"] == 16 and 1 <= c["commits"] <= 16
+    p = out["projection"]
+    assert p["cores"] == 16 and p["fronts"] + p["shards"] == 15 and p["tickets_per_s"] > 0
+    assert p["limited_by"] in ("main", "fronts", "shards")
+    assert {g["name"] for g in out["targets"]} >= {"ceiling limited by"}
+    assert "PROJECTION (not a measurement)" in proc.stdout and "min(1 / m" in proc.stdout

@@ -244,7 +244,7 @@ class LocalCluster:
         return [f"https://{self.host}:{self.redirect.port}/"]
 
     def front_names(self) -> list[str]:
-        return [f"front-{i}" for i in range(1, self.fronts + 1)]
+        return front_names(self.fronts)
 
     async def add_front(self, name: str, port: int = 0) -> FrontProcess:
         """Start one more front process (mid-sale is fine: it dials main)."""
@@ -339,3 +339,7 @@ class LocalCluster:
 
 def shard_names(n: int) -> list[str]:
     return [f"shard-{i}" for i in range(1, n + 1)]
+
+
+def front_names(n: int) -> list[str]:
+    return [f"front-{i}" for i in range(1, n + 1)]

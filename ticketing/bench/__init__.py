@@ -12,7 +12,11 @@ time (``--max-seconds``):
     bare stack doing the same network work with no ticketing logic
     (``baseline.py``: one aiohttp HTTPS redirect process + ``--shards`` WSS
     processes, the same certificates, clients, concurrency and process layout).
-    The sale is checked: nothing oversold, every granted id distinct, every granted
+    With ``--fronts F`` the visitors go through F front processes (each worker takes
+    them in turn) and the baseline has F 302 processes; the table then has each
+    process's CPU per ticket and a projected ceiling for ``--cores`` cores
+    (``projection.py``: arithmetic on the measurement, labelled as such). The sale is
+    checked: nothing oversold, every granted id distinct, every granted
     ticket committed in main's ledger, and an exact audit (:func:`check_sale`); the
     exit code is 1 when a check fails.
 

@@ -8,64 +8,74 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..cluster import Child, LocalCluster, shard_names
+from ..cluster import Child, LocalCluster, front_names, shard_names
 from ..process import raise_fd_limit
 from ..tls import write_cluster_keys
 from .checks import check_sale
 from .children import spawn_child, stop_all
 from .load import drive_visits
-from .options import TARGET_RATIO, Options
+from .options import (
+    TARGET_CEILING_TPS,
+    TARGET_CPU_RATIO_FRONTS,
+    TARGET_MAIN_US,
+    TARGET_RATIO,
+    TARGET_RATIO_FRONTS,
+    Options,
+)
+from .projection import MAIN, per_ticket_us, project_ceiling, role_costs
 from .workspace import DataDir, machine
 
 
+def _baseline_args(role: str, keys: Path, name: str, *extra: str) -> list[str]:
+    return ["-m", "ticketing.bench.baseline", role, "--keys", str(keys), "--name", name, *extra]
+
+
 async def run_baseline(data: Path, opts: Options) -> dict[str, Any]:
+    """The bare stack in the layout of the ticketing run: K WSS processes and one 302
+    process (``redirect``, main's certificate) or, with ``--fronts F``, F of them
+    (``front-k``, each with that front's certificate)."""
     keys = data / "keys"
     names = shard_names(opts.shards)
+    redirects = front_names(opts.fronts) or ["redirect"]
     children: list[Child] = []
     try:
         wss = list(
             await asyncio.gather(
                 *(
-                    spawn_child(
-                        f"baseline-{n}",
-                        [
-                            "-m",
-                            "ticketing.bench.baseline",
-                            "wss",
-                            "--keys",
-                            str(keys),
-                            "--name",
-                            n,
-                            *opts.loop_flag,
-                        ],
-                    )
+                    spawn_child(f"baseline-{n}", _baseline_args("wss", keys, n, *opts.loop_flag))
                     for n in names
                 )
             )
         )
         children += wss
         targets = [f"--target=https://127.0.0.1:{c.ready['port']}" for c in wss]
-        redirect = await spawn_child(
-            "baseline-redirect",
-            [
-                "-m",
-                "ticketing.bench.baseline",
-                "redirect",
-                "--keys",
-                str(keys),
-                "--name",
-                "main",
-                *targets,
-                *opts.loop_flag,
-            ],
+        fronts = list(
+            await asyncio.gather(
+                *(
+                    spawn_child(
+                        f"baseline-{r}",
+                        _baseline_args(
+                            "redirect",
+                            keys,
+                            "main" if r == "redirect" else r,
+                            *targets,
+                            *opts.loop_flag,
+                        ),
+                    )
+                    for r in redirects
+                )
+            )
         )
-        children.append(redirect)
-        servers = {"redirect": redirect.pid, **{n: c.pid for n, c in zip(names, wss, strict=True)}}
-        front = f"https://127.0.0.1:{redirect.ready['port']}/"
+        children += fronts
+        servers = {
+            **{r: c.pid for r, c in zip(redirects, fronts, strict=True)},
+            **{n: c.pid for n, c in zip(names, wss, strict=True)},
+        }
+        urls = [f"https://127.0.0.1:{c.ready['port']}/" for c in fronts]
         # This process serves nothing here: its CPU is the harness's own overhead.
         result = await drive_visits(
             "baseline",
-            front,
+            urls,
             keys / "ca.crt",
             {**servers, "harness": os.getpid()},
             opts,
@@ -81,31 +91,68 @@ async def run_baseline(data: Path, opts: Options) -> dict[str, Any]:
             1000 * result["server_cpu_s"] / result["granted"], 3
         )
     result["harness_cpu_s"] = harness
+    add_costs(result)
     return result
 
 
 async def run_ticketing(data: Path, opts: Options) -> dict[str, Any]:
     names = shard_names(opts.shards)
-    cluster = LocalCluster(data, names, shard_args=opts.loop_flag, load_test=True)
+    cluster = LocalCluster(
+        data,
+        names,
+        shard_args=opts.loop_flag,
+        load_test=True,
+        fronts=opts.fronts,
+        front_args=opts.loop_flag,
+    )
     async with cluster:
         main = cluster.main
         assert main is not None
         event_id = await main.init_tickets("Bench night", "benchmark", "25.00", opts.tickets)
         await main.distribute_tickets()
-        servers = {"main+redirect": os.getpid(), **{p.name: p.pid for p in cluster.processes}}
+        await cluster.fronts_in_sync()  # every front routes the event before GO
+        # Main runs in this process (with the harness); with fronts, its own front only
+        # stands by as the marketplace backend, so this process is "main".
+        here = "main" if opts.fronts else "main+redirect"
+        servers = {
+            here: os.getpid(),
+            **{f.name: f.pid for f in cluster.front_processes},
+            **{p.name: p.pid for p in cluster.processes},
+        }
         result = await drive_visits(
             "ticketing",
-            cluster.front_url,
+            cluster.front_urls,
             cluster.keys / "ca.crt",
             servers,
             opts,
             goal=opts.tickets,
         )
         audit = (await main.audit(event_id)).as_dict()
+        result["ledger_commits"] = ledger_commits(main.metrics.registry)
     verdict = check_sale(result["ticket_ids"], opts.tickets, audit, event_id)
     result["audit"] = audit
     result["verdict"] = verdict.as_dict()
+    add_costs(result)
     return result
+
+
+def ledger_commits(registry: Any) -> dict[str, Any]:
+    """How main's ledger batched this sale: its CPU per ticket falls as batches grow, so a
+    slow run's small batches make main look dearer than it would be at scale."""
+    n = registry.get_sample_value("ticketing_ledger_batch_size_sales_count") or 0.0
+    sales = registry.get_sample_value("ticketing_ledger_batch_size_sales_sum") or 0.0
+    return {
+        "commits": int(n),
+        "sales": int(sales),
+        "sales_per_commit": round(sales / n, 2) if n else None,
+    }
+
+
+def add_costs(result: dict[str, Any]) -> None:
+    """CPU µs per sold ticket of every server process, and of the load generators in all."""
+    cpu = {n: s for n, s in result["cpu_s"].items() if "worker" not in n and n != "harness"}
+    cpu["load generators"] = result["loadgen_cpu_s"]
+    result["cpu_us_per_ticket"] = per_ticket_us(cpu, result["granted"])
 
 
 async def run_e2e(opts: Options) -> dict[str, Any]:
@@ -116,7 +163,9 @@ async def run_e2e(opts: Options) -> dict[str, Any]:
     with DataDir(opts) as data:
         for r in range(opts.rounds):
             here = data / f"round-{r + 1}" if opts.rounds > 1 else data
-            write_cluster_keys(here / "keys", shard_names(opts.shards))
+            write_cluster_keys(
+                here / "keys", shard_names(opts.shards), fronts=front_names(opts.fronts)
+            )
             phases = ["baseline", "ticketing"] if r % 2 == 0 else ["ticketing", "baseline"]
             result: dict[str, Any] = {}
             for phase in phases:
@@ -144,13 +193,63 @@ async def run_e2e(opts: Options) -> dict[str, Any]:
                 if t["server_cpu_ms_per_ticket"] and b["server_cpu_ms_per_ticket"]
                 else None
             ),
-            "target": TARGET_RATIO,
+            "target": TARGET_RATIO_FRONTS if opts.fronts else TARGET_RATIO,
         }
-        out["ratio"]["target_met"] = out["ratio"]["throughput"] >= TARGET_RATIO
+        out["ratio"]["target_met"] = out["ratio"]["throughput"] >= out["ratio"]["target"]
+    out["projection"] = project(t, opts.cores)
+    if b:
+        out["baseline_projection"] = project(b, opts.cores)
+    if opts.fronts:
+        out["targets"] = fronts_targets(out)
     failed = [r["ticketing"]["verdict"] for r in rounds if not r["ticketing"]["verdict"]["ok"]]
     out["ok"] = not failed
     out["problems"] = [p for v in failed for p in v["problems"]]
     return out
+
+
+def project(phase: dict[str, Any], cores: int) -> dict[str, Any] | None:
+    """The projected ceiling from one phase's per-role CPU (None when nothing was sold)."""
+    if not phase["granted"]:
+        return None
+    costs = role_costs(phase["cpu_s"], phase["granted"])
+    return project_ceiling(costs["main"], costs["fronts"], costs["shards"], cores).as_dict()
+
+
+def fronts_targets(out: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 11's targets (meant for ``--fronts 2`` at N=3,000), each with its verdict."""
+    p, ratio = out["projection"], out.get("ratio") or {}
+    main_us = (p or {}).get("cost_us", {}).get(MAIN)
+    rows = [
+        ("main CPU us per sold ticket", main_us, "<=", TARGET_MAIN_US),
+        ("throughput vs bare stack", ratio.get("throughput"), ">=", TARGET_RATIO_FRONTS),
+        (
+            "server CPU/ticket vs bare stack",
+            ratio.get("server_cpu_per_ticket"),
+            "<=",
+            TARGET_CPU_RATIO_FRONTS,
+        ),
+        (
+            f"projected {out['options']['cores']}-core ceiling tickets/s",
+            (p or {}).get("tickets_per_s"),
+            ">=",
+            TARGET_CEILING_TPS,
+        ),
+    ]
+    targets = [
+        {
+            "name": name,
+            "value": value,
+            "target": f"{op} {goal:g}",
+            "met": value is not None and (value <= goal if op == "<=" else value >= goal),
+        }
+        for name, value, op, goal in rows
+    ]
+    limit = (p or {}).get("limited_by")
+    targets.append(
+        {"name": "ceiling limited by", "value": limit, "target": "fronts or shards",
+         "met": limit is not None and limit != MAIN}
+    )  # fmt: skip
+    return targets
 
 
 def _median_by(phases: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def split(total: int, parts: int) -> list[int]:
 
 async def drive_visits(
     label: str,
-    front: str,
+    front: str | Sequence[str],
     cafile: Path,
     servers: dict[str, int],
     opts: Options,
@@ -41,7 +41,8 @@ async def drive_visits(
     rate: float | None = None,
     started: asyncio.Future[float] | None = None,
 ) -> dict[str, Any]:
-    """Fire ``opts.clients`` visitors at ``front``; measure the servers in ``servers``.
+    """Fire ``opts.clients`` visitors at ``front`` (one URL, or several taken in turn by
+    every worker); measure the servers in ``servers``.
 
     ``goal`` is what the progress bar counts the grants against (tickets for the
     real run, visitors for the baseline). ``rate``: visitors arrive at this many per
@@ -57,7 +58,7 @@ async def drive_visits(
         jobs = [
             {
                 "mode": "visit",
-                "front": front,
+                "fronts": [front] if isinstance(front, str) else list(front),
                 "cafile": str(cafile),
                 "clients": n,
                 "concurrency": k,

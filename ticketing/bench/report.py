@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .options import IDLE_CONNECTIONS, TARGET_LEDGER_TPS, TARGET_WAITING
+from .projection import FORMULA
 
 
 def _fmt(v: Any) -> str:
@@ -35,7 +36,9 @@ def format_e2e(out: dict[str, Any]) -> str:
     t, b = out["ticketing"], out.get("baseline") or {}
     o = out["options"]
     head = (
-        f"e2e: {o['shards']} shards, {o['clients']} visitors, {o['tickets']} tickets, "
+        f"e2e: {o['shards']} shards, "
+        + (f"{o['fronts']} fronts, " if o.get("fronts") else "front inside main, ")
+        + f"{o['clients']} visitors, {o['tickets']} tickets, "
         f"concurrency {o['concurrency']}, {o['workers']} worker processes, "
         f"{'uvloop' if o['uvloop'] else 'asyncio'}, {out['machine']['cpus']} CPUs"
         + (f", {o['rounds']} rounds (medians)" if o["rounds"] > 1 else "")
@@ -63,6 +66,7 @@ def format_e2e(out: dict[str, Any]) -> str:
         row("errors", lambda r: r["errors"]),
         row("server CPU s", lambda r: r["server_cpu_s"]),
         row("server CPU ms/ticket", lambda r: r["server_cpu_ms_per_ticket"]),
+        row("server CPU ms/visitor", lambda r: _per(r["server_cpu_s"], r["finished"])),
         row("load generator CPU s", lambda r: r["loadgen_cpu_s"]),
     ]
     verdicts = [r["ticketing"]["verdict"] for r in out["rounds"]]
@@ -88,12 +92,17 @@ def format_e2e(out: dict[str, Any]) -> str:
             f"pools {t['audit']['in_pools']}, held {t['audit']['held']}, sold {t['audit']['sold']}",
         ),
     ]
-    lines = [head, "", _table(rows), ""]
+    lines = [head, "", _table(rows), "", _cost_table(b, t), ""]
     for name, r in (("baseline", b), ("ticketing", t)):
         if r:
             cpu = ", ".join(f"{n} {s:.2f}" for n, s in r["cpu_s"].items())
             lines.append(f"{name} CPU s: {cpu}")
             lines.append(f"{name} peak RSS MiB: {rss(r)}")
+    if t.get("ledger_commits"):
+        c = t["ledger_commits"]
+        lines.append(
+            f"main's ledger: {c['commits']:,} commits, {_fmt(c['sales_per_commit'])} sales per commit"
+        )
     if b:
         lines.append(
             f"harness overhead (this process during the baseline): {b['harness_cpu_s']:.2f} s CPU"
@@ -111,11 +120,62 @@ def format_e2e(out: dict[str, Any]) -> str:
             lines.append(f"{'ratio per round':<28} {per} (table: median rounds)")
         if r["server_cpu_per_ticket"]:
             lines.append(f"{'server CPU/ticket vs baseline':<28} {r['server_cpu_per_ticket']:.2f}x")
+    lines += _projection_lines(out)
     for name, r in (("baseline", b), ("ticketing", t)):
         for msg, n in (r.get("error_samples") or {}).items():
             lines.append(f"{name} error x{n}: {msg}")
     lines.append("RESULT: " + ("ok" if out["ok"] else "FAILED: " + "; ".join(out["problems"])))
     return "\n".join(lines)
+
+
+def _per(total: float, n: int) -> float | None:
+    return round(1000 * total / n, 3) if n else None
+
+
+def _cost_table(b: dict[str, Any], t: dict[str, Any]) -> str:
+    """CPU µs per sold ticket of each role (the baseline "sells" every visitor)."""
+    names = list(t.get("cpu_us_per_ticket", {}))
+    names += [n for n in b.get("cpu_us_per_ticket", {}) if n not in names]
+    names.sort(key=lambda n: n == "load generators")  # the clients last
+    rows: list[tuple[str, ...]] = [("CPU us per ticket", "baseline", "ticketing")]
+    for n in names:
+        rows.append(
+            (
+                n,
+                _fmt((b.get("cpu_us_per_ticket") or {}).get(n)),
+                _fmt((t.get("cpu_us_per_ticket") or {}).get(n)),
+            )
+        )
+    return _table(rows)
+
+
+def _projection_lines(out: dict[str, Any]) -> list[str]:
+    p = out.get("projection")
+    if not p:
+        return []
+    c = p["cost_us"]
+    lines = [
+        "",
+        f"PROJECTION (not a measurement): a {p['cores']}-core cluster, from this run's CPU per"
+        " sold ticket",
+        *(f"  {part}" for part in FORMULA.split("; ")),
+        f"  m = {c['main']:g} us, F = {c['fronts']:g} us, S = {c['shards']:g} us"
+        f" -> {p['tickets_per_s']:,.0f} tickets/s with 1 main + {p['fronts']} fronts +"
+        f" {p['shards']} shards, limited by {p['limited_by']}",
+    ]
+    bp = out.get("baseline_projection")
+    if bp:
+        lines.append(
+            f"  bare stack, same formula (a ticket per visitor): {bp['tickets_per_s']:,.0f}"
+            " tickets/s"
+            f" ({bp['fronts']} fronts + {bp['shards']} shards, limited by {bp['limited_by']})"
+        )
+    if out.get("targets"):
+        lines += ["", "targets (issue 11; meant for --fronts 2 at N=3,000):"]
+        for g in out["targets"]:
+            met = "met" if g["met"] else "MISSED"
+            lines.append(f"  {g['name']:<40} {_fmt(g['value']):>10}  ({g['target']}: {met})")
+    return lines
 
 
 def format_ledger(out: dict[str, Any]) -> str:

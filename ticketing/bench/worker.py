@@ -109,7 +109,8 @@ class Visits:
     """The ``visit`` mode: a bounded number of visitors, bounded concurrency and time."""
 
     def __init__(self, cfg: dict[str, Any], ctx: ssl.SSLContext) -> None:
-        self.front: str = cfg["front"]
+        # Visitors take the fronts in turn, so every front gets its share of the crowd.
+        self.fronts: list[str] = cfg["fronts"]
         self.clients: int = cfg["clients"]
         self.concurrency: int = max(1, cfg["concurrency"])
         self.timeout: float = cfg["timeout"]
@@ -134,10 +135,16 @@ class Visits:
         self.queue: list[list[float] | None] = []  # the waiting room: see queue_record
         self.errors: Counter[str] = Counter()
 
-    async def visit(self) -> None:
+    def next_front(self) -> str:
+        """The front of the next visitor to start (round robin over ``fronts``)."""
+        front = self.fronts[self.started % len(self.fronts)]
+        self.started += 1
+        return front
+
+    async def visit(self, front: str) -> None:
         t0 = time.monotonic()
         async with WebClient(self.ctx, timeout=self.timeout, persistent=self.persistent) as client:
-            out = await client.get_ticket(self.front)
+            out = await client.get_ticket(front)
         end = time.monotonic()
         self.arrivals.append(t0)
         self.waits.append(out.waits)
@@ -158,8 +165,7 @@ class Visits:
 
     async def runner(self) -> None:
         while self.started < self.clients:
-            self.started += 1
-            await self.visit()
+            await self.visit(self.next_front())
 
     async def paced(self) -> None:
         """Start one visitor every ``1 / rate`` seconds (``clients`` in all), unbounded
@@ -171,8 +177,7 @@ class Visits:
             delay = t0 + i / self.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            self.started += 1
-            visits.append(asyncio.ensure_future(self.visit()))
+            visits.append(asyncio.ensure_future(self.visit(self.next_front())))
         await asyncio.gather(*visits)
 
     async def run(self) -> dict[str, Any]:

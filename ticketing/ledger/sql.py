@@ -654,7 +654,17 @@ class SqlLedger:
 
     @classmethod
     async def open(cls, driver: Driver) -> SqlLedger:
-        """Migrate the schema to this code's version, then load the caches."""
+        """Migrate the schema to this code's version, then load the caches. The ledger owns
+        ``driver``: it is closed here if opening fails (an aiosqlite connection left open
+        keeps a non-daemon thread, and the process would hang at exit)."""
+        try:
+            return await cls._load(driver)
+        except BaseException:
+            await driver.close()
+            raise
+
+    @classmethod
+    async def _load(cls, driver: Driver) -> SqlLedger:
         await migrate(driver)
         ledger = cls(driver)
         await ledger.reload()
