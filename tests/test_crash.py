@@ -89,7 +89,9 @@ async def read_line_matching(stream: asyncio.StreamReader, pattern: str) -> re.M
                 return m
 
 
-async def start_main(data: Path, keys: Path, shards: list[ShardProcess]) -> tuple:
+async def start_main(
+    data: Path, keys: Path, shards: list[ShardProcess], port: int = 0
+) -> tuple:
     specs = [arg for p in shards for arg in ("--shard", f"127.0.0.1:{p.tls_port}:{p.https_port}")]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -101,7 +103,7 @@ async def start_main(data: Path, keys: Path, shards: list[ShardProcess]) -> tupl
         "--data",
         str(data),
         "--port",
-        "0",
+        str(port),
         "--tickets",
         "200",
         *LOAD_TEST_MAIN_ARGS,  # the crowd all comes from 127.0.0.1
@@ -129,7 +131,9 @@ async def test_a_killed_main_restarts_from_its_ledger(tmp_path: Path) -> None:
         await eventually(lambda: ledger.exists() and len(held_tickets(ledger)) >= 30, 60)
         main.send_signal(signal.SIGKILL)
         await main.wait()
-        main, front = await start_main(data, keys, shards)  # same ledger, same shards
+        # Same ledger, same shards, same address: the first crowd's browsers retry it.
+        port = int(front.rstrip("/").rsplit(":", 1)[1])
+        main, front = await start_main(data, keys, shards, port)
         outcomes = await first
         outcomes += await crowd(front, ctx, 120)
     finally:
