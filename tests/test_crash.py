@@ -89,9 +89,7 @@ async def read_line_matching(stream: asyncio.StreamReader, pattern: str) -> re.M
                 return m
 
 
-async def start_main(
-    data: Path, keys: Path, shards: list[ShardProcess], port: int = 0
-) -> tuple:
+async def start_main(data: Path, keys: Path, shards: list[ShardProcess], port: int = 0) -> tuple:
     specs = [arg for p in shards for arg in ("--shard", f"127.0.0.1:{p.tls_port}:{p.https_port}")]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import ClusterFactory
 from tests.helpers import eventually
-from tests.pgserver import fresh_database
+from tests.pgserver import free_port, fresh_database
 from ticketing.cluster import LOAD_TEST_MAIN_ARGS, Child, ShardProcess, shard_names
 from ticketing.errors import NotLeader
 from ticketing.main.server import MainServer
@@ -54,10 +54,10 @@ async def held_or_sold(url: str) -> set[str]:
     return {f"{r['event_id']}-{r['serial']}" for r in rows}
 
 
-def main_args(keys: Path, data: Path, url: str, *extra: str) -> list[str]:
+def main_args(keys: Path, data: Path, url: str, *extra: str, port: int = 0) -> list[str]:
     return [
         *("-m", "ticketing", "main", "--keys", str(keys), "--data", str(data)),
-        *("--ledger", url, "--port", "0", *LOAD_TEST_MAIN_ARGS, *HB, *extra),
+        *("--ledger", url, "--port", str(port), *LOAD_TEST_MAIN_ARGS, *HB, *extra),
     ]
 
 
@@ -76,12 +76,17 @@ async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced
         ]
         children += shards
         specs = [a for s in shards for a in ("--shard", f"127.0.0.1:{s.tls_port}:{s.https_port}")]
-        leader = await Child.spawn("main-1", main_args(keys, data, url, "--tickets", "200", *specs))
+        # Leader and standby serve browsers on one address (as behind one virtual IP):
+        # the standby binds it once it leads, so browsers mid-visit find it there.
+        port = free_port()
+        leader = await Child.spawn(
+            "main-1", main_args(keys, data, url, "--tickets", "200", *specs, port=port)
+        )
         children.append(leader)
         assert leader.ready["term"] == 1
         # The standby waits in start() for the lease; it prints READY once it leads.
         standby_ready = asyncio.ensure_future(
-            Child.spawn("main-2", main_args(keys, data, url, "--standby"), timeout=120)
+            Child.spawn("main-2", main_args(keys, data, url, "--standby", port=port), timeout=120)
         )
         first = asyncio.ensure_future(crowd(f"https://127.0.0.1:{leader.ready['port']}/", ctx, 60))
         deadline = time.monotonic() + 60

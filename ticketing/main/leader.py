@@ -72,8 +72,12 @@ class Lease:
         return self.term
 
     async def renew(self) -> bool:
-        """Extend the lease; False when another main has taken it."""
-        rows = await self._write(
+        """Extend the lease; False when another main has taken it.
+
+        One autocommitted statement on a connection of its own (not behind the ledger's
+        writer lock): a busy sale must not delay the renewal past the lease.
+        """
+        rows = await self.driver.fetch(
             f"UPDATE leadership SET expires_at = {self._now} + ?"
             " WHERE id = 1 AND term = ? AND holder = ? RETURNING term",
             (self.lease, self.term, self.holder),

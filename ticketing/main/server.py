@@ -219,19 +219,26 @@ class MainServer:
                 await asyncio.sleep(self.lease_seconds / 6)
             self.term = term
             await ledger.reload()  # what the old leader sold meanwhile
-        self._renewer = asyncio.create_task(self._renew(lease), name="main-lease")
+        if ledger.driver.dialect != "sqlite":  # one main per SQLite file: nobody to yield to
+            self._renewer = asyncio.create_task(self._renew(lease), name="main-lease")
 
     async def _renew(self, lease: Lease) -> None:
-        """Keep the lease; if it is lost (another main took it, the database is gone),
-        stop leading: close every link, so the new leader's links win."""
+        """Keep the lease; once it is lost (another main took it, or no renewal got
+        through for a whole lease: the database is gone), stop leading and close every
+        link, so the new leader's links win. A slow renewal alone is retried."""
+        kept_at = time.monotonic()
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                kept = await asyncio.wait_for(lease.renew(), self.lease_seconds / 2)
-            except Exception as exc:  # noqa: BLE001 - any failure to renew ends the term
-                log.error("lease renewal failed: %s", exc)
-                kept = False
-            if not kept:
+                kept: bool | None = await asyncio.wait_for(lease.renew(), self.lease_seconds)
+            except Exception as exc:  # noqa: BLE001 - retried until the lease has run out
+                log.warning("lease renewal failed: %r", exc)
+                kept = None
+            if kept:
+                kept_at = time.monotonic()
+            elif kept is None and time.monotonic() - kept_at < self.lease_seconds:
+                continue
+            else:
                 log.error("term %d is over: another main leads; stepping down", self.term)
                 self.deposed.set()
                 for sl in self._links:
@@ -515,6 +522,11 @@ class MainServer:
                 pieces = cut(free, shares(count(free), w))
                 plan = {s: p for s, p in zip(targets, pieces, strict=True) if p}
                 await ledger.assign(eid, {s.name or "": (s.epoch, p) for s, p in plan.items()})
+                # Counted at once: between this commit and the shards' replies the
+                # tickets are neither unassigned nor (yet) in anyone's counted stock,
+                # and a front routing on the counts would say "sold out".
+                for s, p in plan.items():
+                    s.stock[eid] = s.stock.get(eid, 0) + count(p)
                 await asyncio.gather(*(self._send_assign(s, event, p) for s, p in plan.items()))
                 for s, p in plan.items():
                     given[s.name or ""] += count(p)
@@ -590,6 +602,7 @@ class MainServer:
                 n = -(-count(free) // max(1, len(self.online_shards())))
                 piece = cut(free, [n])[0]
                 await ledger.assign(event.id, {sl.name or "": (sl.epoch, piece)})
+                sl.stock[event.id] = sl.stock.get(event.id, 0) + count(piece)  # as above
                 await self._send_assign(sl, event, piece)
                 await self._refresh_stock()
                 return {"added": n}
@@ -624,6 +637,9 @@ class MainServer:
         await self._ledger().transfer(
             event.id, ranges, (donor.name or "", donor.epoch), (to.name or "", to.epoch)
         )
+        n = count(ranges)  # counted at once (see distribute_tickets)
+        donor.stock[event.id] = max(0, donor.stock.get(event.id, 0) - n)
+        to.stock[event.id] = to.stock.get(event.id, 0) + n
         await self._send_assign(to, event, ranges)
         await self._refresh_stock()
         log.info(
