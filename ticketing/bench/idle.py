@@ -21,6 +21,16 @@ from .progress import SAMPLE_EVERY, Progress
 from .workspace import DataDir, machine
 
 
+def _held_figures(meter: Meter, finals: list[Any], still_open: str) -> dict[str, Any]:
+    """What both idle reports add from the meter and the workers' last lines."""
+    failed = sum((Counter(f.get("failed") or {}) for f in finals if f), Counter())
+    return {
+        "peak_rss_mb": {n: round(v / 2**20, 1) for n, v in meter.rss_peak.items()},
+        still_open: sum(int(f.get("open_at_close", 0)) for f in finals if f),
+        "failure_samples": dict(failed.most_common(5)),
+    }
+
+
 async def run_idle(opts: Options) -> dict[str, Any]:
     if opts.waiting:
         return await run_idle_waiting(opts)
@@ -89,11 +99,7 @@ async def run_idle(opts: Options) -> dict[str, Any]:
         "shard_rss_mb_before": round(rss_before / 2**20, 1),
         "shard_rss_mb_held": round(rss_held / 2**20, 1),
         "shard_kib_per_connection": round(per_conn / 1024, 1) if per_conn is not None else None,
-        "peak_rss_mb": {n: round(v / 2**20, 1) for n, v in meter.rss_peak.items()},
-        "still_open_at_close": sum(int(f.get("open_at_close", 0)) for f in finals if f),
-        "failure_samples": dict(
-            sum((Counter(f.get("failed") or {}) for f in finals if f), Counter()).most_common(5)
-        ),
+        **_held_figures(meter, finals, "still_open_at_close"),
     }
     out["idle"]["target_met"] = bool(
         held >= min(opts.connections, IDLE_CONNECTIONS) and rss_held <= TARGET_IDLE_RSS
@@ -158,11 +164,7 @@ async def run_idle_waiting(opts: Options) -> dict[str, Any]:
         "front_rss_mb_before": round(rss_before / 2**20, 1),
         "front_rss_mb_held": round(rss_held / 2**20, 1),
         "front_kib_per_waiter": round(per_waiter / 1024, 2) if per_waiter is not None else None,
-        "peak_rss_mb": {n: round(v / 2**20, 1) for n, v in meter.rss_peak.items()},
-        "still_polling_at_close": sum(int(f.get("open_at_close", 0)) for f in finals if f),
-        "failure_samples": dict(
-            sum((Counter(f.get("failed") or {}) for f in finals if f), Counter()).most_common(5)
-        ),
+        **_held_figures(meter, finals, "still_polling_at_close"),
     }
     out["waiting"]["target_met"] = bool(
         in_line >= min(opts.waiting, TARGET_WAITING) and rss_held <= TARGET_IDLE_RSS
