@@ -313,23 +313,9 @@ async def test_a_cable_cut_between_hosts_is_detected(tmp_path: Path) -> None:
             if name != "shard-1":
                 return await ShardProcess.launch(name, keys, data, **kw)
             # ``ip netns exec`` runs the same ``python -m ticketing shard`` over there.
-            args = [
-                "-m",
-                "ticketing",
-                "shard",
-                "--name",
-                name,
-                "--keys",
-                str(keys),
-                "--data",
-                str(data),
-                "--host",
-                kw["host"],
-                "--tls-port=0",
-                "--https-port=0",
-                *kw["extra_args"],
-            ]
-            return await ShardProcess.spawn(name, args, prefix=["ip", "netns", "exec", veth.ns])
+            return await ShardProcess.launch(
+                name, keys, data, prefix=["ip", "netns", "exec", veth.ns], **kw
+            )
 
         async with faulty(
             tmp_path, hosts={"shard-1": veth.there}, launch=launch_in_ns, reclaim_after=None

@@ -147,6 +147,7 @@ class ShardProcess(Child):
         https_port: int = 0,
         extra_args: Sequence[str] = (),
         ready_timeout: float = 30.0,
+        prefix: Sequence[str] = (),  # e.g. ("ip", "netns", "exec", NS): on another host
     ) -> ShardProcess:
         args = [
             "-m",
@@ -166,7 +167,7 @@ class ShardProcess(Child):
             str(https_port),
             *extra_args,
         ]
-        return await cls.spawn(name, args, timeout=ready_timeout)
+        return await cls.spawn(name, args, timeout=ready_timeout, prefix=prefix)
 
     def kill(self) -> None:
         """Crash it (SIGKILL), as a power cut would."""
