@@ -105,6 +105,16 @@ class Sale:
         }
 
 
+# What a shard needs of an order to answer its buyer (``shard.dispenser.ticket_message``):
+# main's replies carry only these, not the whole row (a sale's reply is most of its bytes).
+GRANT_FIELDS = ("id", "event_id", "serial", "price_cents", "status", "expires_at")
+
+
+def grant(order: dict[str, Any]) -> dict[str, Any]:
+    """An order as main's reply to a shard carries it."""
+    return {k: order[k] for k in GRANT_FIELDS}
+
+
 @dataclass(frozen=True)
 class Admission:
     """What an admission token says: this visitor may queue for ``event`` on ``shard``.

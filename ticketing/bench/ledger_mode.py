@@ -22,6 +22,7 @@ async def run_ledger(opts: Options) -> dict[str, Any]:
 
     names = shard_names(opts.shards)
     out: dict[str, Any] = {"mode": "ledger", "options": opts.public(), "machine": machine()}
+    commits = 0
     with DataDir(opts) as data:
         keys = write_cluster_keys(data / "keys", names)
         children: list[Child] = []
@@ -83,6 +84,8 @@ async def run_ledger(opts: Options) -> dict[str, Any]:
                 bar.close()
                 meter.end()
                 audit = (await main.audit(event_id)).as_dict()
+                assert main.ledger is not None
+                commits = main.ledger.sales_commits
                 reports = [await final_line(c, "DONE", 5.0) for c in children]
         finally:
             await stop_all(children)
@@ -96,6 +99,7 @@ async def run_ledger(opts: Options) -> dict[str, Any]:
         "in_flight_per_shard": opts.in_flight,
         "reports": sum(int(r.get("reports", 0)) for r in reports if r),
         "refused": sum(int(r.get("refused", 0)) for r in reports if r),
+        "commits": commits,
         "cpu_s": {n: round(v, 3) for n, v in meter.cpu.items()},
         "main_cpu_us_per_ticket": round(1e6 * meter.cpu["main"] / recorded, 1)
         if recorded

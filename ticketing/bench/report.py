@@ -189,6 +189,7 @@ def format_ledger(out: dict[str, Any]) -> str:
         ("batch (sales/request)", _fmt(r["batch"])),
         ("reports in flight/shard", _fmt(r["in_flight_per_shard"])),
         ("report_sales requests", _fmt(r["reports"])),
+        ("ledger commits (grouped)", _fmt(r.get("commits"))),
         ("main CPU us/ticket", _fmt(r["main_cpu_us_per_ticket"])),
     ]
     met = "met" if r["target_met"] else "MISSED"

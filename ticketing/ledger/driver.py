@@ -17,6 +17,8 @@ from typing import Any, Protocol
 class Queries(Protocol):
     """Running SQL: on the database (reads), or inside one transaction."""
 
+    dialect: str  # "sqlite" | "postgresql": picks the DDL (:mod:`.schema`) and list binding
+
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Every row, as dicts keyed by column name."""
         ...
@@ -31,11 +33,14 @@ class Queries(Protocol):
 class Driver(Queries, Protocol):
     """One database, as the ledger uses it."""
 
-    dialect: str  # "sqlite" | "postgresql": picks the DDL (:mod:`.schema`)
     url: str
 
     async def script(self, ddl: str) -> None:
         """Run several statements (schema DDL), outside any transaction of ours."""
+        ...
+
+    async def analyze(self, tables: Sequence[str]) -> None:
+        """Refresh the planner's statistics of ``tables`` (after they changed a lot)."""
         ...
 
     def transaction(self) -> AbstractAsyncContextManager[Queries]:

@@ -16,18 +16,21 @@ Two faces:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from ..errors import NotLeader
 from ..slices import Range, compress, count
 from ..wire import Sale, ticket_id
-from .decide import SalesDecision, TicketRow, decide_sales
+from .decide import TicketRow, decide_sales
 from .driver import Driver, Queries
+from .group import GroupCommit
 from .records import WAITROOM_SETTINGS, Audit, Event, OrderKind, Principal, ShardRecord
 from .schema import migrate
 from .states import (
@@ -42,6 +45,8 @@ from .states import (
     sql_list,
 )
 
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 _SHARD = "name, epoch, host, tls_port, https_port, weight"
 EVENT_COLUMNS = "id, name, description, price_cents, count, " + ", ".join(WAITROOM_SETTINGS)
 _CHUNK = 400  # rows per multi-row statement: well under SQLite's parameter limit
@@ -53,10 +58,21 @@ _AWAITING = OrderStatus.AWAITING_PAYMENT
 # query's condition implies the index's (a bound parameter hides it).
 _ACTIVE = sql_list(ACTIVE_ORDER)
 _OPEN = sql_list(OPEN_LISTING)
-_ORDER_COLUMNS = (
-    "event_id, serial, visitor, account_id, shard, epoch, price_cents, status,"
-    " created_at, expires_at, version"
-)
+# An order's columns and their PostgreSQL types (for arrays bound as one parameter).
+_ORDER_TYPES = {
+    "event_id": "int",
+    "serial": "int",
+    "visitor": "text",
+    "account_id": "int",
+    "shard": "text",
+    "epoch": "int",
+    "price_cents": "int",
+    "status": "text",
+    "created_at": "float8",
+    "expires_at": "float8",
+    "version": "int",
+}
+_ORDER_COLUMNS = ", ".join(_ORDER_TYPES)
 
 
 def _marks(n: int) -> str:
@@ -79,12 +95,32 @@ def _locked(kind: OrderKind, alias: str = "o") -> str:
     )
 
 
+@dataclass(frozen=True)
+class SalesBatch:
+    """One ``report_sales`` from a shard, waiting for its group's commit."""
+
+    shard: str
+    epoch: int
+    sales: tuple[Sale, ...]
+    hold_seconds: float
+
+
+# (accepted orders, refusals, the newly created orders among the accepted)
+SalesResult = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+GROUP_SALES = 4096  # sales per group commit at most: one commit stays short
+ANALYZE_AFTER = 2_000  # orders written before the first refresh of the statistics
+
+
 class SqlTx:
     """The marketplace's reads and writes (inside one transaction when it comes from
     :meth:`SqlLedger.transaction`)."""
 
     def __init__(self, q: Queries, events: dict[int, Event]) -> None:
         self.q = q
+        # PostgreSQL binds a list as one array parameter (one plan, one statement
+        # whatever its length); SQLite, which has no arrays, gets "IN (?, ?, ...)"
+        # and multi-row VALUES in chunks under its parameter limit.
+        self._arrays = q.dialect == "postgresql"
         self._events = events
         # Tickets that entered (+) or left (-) main's pool, per event: applied to the
         # ledger's stock counts once the transaction commits.
@@ -92,6 +128,30 @@ class SqlTx:
 
     async def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
         return await self.q.fetch(sql, tuple(args))
+
+    def chunks(self, items: Sequence[T]) -> Iterator[Sequence[T]]:
+        """``items`` in pieces one statement can carry."""
+        step = (len(items) or 1) if self._arrays else _CHUNK
+        for i in range(0, len(items), step):
+            yield items[i : i + step]
+
+    def member(self, column: str, values: Sequence[Any], sqltype: str) -> tuple[str, list[Any]]:
+        """The condition "``column`` is one of ``values``", and its parameters."""
+        if self._arrays:
+            return f"{column} = ANY(?::{sqltype}[])", [list(values)]
+        return f"{column} IN ({_marks(len(values))})", list(values)
+
+    def rows_of(
+        self, types: dict[str, str], rows: Sequence[Sequence[Any]]
+    ) -> tuple[str, list[Any]]:
+        """The row source of ``INSERT INTO t(columns) ...`` for ``rows``, and its parameters."""
+        if self._arrays:  # one array per column, unnested back into rows
+            arrays = [list(col) for col in zip(*rows, strict=True)]
+            return "SELECT * FROM unnest(" + ", ".join(
+                f"?::{t}[]" for t in types.values()
+            ) + ")", arrays
+        marks = f"({_marks(len(types))})"
+        return "VALUES " + ",".join(marks for _ in rows), [v for r in rows for v in r]
 
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> dict[str, Any] | None:
         rows = await self._rows(sql, args)
@@ -632,6 +692,15 @@ class SqlTx:
         return problems
 
 
+def _by_event(items: Iterable[Any]) -> dict[int, list[Any]]:
+    """Sales (``.event``) or orders (``["event_id"]``) grouped by their event."""
+    out: dict[int, list[Any]] = {}
+    for item in items:
+        event = item["event_id"] if isinstance(item, dict) else item.event
+        out.setdefault(event, []).append(item)
+    return out
+
+
 def _in(values: Sequence[object]) -> str:
     """An ``IN (?, ?, ...)`` placeholder list for ``values``."""
     return f"({_marks(len(values))})"
@@ -651,6 +720,15 @@ class SqlLedger:
         self._events: dict[int, Event] = {}
         self._unassigned: Counter[int] = Counter()  # event -> tickets in main's pool
         self.fence_term: int | None = None  # set by a leading main: older terms may not write
+        self._sales: GroupCommit[SalesBatch, SalesResult] = GroupCommit(
+            self._record_group, lambda b: len(b.sales), GROUP_SALES
+        )
+        # The planner's statistics follow the sale (orders grows from nothing):
+        # refreshed whenever the orders written since the last refresh reach half of
+        # those there were then, so a sale of N tickets costs about log2(N) of them.
+        self._since_analyze = 0
+        self._at_analyze = 0
+        self._analyzing: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, driver: Driver) -> SqlLedger:
@@ -683,7 +761,30 @@ class SqlLedger:
         self._unassigned = Counter({r["event_id"]: r["n"] for r in rows})
 
     async def close(self) -> None:
+        await self._sales.wait_idle()
+        if self._analyzing is not None:
+            await asyncio.wait({self._analyzing})
         await self.driver.close()
+
+    @property
+    def sales_commits(self) -> int:
+        """Transactions that recorded sales (several reports share one under load)."""
+        return self._sales.groups
+
+    def _wrote_orders(self, n: int) -> None:
+        self._since_analyze += n
+        busy = self._analyzing is not None and not self._analyzing.done()
+        if busy or self._since_analyze < max(ANALYZE_AFTER, self._at_analyze // 2):
+            return
+        self._at_analyze += self._since_analyze
+        self._since_analyze = 0
+        self._analyzing = asyncio.create_task(self._analyze(("tickets", "orders")))
+
+    async def _analyze(self, tables: Sequence[str]) -> None:
+        try:
+            await self.driver.analyze(tables)
+        except Exception as exc:  # statistics only steer plans: the sale goes on
+            log.warning("refreshing the planner's statistics failed: %s", exc)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTx]:
@@ -721,6 +822,7 @@ class SqlLedger:
             tx.unassigned_delta[event_id] += n
         event = Event(event_id, name, description, price_cents, n)
         self._events[event_id] = event
+        await self.driver.analyze(("tickets",))  # the sale's first lookups plan on them
         return event
 
     async def events(self) -> list[Event]:
@@ -877,98 +979,127 @@ class SqlLedger:
     async def record_sales(
         self, shard: str, epoch: int, sales: Sequence[Sale], hold_seconds: float
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """Record a shard's batch of grants as held orders, in one commit.
+        """Record a shard's batch of grants as held orders.
 
         Returns (accepted orders, refusals, the newly created orders among the
-        accepted); the decision is :func:`~.decide.decide_sales`.
+        accepted); the decision is :func:`~.decide.decide_sales`. Batches that
+        arrive while a commit runs share the next one (:mod:`.group`).
         """
+        return await self._sales.submit(SalesBatch(shard, epoch, tuple(sales), hold_seconds))
+
+    async def _record_group(self, batches: list[SalesBatch]) -> list[SalesResult]:
+        """Several shards' batches in one transaction, decided in arrival order."""
         now = time.time()
         async with self.transaction() as tx:
-            current = await tx._scalar("SELECT epoch FROM shards WHERE name = ?", (shard,))
-            tickets, orders = await self._sales_context(tx, sales)
-            decision = decide_sales(shard, epoch, current or -1, sales, tickets, orders)
-            fresh = await self._hold(tx, shard, epoch, decision, now, hold_seconds)
-        return [o for _, o in decision.dupes] + fresh, decision.refusals(), fresh
+            epochs = {
+                r["name"]: r["epoch"] for r in await tx._rows("SELECT name, epoch FROM shards")
+            }
+            every = [s for b in batches for s in b.sales]
+            tickets = await self._ticket_rows(tx, every)
+            resent = [
+                s
+                for b in batches
+                for s in b.sales
+                if tickets.get((s.event, s.serial)) != (TicketState.POOL, b.shard, b.epoch)
+            ]
+            orders = await self._clashing_orders(tx, every, resent)
+            results: list[SalesResult] = []
+            new: list[dict[str, Any]] = []
+            for b in batches:
+                decision = decide_sales(
+                    b.shard, b.epoch, epochs.get(b.shard, -1), b.sales, tickets, orders
+                )
+                fresh = [self._order(tx, b, s, now) for s in decision.new]
+                for order in fresh:  # later batches of the group see these as taken
+                    tickets[(order["event_id"], order["serial"])] = (TicketState.HELD, None, None)
+                orders += fresh
+                new += fresh
+                results.append(([o for _, o in decision.dupes] + fresh, decision.refusals(), fresh))
+            await self._hold(tx, new)
+        self._wrote_orders(len(new))
+        return results
 
-    async def _sales_context(
+    async def _ticket_rows(
         self, tx: SqlTx, sales: Sequence[Sale]
-    ) -> tuple[dict[tuple[int, int], TicketRow], list[dict[str, Any]]]:
-        """The ticket rows of the reported serials, and the active orders that may clash."""
+    ) -> dict[tuple[int, int], TicketRow]:
+        """The ticket rows of the reported serials."""
         tickets: dict[tuple[int, int], TicketRow] = {}
-        orders: list[dict[str, Any]] = []
-        by_event: dict[int, list[Sale]] = {}
-        for s in sales:
-            by_event.setdefault(s.event, []).append(s)
-        active = f"status IN {_ACTIVE}"
-        for event_id, group in by_event.items():
-            for i in range(0, len(group), _CHUNK):
-                chunk = group[i : i + _CHUNK]
-                marks = _marks(len(chunk))
-                serials = [s.serial for s in chunk]
+        for event_id, group in _by_event(sales).items():
+            for chunk in tx.chunks(group):
+                serials, args = tx.member("serial", [s.serial for s in chunk], "int")
                 for r in await tx._rows(
-                    f"SELECT serial, state, shard, epoch FROM tickets"
-                    f" WHERE event_id = ? AND serial IN ({marks})",
-                    (event_id, *serials),
+                    f"SELECT serial, state, shard, epoch FROM tickets WHERE event_id = ? AND {serials}",
+                    (event_id, *args),
                 ):
                     tickets[(event_id, r["serial"])] = (r["state"], r["shard"], r["epoch"])
-                # One lookup per partial unique index: with "serial IN OR visitor IN"
-                # SQLite scanned every active order of the event.
-                orders += await tx._rows(
-                    " UNION ".join(
-                        f"SELECT * FROM orders WHERE event_id = ? AND {active} AND {col} IN ({marks})"
-                        for col in ("serial", "visitor", "account_id")
-                    ),
-                    (
-                        *(event_id, *serials),
-                        *(event_id, *(s.visitor for s in chunk)),
-                        *(event_id, *(s.account for s in chunk)),
-                    ),
-                )
-        return tickets, orders
+        return tickets
 
-    async def _hold(
-        self,
-        tx: SqlTx,
-        shard: str,
-        epoch: int,
-        decision: SalesDecision,
-        now: float,
-        hold_seconds: float,
+    async def _clashing_orders(
+        self, tx: SqlTx, sales: Sequence[Sale], resent: Sequence[Sale]
     ) -> list[dict[str, Any]]:
-        """Write the new sales: tickets held, one awaiting-payment order each (ids by the DB)."""
-        if not decision.new:
-            return []
-        await tx.q.executemany(
-            "UPDATE tickets SET state = ? WHERE event_id = ? AND serial = ?",
-            [(TicketState.HELD, s.event, s.serial) for s in decision.new],
-        )
-        fresh: list[dict[str, Any]] = []
-        for i in range(0, len(decision.new), _CHUNK):
-            chunk = [
-                {
-                    "event_id": s.event,
-                    "serial": s.serial,
-                    "visitor": s.visitor,
-                    "account_id": s.account,
-                    "shard": shard,
-                    "epoch": epoch,
-                    "price_cents": tx.price(s.event),
-                    "status": _AWAITING,
-                    "created_at": now,
-                    "expires_at": now + hold_seconds,
-                    "version": 1,
-                }
-                for s in decision.new[i : i + _CHUNK]
-            ]
+        """The active orders of the sales' visitors and accounts, and of the ``resent``
+        serials (a ticket still in its shard's pool has no active order: not looked up).
+        One lookup per partial unique index: with "serial IN OR visitor IN" SQLite
+        scanned every active order of the event; UNION ALL, as an order found twice
+        is one (by id)."""
+        orders: dict[int, dict[str, Any]] = {}
+        again = {(s.event, s.serial) for s in resent}
+        for event_id, group in _by_event(sales).items():
+            for chunk in tx.chunks(group):
+                parts = [tx.member("visitor", [s.visitor for s in chunk], "text")]
+                accounts = [s.account for s in chunk if s.account is not None]
+                if accounts:
+                    parts.append(tx.member("account_id", accounts, "int"))
+                serials = [s.serial for s in chunk if (event_id, s.serial) in again]
+                if serials:
+                    parts.append(tx.member("serial", serials, "int"))
+                for r in await tx._rows(
+                    " UNION ALL ".join(
+                        f"SELECT * FROM orders WHERE event_id = ? AND status IN {_ACTIVE}"
+                        f" AND {cond}"
+                        for cond, _ in parts
+                    ),
+                    [a for _, args in parts for a in (event_id, *args)],
+                ):
+                    orders[r["id"]] = r
+        return list(orders.values())
+
+    @staticmethod
+    def _order(tx: SqlTx, batch: SalesBatch, s: Sale, now: float) -> dict[str, Any]:
+        """A new awaiting-payment order (its id comes from the database in :meth:`_hold`)."""
+        return {
+            "id": None,
+            "event_id": s.event,
+            "serial": s.serial,
+            "visitor": s.visitor,
+            "account_id": s.account,
+            "shard": batch.shard,
+            "epoch": batch.epoch,
+            "price_cents": tx.price(s.event),
+            "status": _AWAITING,
+            "created_at": now,
+            "expires_at": now + batch.hold_seconds,
+            "version": 1,
+        }
+
+    async def _hold(self, tx: SqlTx, new: list[dict[str, Any]]) -> None:
+        """Write the new sales: tickets held, one order each; fills in the orders' ids."""
+        for event_id, group in _by_event(new).items():
+            for chunk in tx.chunks(group):
+                serials, args = tx.member("serial", [o["serial"] for o in chunk], "int")
+                await tx._change(
+                    f"UPDATE tickets SET state = ? WHERE event_id = ? AND {serials}",
+                    (TicketState.HELD, event_id, *args),
+                )
+        for chunk in tx.chunks(new):
+            source, args = tx.rows_of(_ORDER_TYPES, [[o[c] for c in _ORDER_TYPES] for o in chunk])
             rows = await tx._rows(
-                f"INSERT INTO orders({_ORDER_COLUMNS}) VALUES"
-                + ",".join(f"({_marks(11)})" for _ in chunk)
-                + " RETURNING id, event_id, serial",
-                [v for o in chunk for v in o.values()],
+                f"INSERT INTO orders({_ORDER_COLUMNS}) {source} RETURNING id, event_id, serial",
+                args,
             )
             ids = {(r["event_id"], r["serial"]): r["id"] for r in rows}  # order unspecified
-            fresh += [{"id": ids[(o["event_id"], o["serial"])], **o} for o in chunk]
-        return fresh
+            for o in chunk:
+                o["id"] = ids[(o["event_id"], o["serial"])]
 
     # -- audit -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import os
 import random
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -40,7 +41,7 @@ from ..protocol import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LINE, PROTOCOL_VERSION
 from ..slices import Range, count, cut, parse_ranges, shares
 from ..tls import Credentials, PemSource, check_peer, client_context
 from ..tokens import KeyRing, TokenSigner
-from ..wire import Sale, ToMain, ToShard
+from ..wire import Sale, ToMain, ToShard, grant
 from .fronts import FrontHub
 from .leader import Lease
 from .stock import EventRoutes, Route, StockView
@@ -567,14 +568,17 @@ class MainServer:
                 shard, epoch, sales, self.hold_seconds
             )
         sl = self.shards.get(shard)
-        for order in fresh:
-            self.metrics.granted.labels(str(order["event_id"])).inc()
+        for event_id, n in Counter(o["event_id"] for o in fresh).items():
+            self.metrics.granted.labels(str(event_id)).inc(n)
             if sl:
-                sl.stock[order["event_id"]] = max(0, sl.stock.get(order["event_id"], 0) - 1)
+                sl.stock[event_id] = max(0, sl.stock.get(event_id, 0) - n)
         if fresh:
             for listener in self.sale_listeners:
                 listener(fresh)
-        return accepted, refused
+        for r in refused:
+            if r["existing"] is not None:
+                r["existing"] = grant(r["existing"])
+        return [grant(o) for o in accepted], refused
 
     async def _on_report_sales(self, sl: ShardLink, args: dict[str, Any]) -> dict[str, Any]:
         sales = [Sale.from_wire(item) for item in args["sales"]]
