@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..cluster import Child, shard_names
+from ..ledger import is_postgres
 from ..tls import write_cluster_keys
 from .children import final_line, spawn_child, stop_all
 from .meter import Meter
@@ -108,7 +109,10 @@ async def run_ledger(opts: Options) -> dict[str, Any]:
         "audit": audit,
         "synchronous": main.synchronous,
     }
-    out["ledger"]["target_met"] = out["ledger"]["tickets_per_s"] >= TARGET_LEDGER_TPS
+    backend = "postgresql" if opts.ledger and is_postgres(opts.ledger) else "sqlite"
+    out["ledger"]["backend"] = backend
+    out["ledger"]["target"] = TARGET_LEDGER_TPS[backend]
+    out["ledger"]["target_met"] = out["ledger"]["tickets_per_s"] >= TARGET_LEDGER_TPS[backend]
     exact = audit["exact"] and audit["held"] == recorded == opts.tickets
     out["ok"] = bool(exact and not out["ledger"]["refused"])
     if not out["ok"]:

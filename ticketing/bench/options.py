@@ -34,7 +34,8 @@ TARGET_RATIO_FRONTS = 0.9  # throughput vs the bare stack in the same layout
 TARGET_CPU_RATIO_FRONTS = 1.3  # server CPU per ticket vs the bare stack, at most
 TARGET_MAIN_US = 100.0  # main's CPU µs per sold ticket, at most
 TARGET_CEILING_TPS = 10_000.0  # projected ceiling of a DEFAULT_CORES-core cluster
-TARGET_LEDGER_TPS = 20_000
+# durable tickets/s of the ledger alone, per backend (issue 13)
+TARGET_LEDGER_TPS = {"sqlite": 40_000, "postgresql": 20_000}
 TARGET_IDLE_RSS = 1 << 30  # 5,000 idle connections (20,000 waiting visitors) within 1 GiB
 TARGET_MEDIAN_SHARE = 0.5  # crowd: winners' median time-to-ticket / time to the last ticket
 TARGET_FCFS_INVERSIONS = 0.01  # crowd: share of visitors refused while a later one won

@@ -29,13 +29,32 @@ class SalesDecision:
         ]
 
 
+class ActiveOrders:
+    """Active orders that may clash with new sales, indexed as the decision looks them
+    up; a group commit adds each batch's new orders before deciding the next."""
+
+    def __init__(self, orders: Iterable[dict[str, Any]] = ()) -> None:
+        self.by_ticket: dict[tuple[int, int], dict[str, Any]] = {}
+        self.by_visitor: dict[tuple[int, str], dict[str, Any]] = {}
+        self.by_account: dict[tuple[int, int], dict[str, Any]] = {}
+        for order in orders:
+            self.add(order)
+
+    def add(self, order: dict[str, Any]) -> None:
+        event = order["event_id"]
+        self.by_ticket[(event, order["serial"])] = order
+        self.by_visitor[(event, order["visitor"])] = order
+        if order.get("account_id") is not None:
+            self.by_account[(event, order["account_id"])] = order
+
+
 def decide_sales(
     shard: str,
     epoch: int,
     current_epoch: int,
     sales: Sequence[Sale],
     tickets: dict[tuple[int, int], TicketRow],
-    orders: Iterable[dict[str, Any]],
+    orders: ActiveOrders | Iterable[dict[str, Any]],
 ) -> SalesDecision:
     """Which of ``sales`` become held orders.
 
@@ -45,18 +64,12 @@ def decide_sales(
     that shard's pool, or a visitor/account that already holds a ticket of the
     event (also within this batch) is refused.
     """
-    by_ticket = {(o["event_id"], o["serial"]): o for o in orders}
-    by_visitor = {(o["event_id"], o["visitor"]): o for o in by_ticket.values()}
-    by_account = {
-        (o["event_id"], o["account_id"]): o
-        for o in by_ticket.values()
-        if o.get("account_id") is not None
-    }
+    active = orders if isinstance(orders, ActiveOrders) else ActiveOrders(orders)
     out = SalesDecision()
     taken: set[tuple[int, str, object]] = set()
     for sale in sales:
         key = (sale.event, sale.serial)
-        existing = by_ticket.get(key)
+        existing = active.by_ticket.get(key)
         if existing and existing["visitor"] == sale.visitor and existing["shard"] == shard:
             out.dupes.append((sale, existing))  # a re-sent report: answer as before
             continue
@@ -64,9 +77,9 @@ def decide_sales(
             out.refused.append((sale, "stale_epoch", None))
             continue
         # One ticket per visitor and per signed-in account (two browsers, one person).
-        mine = by_visitor.get((sale.event, sale.visitor))
+        mine = active.by_visitor.get((sale.event, sale.visitor))
         if mine is None and sale.account is not None:
-            mine = by_account.get((sale.event, sale.account))
+            mine = active.by_account.get((sale.event, sale.account))
         if mine is not None:
             out.refused.append((sale, "visitor_has_ticket", mine))
             continue

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from ..errors import NotLeader
 from ..slices import Range, compress, count
 from ..wire import Sale, ticket_id
-from .decide import TicketRow, decide_sales
+from .decide import ActiveOrders, TicketRow, decide_sales
 from .driver import Driver, Queries
 from .group import GroupCommit
 from .records import WAITROOM_SETTINGS, Audit, Event, OrderKind, Principal, ShardRecord
@@ -142,16 +142,15 @@ class SqlTx:
         return f"{column} IN ({_marks(len(values))})", list(values)
 
     def rows_of(
-        self, types: dict[str, str], rows: Sequence[Sequence[Any]]
+        self, types: dict[str, str], records: Sequence[dict[str, Any]]
     ) -> tuple[str, list[Any]]:
-        """The row source of ``INSERT INTO t(columns) ...`` for ``rows``, and its parameters."""
+        """The row source of ``INSERT INTO t(columns) ...`` for ``records`` (dicts with
+        the columns ``types`` names, in that order), and its parameters."""
         if self._arrays:  # one array per column, unnested back into rows
-            arrays = [list(col) for col in zip(*rows, strict=True)]
-            return "SELECT * FROM unnest(" + ", ".join(
-                f"?::{t}[]" for t in types.values()
-            ) + ")", arrays
+            unnest = ", ".join(f"?::{t}[]" for t in types.values())
+            return f"SELECT * FROM unnest({unnest})", [[r[c] for r in records] for c in types]
         marks = f"({_marks(len(types))})"
-        return "VALUES " + ",".join(marks for _ in rows), [v for r in rows for v in r]
+        return "VALUES " + ",".join(marks for _ in records), [r[c] for r in records for c in types]
 
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> dict[str, Any] | None:
         rows = await self._rows(sql, args)
@@ -1002,7 +1001,7 @@ class SqlLedger:
                 for s in b.sales
                 if tickets.get((s.event, s.serial)) != (TicketState.POOL, b.shard, b.epoch)
             ]
-            orders = await self._clashing_orders(tx, every, resent)
+            orders = ActiveOrders(await self._clashing_orders(tx, every, resent))
             results: list[SalesResult] = []
             new: list[dict[str, Any]] = []
             for b in batches:
@@ -1012,7 +1011,7 @@ class SqlLedger:
                 fresh = [self._order(tx, b, s, now) for s in decision.new]
                 for order in fresh:  # later batches of the group see these as taken
                     tickets[(order["event_id"], order["serial"])] = (TicketState.HELD, None, None)
-                orders += fresh
+                    orders.add(order)
                 new += fresh
                 results.append(([o for _, o in decision.dupes] + fresh, decision.refusals(), fresh))
             await self._hold(tx, new)
@@ -1092,7 +1091,7 @@ class SqlLedger:
                     (TicketState.HELD, event_id, *args),
                 )
         for chunk in tx.chunks(new):
-            source, args = tx.rows_of(_ORDER_TYPES, [[o[c] for c in _ORDER_TYPES] for o in chunk])
+            source, args = tx.rows_of(_ORDER_TYPES, chunk)
             rows = await tx._rows(
                 f"INSERT INTO orders({_ORDER_COLUMNS}) {source} RETURNING id, event_id, serial",
                 args,
