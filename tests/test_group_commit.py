@@ -34,15 +34,17 @@ async def test_concurrent_reports_share_a_commit_and_are_decided_in_order(
         await ledger.assign(event.id, {"shard-1": (1, [(0, 10)]), "shard-2": (1, [(10, 20)])})
         e = event.id
         before = ledger.sales_commits
-        one, two, again, stale = await asyncio.gather(
+        one, two, again, stale, foreign = await asyncio.gather(
             ledger.record_sales("shard-1", 1, [Sale(e, 0, "ann"), Sale(e, 1, "bob")], 60),
             # cat on shard-2 is new; ann already won on shard-1 earlier in this group
             ledger.record_sales("shard-2", 1, [Sale(e, 10, "cat"), Sale(e, 11, "ann")], 60),
             # shard-1 re-sends ann's grant before its first report was answered
             ledger.record_sales("shard-1", 1, [Sale(e, 0, "ann")], 60),
             ledger.record_sales("shard-2", 0, [Sale(e, 12, "dan")], 60),  # an old epoch
+            # shard-2 reports a ticket of shard-1's pool; eve's next one is fine
+            ledger.record_sales("shard-2", 1, [Sale(e, 2, "eve"), Sale(e, 13, "fay")], 60),
         )
-        # All four were queued before the committer ran: one transaction.
+        # All five were queued before the committer ran: one transaction.
         assert ledger.sales_commits - before == 1
         ann = next(o for o in one[2] if o["visitor"] == "ann")
         assert isinstance(ann["id"], int)
@@ -51,8 +53,11 @@ async def test_concurrent_reports_share_a_commit_and_are_decided_in_order(
         assert two[1][0]["existing"]["id"] == ann["id"]
         assert again[2] == [] and [o["id"] for o in again[0]] == [ann["id"]]
         assert stale[2] == [] and [r["reason"] for r in stale[1]] == ["stale_epoch"]
+        assert [(r["serial"], r["reason"]) for r in foreign[1]] == [(2, "not_in_pool")]
+        assert [o["visitor"] for o in foreign[2]] == ["fay"]
         audit = await ledger.audit(e)
-        assert audit.exact and audit.held == 3, audit.as_dict()
+        assert audit.exact and audit.held == 4, audit.as_dict()
+        assert audit.pools == {"shard-1": 8, "shard-2": 8}  # ticket 2 still shard-1's
     finally:
         await ledger.close()
 

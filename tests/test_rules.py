@@ -20,7 +20,6 @@ from ticketing.ledger import (
     OrderStatus,
     Principal,
     SqlLedger,
-    TicketState,
     decide_sales,
     open_ledger,
 )
@@ -50,41 +49,38 @@ class FakeClock:
 # -- the decision on a batch of sales (a plain function) -------------------------------
 
 
-def pooled(*serials: int, event: int = 1, epoch: int = 1) -> dict[tuple[int, int], Any]:
-    return {(event, s): (TicketState.POOL, SHARD, epoch) for s in serials}
-
-
 def order(serial: int, visitor: str, account: int | None = None) -> dict[str, Any]:
     return {"event_id": 1, "serial": serial, "visitor": visitor, "account_id": account,
             "shard": SHARD}  # fmt: skip
 
 
 def test_decide_takes_new_sales_from_the_shards_pool() -> None:
-    d = decide_sales(SHARD, 1, 1, [Sale(1, 0, "a"), Sale(1, 1, "b")], pooled(0, 1), [])
+    d = decide_sales(SHARD, 1, 1, [Sale(1, 0, "a"), Sale(1, 1, "b")], [])
     assert [s.serial for s in d.new] == [0, 1] and not d.refused and not d.dupes
 
 
 def test_decide_answers_a_resent_sale_with_its_order() -> None:
     existing = order(0, "a")
-    d = decide_sales(SHARD, 1, 1, [Sale(1, 0, "a")], {}, [existing])
+    d = decide_sales(SHARD, 1, 1, [Sale(1, 0, "a")], [existing])
     assert d.dupes == [(Sale(1, 0, "a"), existing)] and not d.new
 
 
 def test_decide_refuses_a_stale_epoch_a_foreign_ticket_and_a_second_ticket() -> None:
-    assert (
-        decide_sales(SHARD, 1, 2, [Sale(1, 0, "a")], pooled(0), []).refusals()[0]["reason"]
-        == "stale_epoch"
-    )
-    foreign = {(1, 0): (TicketState.POOL, "shard-2", 1)}
-    assert decide_sales(SHARD, 1, 1, [Sale(1, 0, "a")], foreign, []).refused[0][1] == "not_in_pool"
+    assert decide_sales(SHARD, 1, 2, [Sale(1, 0, "a")], []).refusals()[0]["reason"] == "stale_epoch"
+    # The database did not find ticket 0 in the shard's pool (the conditional update).
+    d = decide_sales(SHARD, 1, 1, [Sale(1, 0, "a"), Sale(1, 1, "b")], [])
+    d.not_in_pool({(1, 1)})
+    assert [s.serial for s in d.new] == [1] and d.refused == [
+        (Sale(1, 0, "a"), "not_in_pool", None)
+    ]
     mine = order(5, "a")
-    d = decide_sales(SHARD, 1, 1, [Sale(1, 0, "a")], pooled(0), [mine])
+    d = decide_sales(SHARD, 1, 1, [Sale(1, 0, "a")], [mine])
     assert d.refused == [(Sale(1, 0, "a"), "visitor_has_ticket", mine)]
 
 
 def test_decide_allows_one_ticket_per_visitor_and_account_within_a_batch() -> None:
     sales = [Sale(1, 0, "a", 7), Sale(1, 1, "a"), Sale(1, 2, "b", 7), Sale(1, 3, "c")]
-    d = decide_sales(SHARD, 1, 1, sales, pooled(0, 1, 2, 3), [])
+    d = decide_sales(SHARD, 1, 1, sales, [])
     assert [s.serial for s in d.new] == [0, 3]
     assert [(s.serial, why) for s, why, _ in d.refused] == [
         (1, "visitor_has_ticket"),

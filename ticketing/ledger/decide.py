@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..wire import Sale
-from .states import TicketState
-
-# (state, shard, epoch) of a ticket row
-TicketRow = tuple[str, str | None, int | None]
 
 
 @dataclass
@@ -20,6 +16,16 @@ class SalesDecision:
     new: list[Sale] = field(default_factory=list)
     dupes: list[tuple[Sale, dict[str, Any]]] = field(default_factory=list)
     refused: list[tuple[Sale, str, dict[str, Any] | None]] = field(default_factory=list)
+
+    def not_in_pool(self, held: Collection[tuple[int, int]]) -> None:
+        """Refuse the new sales whose ticket the database did not find in the shard's
+        pool (a bug, or a shard reporting what it no longer owns). A later sale of
+        the same visitor in the batch stays refused as "visitor_has_ticket" without an
+        order: the shard puts its ticket back and queues the visitor again, at the
+        head."""
+        lost = [s for s in self.new if (s.event, s.serial) not in held]
+        self.new = [s for s in self.new if (s.event, s.serial) in held]
+        self.refused += [(s, "not_in_pool", None) for s in lost]
 
     def refusals(self) -> list[dict[str, Any]]:
         """The refusals as they travel back to the shard."""
@@ -34,7 +40,6 @@ class ActiveOrders:
     up; a group commit adds each batch's new orders before deciding the next."""
 
     def __init__(self, orders: Iterable[dict[str, Any]] = ()) -> None:
-        self.by_ticket: dict[tuple[int, int], dict[str, Any]] = {}
         self.by_visitor: dict[tuple[int, str], dict[str, Any]] = {}
         self.by_account: dict[tuple[int, int], dict[str, Any]] = {}
         for order in orders:
@@ -42,7 +47,6 @@ class ActiveOrders:
 
     def add(self, order: dict[str, Any]) -> None:
         event = order["event_id"]
-        self.by_ticket[(event, order["serial"])] = order
         self.by_visitor[(event, order["visitor"])] = order
         if order.get("account_id") is not None:
             self.by_account[(event, order["account_id"])] = order
@@ -53,31 +57,29 @@ def decide_sales(
     epoch: int,
     current_epoch: int,
     sales: Sequence[Sale],
-    tickets: dict[tuple[int, int], TicketRow],
     orders: ActiveOrders | Iterable[dict[str, Any]],
 ) -> SalesDecision:
-    """Which of ``sales`` become held orders.
+    """Which of ``sales`` become held orders, if their tickets are in the shard's pool.
 
-    ``tickets`` are the rows of the reported serials, ``orders`` the active orders
-    of those serials, visitors and accounts. A re-sent sale (same ticket, visitor
-    and shard) is answered with its existing order; a stale epoch, a ticket not in
-    that shard's pool, or a visitor/account that already holds a ticket of the
-    event (also within this batch) is refused.
+    ``orders`` are the active orders of the sales' visitors and accounts. A re-sent
+    sale (the visitor's order is for that ticket, from that shard) is answered with
+    its existing order; a stale epoch, or a visitor/account that already holds a
+    ticket of the event (also within this batch) is refused. Whether each ticket is
+    in the shard's pool the database says as it takes it (a conditional update;
+    :meth:`SalesDecision.not_in_pool`).
     """
     active = orders if isinstance(orders, ActiveOrders) else ActiveOrders(orders)
     out = SalesDecision()
     taken: set[tuple[int, str, object]] = set()
     for sale in sales:
-        key = (sale.event, sale.serial)
-        existing = active.by_ticket.get(key)
-        if existing and existing["visitor"] == sale.visitor and existing["shard"] == shard:
-            out.dupes.append((sale, existing))  # a re-sent report: answer as before
+        mine = active.by_visitor.get((sale.event, sale.visitor))
+        if mine and mine["serial"] == sale.serial and mine["shard"] == shard:
+            out.dupes.append((sale, mine))  # a re-sent report: answer as before
             continue
         if epoch != current_epoch:
             out.refused.append((sale, "stale_epoch", None))
             continue
         # One ticket per visitor and per signed-in account (two browsers, one person).
-        mine = active.by_visitor.get((sale.event, sale.visitor))
         if mine is None and sale.account is not None:
             mine = active.by_account.get((sale.event, sale.account))
         if mine is not None:
@@ -88,9 +90,6 @@ def decide_sales(
             who.add((sale.event, "account", sale.account))
         if who & taken:
             out.refused.append((sale, "visitor_has_ticket", None))
-            continue
-        if tickets.get(key) != (TicketState.POOL, shard, epoch):
-            out.refused.append((sale, "not_in_pool", None))
             continue
         taken |= who
         out.new.append(sale)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from ..errors import NotLeader
 from ..slices import Range, compress, count
 from ..wire import Sale, ticket_id
-from .decide import ActiveOrders, TicketRow, decide_sales
+from .decide import ActiveOrders, SalesDecision, decide_sales
 from .driver import Driver, Queries
 from .group import GroupCommit
 from .records import WAITROOM_SETTINGS, Audit, Event, OrderKind, Principal, ShardRecord
@@ -990,68 +990,46 @@ class SqlLedger:
         """Several shards' batches in one transaction, decided in arrival order."""
         now = time.time()
         async with self.transaction() as tx:
-            epochs = {
-                r["name"]: r["epoch"] for r in await tx._rows("SELECT name, epoch FROM shards")
-            }
+            rows = await tx._rows("SELECT name, epoch FROM shards")
+            epochs = {r["name"]: r["epoch"] for r in rows}
             every = [s for b in batches for s in b.sales]
-            tickets = await self._ticket_rows(tx, every)
-            resent = [
-                s
-                for b in batches
-                for s in b.sales
-                if tickets.get((s.event, s.serial)) != (TicketState.POOL, b.shard, b.epoch)
-            ]
-            orders = ActiveOrders(await self._clashing_orders(tx, every, resent))
+            orders = ActiveOrders(await self._clashing_orders(tx, every))
             results: list[SalesResult] = []
             new: list[dict[str, Any]] = []
             for b in batches:
-                decision = decide_sales(
-                    b.shard, b.epoch, epochs.get(b.shard, -1), b.sales, tickets, orders
-                )
+                decision = await self._take(tx, b, epochs.get(b.shard, -1), orders)
                 fresh = [self._order(tx, b, s, now) for s in decision.new]
                 for order in fresh:  # later batches of the group see these as taken
-                    tickets[(order["event_id"], order["serial"])] = (TicketState.HELD, None, None)
                     orders.add(order)
                 new += fresh
                 results.append(([o for _, o in decision.dupes] + fresh, decision.refusals(), fresh))
-            await self._hold(tx, new)
+            await self._insert_orders(tx, new)
         self._wrote_orders(len(new))
         return results
 
-    async def _ticket_rows(
-        self, tx: SqlTx, sales: Sequence[Sale]
-    ) -> dict[tuple[int, int], TicketRow]:
-        """The ticket rows of the reported serials."""
-        tickets: dict[tuple[int, int], TicketRow] = {}
-        for event_id, group in _by_event(sales).items():
-            for chunk in tx.chunks(group):
-                serials, args = tx.member("serial", [s.serial for s in chunk], "int")
-                for r in await tx._rows(
-                    f"SELECT serial, state, shard, epoch FROM tickets WHERE event_id = ? AND {serials}",
-                    (event_id, *args),
-                ):
-                    tickets[(event_id, r["serial"])] = (r["state"], r["shard"], r["epoch"])
-        return tickets
+    async def _take(
+        self, tx: SqlTx, b: SalesBatch, current_epoch: int, orders: ActiveOrders
+    ) -> SalesDecision:
+        """Decide ``b`` and hold its new sales' tickets, each only if it is in the
+        shard's pool in its epoch (one conditional update: the database decides)."""
+        decision = decide_sales(b.shard, b.epoch, current_epoch, b.sales, orders)
+        held = await self._hold(tx, decision.new, b.shard, b.epoch)
+        if len(held) < len(decision.new):
+            decision.not_in_pool(held)
+        return decision
 
-    async def _clashing_orders(
-        self, tx: SqlTx, sales: Sequence[Sale], resent: Sequence[Sale]
-    ) -> list[dict[str, Any]]:
-        """The active orders of the sales' visitors and accounts, and of the ``resent``
-        serials (a ticket still in its shard's pool has no active order: not looked up).
-        One lookup per partial unique index: with "serial IN OR visitor IN" SQLite
-        scanned every active order of the event; UNION ALL, as an order found twice
-        is one (by id)."""
+    async def _clashing_orders(self, tx: SqlTx, sales: Sequence[Sale]) -> list[dict[str, Any]]:
+        """The active orders of the sales' visitors and accounts (a re-sent sale's
+        among them). One lookup per partial unique index: with "visitor IN OR account
+        IN" SQLite scanned every active order of the event; UNION ALL, as an order
+        found twice is one (by id)."""
         orders: dict[int, dict[str, Any]] = {}
-        again = {(s.event, s.serial) for s in resent}
         for event_id, group in _by_event(sales).items():
             for chunk in tx.chunks(group):
                 parts = [tx.member("visitor", [s.visitor for s in chunk], "text")]
                 accounts = [s.account for s in chunk if s.account is not None]
                 if accounts:
                     parts.append(tx.member("account_id", accounts, "int"))
-                serials = [s.serial for s in chunk if (event_id, s.serial) in again]
-                if serials:
-                    parts.append(tx.member("serial", serials, "int"))
                 for r in await tx._rows(
                     " UNION ALL ".join(
                         f"SELECT * FROM orders WHERE event_id = ? AND status IN {_ACTIVE}"
@@ -1062,6 +1040,23 @@ class SqlLedger:
                 ):
                     orders[r["id"]] = r
         return list(orders.values())
+
+    async def _hold(
+        self, tx: SqlTx, sales: Sequence[Sale], shard: str, epoch: int
+    ) -> set[tuple[int, int]]:
+        """Hold the sales' tickets that are in ``shard``'s pool in ``epoch``; returns
+        the (event, serial) held."""
+        got: set[tuple[int, int]] = set()
+        for event_id, group in _by_event(sales).items():
+            for chunk in tx.chunks(group):
+                serials, args = tx.member("serial", [s.serial for s in chunk], "int")
+                for r in await tx._rows(
+                    f"UPDATE tickets SET state = ? WHERE event_id = ? AND {serials}"
+                    " AND state = ? AND shard = ? AND epoch = ? RETURNING serial",
+                    (TicketState.HELD, event_id, *args, TicketState.POOL, shard, epoch),
+                ):
+                    got.add((event_id, r["serial"]))
+        return got
 
     @staticmethod
     def _order(tx: SqlTx, batch: SalesBatch, s: Sale, now: float) -> dict[str, Any]:
@@ -1081,15 +1076,8 @@ class SqlLedger:
             "version": 1,
         }
 
-    async def _hold(self, tx: SqlTx, new: list[dict[str, Any]]) -> None:
-        """Write the new sales: tickets held, one order each; fills in the orders' ids."""
-        for event_id, group in _by_event(new).items():
-            for chunk in tx.chunks(group):
-                serials, args = tx.member("serial", [o["serial"] for o in chunk], "int")
-                await tx._change(
-                    f"UPDATE tickets SET state = ? WHERE event_id = ? AND {serials}",
-                    (TicketState.HELD, event_id, *args),
-                )
+    async def _insert_orders(self, tx: SqlTx, new: list[dict[str, Any]]) -> None:
+        """One awaiting-payment order per new sale; fills in the ids the database gave."""
         for chunk in tx.chunks(new):
             source, args = tx.rows_of(_ORDER_TYPES, chunk)
             rows = await tx._rows(
