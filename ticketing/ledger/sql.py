@@ -705,6 +705,18 @@ def _in(values: Sequence[object]) -> str:
     return f"({_marks(len(values))})"
 
 
+# Every write transaction of a leading main locks the leadership row of its term
+# until it commits, so a standby's takeover (which locks the row FOR UPDATE first:
+# main.leader) waits for it, and any later transaction sees the new term. On
+# PostgreSQL a KEY SHARE lock: it does not block the lease's renewal (an update of
+# another column), which a long transaction (creating an event of 100,000 tickets)
+# would otherwise hold up past the lease. SQLite has one writer at a time anyway.
+FENCE = {
+    "postgresql": "SELECT term FROM leadership WHERE id = 1 AND term = ? FOR KEY SHARE",
+    "sqlite": "UPDATE leadership SET term = term WHERE id = 1 AND term = ? RETURNING term",
+}
+
+
 class SqlLedger:
     """Main's durable state on one database (a :class:`~.driver.Driver`).
 
@@ -791,11 +803,8 @@ class SqlLedger:
         async with self.driver.transaction() as q:
             if self.fence_term is not None:
                 # A paused old leader that wakes up must not commit: the term decides.
-                fenced = await q.execute(
-                    "UPDATE leadership SET term = term WHERE id = 1 AND term = ?",
-                    (self.fence_term,),
-                )
-                if fenced != 1:
+                rows = await q.fetch(FENCE[q.dialect], (self.fence_term,))
+                if not rows:
                     raise NotLeader(f"term {self.fence_term} is over: another main leads")
             tx = SqlTx(q, self._events)
             yield tx

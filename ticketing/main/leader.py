@@ -85,7 +85,11 @@ class Lease:
         return bool(rows)
 
     async def _write(self, sql: str, args: tuple[object, ...]) -> list[dict[str, Any]]:
+        """A takeover: after the old leader's transactions in flight have committed
+        (they hold the row's KEY SHARE lock, :data:`~ticketing.ledger.sql.FENCE`)."""
         async with self.driver.transaction() as q:
+            if self.driver.dialect == "postgresql":
+                await q.fetch("SELECT id FROM leadership WHERE id = 1 FOR UPDATE")
             return await q.fetch(sql, args)
 
 
