@@ -26,9 +26,10 @@ from tests.helpers import eventually
 from tests.pgserver import free_port, fresh_database
 from ticketing.cluster import LOAD_TEST_MAIN_ARGS, Child, ShardProcess, shard_names
 from ticketing.errors import NotLeader
+from ticketing.front.node import ADOPT, ALREADY_LINKED, STALE_TERM, FrontServer, choose_main
 from ticketing.main.server import MainServer
 from ticketing.tls import write_cluster_keys
-from ticketing.web_client import Outcome, WebClient
+from ticketing.web_client import Outcome, WebClient, get_ticket
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -175,3 +176,72 @@ async def test_an_older_term_can_neither_write_nor_link(
         assert (await new.audit()).exact
     finally:
         await new.close()
+
+
+def test_a_front_takes_the_newest_term_and_nothing_older() -> None:
+    assert choose_main(1, newest=0, linked=None) == ADOPT  # the first main it hears
+    assert choose_main(3, newest=2, linked=2) == ADOPT  # a newer leader replaces the link
+    assert choose_main(2, newest=2, linked=None) == ADOPT  # the same term after a blip
+    assert choose_main(1, newest=2, linked=None) == STALE_TERM  # a paused old leader
+    assert choose_main(1, newest=2, linked=2) == STALE_TERM
+    assert choose_main(2, newest=2, linked=2) == ALREADY_LINKED
+
+
+async def test_a_front_follows_the_leader_and_refuses_an_older_term(
+    make_cluster: ClusterFactory, keys: Path, ca_context: ssl.SSLContext
+) -> None:
+    cluster = await make_cluster(1)
+    old = cluster.main
+    await old.init_tickets("Followed", "", "5.00", 20)
+    await old.distribute_tickets()
+    old_port = await old.serve_fronts(0)
+    # A standby listens before it leads and refuses fronts until then.
+    new = MainServer(data_dir=cluster.data, ledger_url=old.ledger_url)
+    new.set_certificate_path(keys)
+    new_port = await new.serve_fronts(0, accept=False)
+    mains = [("127.0.0.1", old_port), ("127.0.0.1", new_port)]
+    fronts = [FrontServer(n, mains=mains) for n in ("front-1", "front-2")]
+    try:
+        front = fronts[0]
+        front.set_certificate_path(keys)
+        url = f"https://127.0.0.1:{await front.create_server(0)}/"
+        await front.wait_linked()
+        assert front.link_term == 1
+        await eventually(lambda: refused(front, "not_leader") >= 1)  # the standby said so
+        assert (await get_ticket(url, ca_context)).kind == "ticket"
+
+        await new.start()  # leads with term 2 (SQLite: at once), links the shard
+        assert new.term == 2
+        shard = cluster.shards[0]
+        assert shard.tls_port and shard.https_port
+        await new.connect_client_server("127.0.0.1", shard.tls_port, shard.https_port)
+        new.fronts.accept()
+        assert old.fronts is not None and new.fronts is not None
+        await old.fronts.unlink_all("deposed")  # what the old leader does when it finds out
+        await eventually(lambda: front.link_term == 2)
+        assert front.term == 2 and "front-1" in new.fronts.fronts
+        assert (await get_ticket(url, ca_context)).kind == "ticket"
+
+        # The old leader takes fronts again (paused, then woken before it noticed):
+        # it refuses a front that has seen term 2, by the term in the front's hello...
+        old.fronts.accept()
+        await front._dial("127.0.0.1", old_port)
+        assert refused(front, "stale_term") == 1 and front.link_term == 2
+        # ... and a front that has seen no term yet dials both: whichever answers first,
+        # it ends on term 2 (the old one's answer refused, or its link replaced).
+        late = fronts[1]
+        late.set_certificate_path(keys)
+        await late.create_server(0)
+        await eventually(lambda: late.link_term == 2 and "front-2" not in old.fronts.fronts)
+        assert late.term == 2 and "front-2" in new.fronts.fronts
+        assert (await new.audit()).exact
+    finally:
+        for f in fronts:
+            await f.close()
+        await new.close()
+
+
+def refused(front: FrontServer, reason: str) -> float:
+    """A front's count of refused main links for ``reason`` (its metric)."""
+    value = front.metrics.mains_refused.labels(reason)._value.get()
+    return float(value)

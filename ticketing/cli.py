@@ -41,6 +41,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 # -- front -------------------------------------------------------------------------
 
+DEFAULT_MAIN = "127.0.0.1:9000"
+
+
+def _parse_address(spec: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``) as (host, port)."""
+    host, _, port = spec.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"--main: HOST:PORT, not {spec!r}")
+    return host.strip("[]"), int(port)
+
 
 def cmd_front(args: argparse.Namespace) -> int:
     from .front.node import FrontServer
@@ -49,11 +59,9 @@ def cmd_front(args: argparse.Namespace) -> int:
     options.pop("queue")  # the waiting room runs in the front inside main (for now)
 
     async def run() -> int:
-        host, port = args.main.rsplit(":", 1)
         front = FrontServer(
             args.name,
-            main_host=host.strip("[]"),
-            main_port=int(port),
+            mains=[_parse_address(spec) for spec in args.main or [DEFAULT_MAIN]],
             market_url=args.market,
             **_heartbeats(args),
             **options,
@@ -101,7 +109,7 @@ def _parse_shard(spec: str) -> tuple[str, int, int]:
 
 
 def cmd_main(args: argparse.Namespace) -> int:
-    from .front.server import RedirectServer
+    from .front.server import RedirectServer, origin_of
     from .main.server import MainServer
 
     async def run() -> int:
@@ -115,6 +123,12 @@ def cmd_main(args: argparse.Namespace) -> int:
         )
         main.set_certificate_path(args.keys)
         stop = stop_signal()  # before start(): a standby may wait there a long time
+        ready: dict[str, Any] = {}
+        if args.front_port is not None:
+            # Fronts dial in here. Listening from the start, a standby tells them it
+            # does not lead (instead of refusing the connection) until accept() below.
+            ready["front_port"] = await main.serve_fronts(args.front_port, args.host, accept=False)
+            print(f"front link port: {args.host}:{ready['front_port']}", flush=True)
         async with main:
             print(f"leading: term {main.term}", flush=True)
             assert main.ledger
@@ -125,12 +139,11 @@ def cmd_main(args: argparse.Namespace) -> int:
             for host, tls, https in specs:
                 print(f"linked {await main.connect_client_server(host, tls, https)}", flush=True)
             await _maybe_create_event(main, args)
-            ready: dict[str, Any] = {}
-            if args.front_port is not None:  # fronts dial in here
-                ready["front_port"] = await main.serve_fronts(args.front_port, args.host)
-                print(f"front link port: {args.host}:{ready['front_port']}", flush=True)
             async with RedirectServer(main, **_front_options(args)) as redirect:
                 port = await redirect.create_server(args.port, args.host)
+                main.market_url = origin_of(args.host, port)  # what fronts proxy /app/ to
+                if main.fronts is not None:
+                    main.fronts.accept()  # leading, shards linked: fronts may route now
                 print(f"redirect server: https://{args.host}:{port}/", flush=True)
                 print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
                 print("READY " + json.dumps({"port": port, "term": main.term, **ready}), flush=True)
@@ -486,9 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _role(sub, "front", "run one front-door process (it dials main's --front-port)")
     p.add_argument("--name", default="front-1", help="this front's name, as in its certificate")
     p.add_argument("--keys", default="keys", help="directory with ca.crt and NAME.crt/.key")
-    p.add_argument("--main", default="127.0.0.1:9000", help="main's front link port, HOST:PORT")
     p.add_argument(
-        "--market", help="main's own front (https://HOST:PORT) that serves /app/ and /api/v1"
+        "--main",
+        action="append",
+        help="a main's front link port, HOST:PORT; repeat it for every main (leader and"
+        f" standbys): the front links to whichever leads (default {DEFAULT_MAIN})",
+    )
+    p.add_argument(
+        "--market",
+        help="main's own front (https://HOST:PORT) that serves /app/ and /api/v1"
+        " (default: the address the leading main announces)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address browsers reach this front on")
     p.add_argument("--port", type=int, default=8443, help="HTTPS port for browsers")

@@ -188,7 +188,7 @@ class FrontProcess(Child):
         cls,
         name: str,
         keys: Path,
-        main: str,
+        main: str | Sequence[str],  # HOST:PORT of main's front link port; several: failover
         *,
         market: str | None = None,
         host: str = "127.0.0.1",
@@ -199,7 +199,8 @@ class FrontProcess(Child):
     ) -> FrontProcess:
         args = [
             *("-m", "ticketing", "front", "--name", name, "--keys", str(keys)),
-            *("--main", main, "--host", host, "--port", str(port)),
+            *(a for m in ([main] if isinstance(main, str) else main) for a in ("--main", m)),
+            *("--host", host, "--port", str(port)),
             *(("--market", market) if market else ()),
             *extra_args,
         ]

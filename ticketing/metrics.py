@@ -225,6 +225,19 @@ class FrontMetrics(_Metrics):
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # A front process's link to main (front/node.py; zero in the embedded front).
+        self.main_term = Gauge(
+            "ticketing_front_main_term",
+            "Leadership term of the main this front process is linked to (0: none now)",
+            registry=r,
+        )
+        self.mains_refused = Counter(
+            "ticketing_front_main_links_refused_total",
+            "Dials to a main that did not become this front's link: stale_term (a term older"
+            " than the newest seen), not_leader (a standby), unreachable, rejected (bad hello)",
+            ["reason"],
+            registry=r,
+        )
 
 
 class ShardMetrics(_Metrics):

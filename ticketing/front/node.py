@@ -1,6 +1,6 @@
 """A front process: the public door, any number of them, beside main and the shards.
 
-``async with FrontServer("front-1", main_host=..., main_port=...) as front``:
+``async with FrontServer("front-1", mains=[(host, port), ...]) as front``:
 ``create_server(port)`` serves browsers; the front dials main's front link port
 (mutual TLS, role ``front``, heartbeats) and keeps that link up, reconnecting with
 backoff. Its hello carries its own Ed25519 key, which main certifies at every shard
@@ -9,11 +9,20 @@ before answering; from then on it routes each visitor from the view main pushes
 While main is away the view says "out of reach", so visitors are told to wait
 (they keep their place) and nobody gets an error page.
 
+**Several mains (failover).** ``mains`` lists every main's front link address (a
+leader and its standbys). Whenever the front has no link it dials all of them at
+once; a standby refuses (``not_leader``), the leader answers with its **term**. The
+front remembers the newest term it has seen and refuses a main with an older one
+(a paused old leader woken up), and its own hello carries that term so such a
+main refuses it too; a newer main answering while the front is still on an older
+one's link replaces it. The decision is :func:`choose_main`, a plain function.
+
 The marketplace (``/app/``, ``/api/v1`` including its WebSocket, ``/admin/``) is
-proxied over HTTPS to main's own front (``market_url``), so browsers see one origin
-per front. Main's marketplace rate-limits by client address: the front passes the
-visitor's address in a header signed with its certified key (``X-Ticketing-Client``),
-which main believes only with a valid signature.
+proxied over HTTPS to main's own front (``market_url``, else the address the
+leading main announces in its hello, so it follows a failover), so browsers see
+one origin per front. Main's marketplace rate-limits by client address: the front
+passes the visitor's address in a header signed with its certified key
+(``X-Ticketing-Client``), which main believes only with a valid signature.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import os
 import random
 import ssl
 import warnings
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -45,6 +56,25 @@ log = logging.getLogger("ticketing.front")
 
 PROXIED = ("/app", "/api/v1", "/admin")  # served by main's marketplace behind this front
 
+# What becomes of a main that answered a front's hello (choose_main).
+ADOPT = "adopt"  # it becomes the front's link
+STALE_TERM = "stale_term"  # its term is older than the newest the front has seen
+ALREADY_LINKED = "already_linked"  # the front is linked to a main of the same or newer term
+
+
+def choose_main(term: int, newest: int, linked: int | None) -> str:
+    """Whether a main answering with ``term`` becomes the link (:data:`ADOPT`) or not.
+
+    ``newest``: the newest term this front has seen; ``linked``: the term of the
+    main it is linked to now (None: no link). Older terms are fenced; a newer main
+    replaces the current link (its leader was deposed).
+    """
+    if term < newest:
+        return STALE_TERM
+    if linked is not None and term <= linked:
+        return ALREADY_LINKED
+    return ADOPT
+
 
 class FrontServer(FrontDoor):
     """One front process's server: admission from the pushed view, the marketplace proxied."""
@@ -53,13 +83,12 @@ class FrontServer(FrontDoor):
         self,
         name: str = "front-1",
         *,
-        main_host: str = "127.0.0.1",
-        main_port: int = 9000,
-        market_url: str | None = None,  # main's own front (https://host:port); None: no market
+        mains: Sequence[tuple[str, int]] = (("127.0.0.1", 9000),),  # every main's link port
+        market_url: str | None = None,  # main's own front (https://host:port); None: announced
         # Timeouts
-        connect_timeout: float = 10.0,
+        connect_timeout: float = 10.0,  # per main dialled; the others are dialled meanwhile
         reconnect_min: float = 0.1,
-        reconnect_max: float = 2.0,
+        reconnect_max: float = 1.0,  # between rounds of dials while no main leads
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         **options: Any,
@@ -68,8 +97,11 @@ class FrontServer(FrontDoor):
         self.view = PushedView(TokenSigner(kid=name))
         super().__init__(self.view, **options)
         self.name = name
-        self.main_host, self.main_port = main_host, main_port
+        self.mains = [(host, int(port)) for host, port in mains]
+        if not self.mains:
+            raise ValueError("a front needs the address of at least one main")
         self.market_url = market_url.rstrip("/") if market_url else None
+        self.announced_market: str | None = None  # the leading main's own front, from its hello
         self.connect_timeout = connect_timeout
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
@@ -77,13 +109,15 @@ class FrontServer(FrontDoor):
         self.link: Link | None = None
         self.linked = asyncio.Event()  # set while the link to main is up and in sync
         self.links_made = 0
+        self.term = 0  # the newest leadership term seen: an older main is refused
+        self.link_term = 0  # the term of the main on self.link
+        self._dials: dict[tuple[str, int], asyncio.Task[None]] = {}  # one per main at most
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self.app.middlewares.append(self._identity)
-        if self.market_url:
-            for prefix in PROXIED:
-                self.app.router.add_route("*", prefix + "{tail:(/.*)?}", self._proxy)
+        for prefix in PROXIED:
+            self.app.router.add_route("*", prefix + "{tail:(/.*)?}", self._proxy)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -115,6 +149,8 @@ class FrontServer(FrontDoor):
         self._closed = True
         if self._task is not None:
             self._task.cancel()
+        for dial in list(self._dials.values()):
+            dial.cancel()
         if self.link is not None:
             await self.link.close("front closing")
         await super().close()
@@ -128,29 +164,99 @@ class FrontServer(FrontDoor):
     # -- the link to main ------------------------------------------------------------------
 
     async def _keep_linked(self) -> None:
+        """Dial every main until one leads; stay on its link; when it closes, dial again."""
         delay = self.reconnect_min
         while not self._closed:
+            link = self.link
+            if link is not None:
+                await link.closed.wait()
+                self._unlinked(link)
+                continue
+            self._dial_all()
             try:
-                link = await self._connect()
-            except (OSError, ssl.SSLError, TimeoutError, PeerRejected, LinkClosed) as exc:
-                log.warning("%s: link to main failed: %s (retry in %.1fs)", self.name, exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                await asyncio.wait_for(self.linked.wait(), delay * random.uniform(0.8, 1.2))
+            except TimeoutError:
                 delay = min(delay * 2, self.reconnect_max)
                 continue
             delay = self.reconnect_min
-            self.links_made += 1
-            await link.closed.wait()
-            self.link = None
-            self.linked.clear()
-            self.view.lost()  # visitors wait (keeping their place) until main is back
-            log.warning("%s: link to main closed (%s)", self.name, link.close_reason)
 
-    async def _connect(self) -> Link:
+    def _unlinked(self, link: Link) -> None:
+        if self.link is not link:
+            return  # replaced by a newer main's link: that one is ours
+        self.link = None
+        self.linked.clear()
+        self.metrics.main_term.set(0)
+        self.view.lost()  # visitors wait (keeping their place) until a main leads again
+        log.warning("%s: link to main closed (%s)", self.name, link.close_reason)
+
+    def _dial_all(self) -> None:
+        """Dial each main that is not being dialled already (a paused one can hang)."""
+        for addr in self.mains:
+            if addr not in self._dials:
+                task = asyncio.create_task(self._dial(*addr), name=f"{self.name}-dial-{addr}")
+                self._dials[addr] = task
+                task.add_done_callback(partial(self._dialled, addr))
+
+    def _dialled(self, addr: tuple[str, int], task: asyncio.Task[None]) -> None:
+        if self._dials.get(addr) is task:
+            del self._dials[addr]
+
+    async def _dial(self, host: str, port: int) -> None:
+        """One attempt at one main: link to it if it leads with a term not older than ours."""
+        try:
+            link, hello, based = await self._connect(host, port)
+        except PeerRejected as exc:
+            cause = exc.__cause__
+            code = cause.code if isinstance(cause, CommandError) else None
+            reason = code if code in ("not_leader", STALE_TERM) else "rejected"
+            self.metrics.mains_refused.labels(reason).inc()
+            level = logging.INFO if reason == "not_leader" else logging.WARNING
+            log.log(level, "%s: main at %s:%d refused the link: %s", self.name, host, port, exc)
+            return
+        except (OSError, ssl.SSLError, TimeoutError, LinkClosed) as exc:
+            self.metrics.mains_refused.labels("unreachable").inc()
+            log.warning("%s: main at %s:%d unreachable: %r", self.name, host, port, exc)
+            return
+        term = hello.get("term", 0)
+        if type(term) is not int or term < 0:
+            self.metrics.mains_refused.labels("rejected").inc()
+            await link.close("bad term in hello")
+            return
+        verdict = choose_main(term, self.term, self.link_term if self.link else None)
+        if verdict != ADOPT:
+            if verdict == STALE_TERM:  # an old leader, paused and woken up: fenced by term
+                self.metrics.mains_refused.labels(STALE_TERM).inc()
+                log.warning(
+                    "%s: refused main of term %d (term %d leads)", self.name, term, self.term
+                )
+            await link.close(f"{verdict}: term {self.term} leads, not {term}")
+            return
+        old = self.link
+        try:
+            self.view.reset(hello)
+        except (KeyError, ValueError, TypeError) as exc:
+            self.metrics.mains_refused.labels("rejected").inc()
+            log.warning("%s: bad hello from main at %s:%d: %r", self.name, host, port, exc)
+            await link.close("bad hello")
+            if old is not None:  # the view is half reset: re-sync from a whole one
+                await old.close("the view was reset by a bad hello")
+            return
+        market = hello.get("market")
+        self.announced_market = market.rstrip("/") if isinstance(market, str) else None
+        self.link, self.term, self.link_term = link, term, term
+        self.links_made += 1
+        self.metrics.main_term.set(term)
+        based.set()
+        self.linked.set()
+        log.info("%s: linked to main (%r), term %d", self.name, link, term)
+        if old is not None:
+            await old.close(f"replaced by the main of term {term}")
+
+    async def _connect(self, host: str, port: int) -> tuple[Link, dict[str, Any], asyncio.Event]:
+        """TLS, the hello and its answer; the caller decides whether the link is kept."""
         ctx = client_context(self._creds())
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                self.main_host, self.main_port, ssl=ctx, server_hostname=self.main_host
-            ),
+            asyncio.open_connection(host, port, ssl=ctx, server_hostname=host),
             self.connect_timeout,
         )
         try:
@@ -169,12 +275,13 @@ class FrontServer(FrontDoor):
         )
         # Main's first pushes can be read in the same chunk as its hello answer and
         # run before we have applied that answer: each waits for it, keeping order.
+        # Pushes on a link that is not (or no longer) ours are ignored.
         based = asyncio.Event()
 
         def after_hello(handler: Handler) -> Handler:
             async def run(args: dict[str, Any]) -> Any:
                 await based.wait()
-                return await handler(args)
+                return await handler(args) if self.link is link else {}
 
             return run
 
@@ -192,24 +299,17 @@ class FrontServer(FrontDoor):
                     "version": PROTOCOL_VERSION,
                     "node": self.name,
                     "role": "front",
+                    "term": self.term,  # a main of an older term refuses us: it is fenced
                     FRONT_HELLO_KEY: self.view.signer.public_key_bytes.hex(),
                 },
                 timeout=self.connect_timeout,
             )
             if hello.get("role") != "main" or hello.get("node") != ident.name:
                 raise PeerRejected(f"hello from {hello.get('node')!r} does not match")
-            self.view.reset(hello)
-            based.set()
-        except (CommandError, KeyError, ValueError) as exc:
-            await link.close("hello failed")
-            raise PeerRejected(f"bad hello from main: {exc}") from exc
         except BaseException:
             await link.close("link setup failed")
             raise
-        self.link = link
-        self.linked.set()
-        log.info("%s: linked to main (%r)", self.name, link)
-        return link
+        return link, hello, based
 
     async def _on_view(self, args: dict[str, Any]) -> dict[str, Any]:
         self.view.apply(args)
@@ -252,8 +352,10 @@ class FrontServer(FrontDoor):
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         """Forward a marketplace request to main's front and stream its answer back."""
-        assert self.market_url
-        url = self.market_url + request.rel_url.path_qs
+        base = self.market_url or self.announced_market
+        if base is None:  # no --market, and no main has announced one (none leads yet)
+            return _market_unavailable()
+        url = base + request.rel_url.path_qs
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._proxy_ws(request, url)
         try:
@@ -273,11 +375,7 @@ class FrontServer(FrontDoor):
                 return resp
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s: marketplace unreachable: %s", self.name, exc)
-            return web.json_response(
-                {"errors": [{"message": "the marketplace is unavailable, try again shortly"}]},
-                status=503,
-                headers={"Retry-After": "5"},
-            )
+            return _market_unavailable()
 
     async def _proxy_ws(self, request: web.Request, url: str) -> web.StreamResponse:
         """The marketplace's live socket: one upstream socket per browser socket."""
@@ -313,3 +411,11 @@ class FrontServer(FrontDoor):
 
 async def _pong(args: dict[str, Any]) -> dict[str, Any]:
     return {}
+
+
+def _market_unavailable() -> web.Response:
+    return web.json_response(
+        {"errors": [{"message": "the marketplace is unavailable, try again shortly"}]},
+        status=503,
+        headers={"Retry-After": "5"},
+    )

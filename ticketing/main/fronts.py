@@ -5,6 +5,15 @@ can be added and removed while a sale runs without telling main anything first,
 and a front reconnects by itself when main restarts. Main dials the shards (they
 hold the stock; main decides which exist); fronts are disposable edge processes.
 
+**Several mains.** A front is given every main's front link address and dials them
+all whenever it has no link; only the leader takes it. A standby listens from the
+start but refuses every hello (``not_leader``) until it leads and has linked the
+shards (:meth:`FrontHub.accept`), so a front gets a clear answer instead of a
+connection refused and never routes on a view without shards. The hello answer
+carries main's **term**; the front's hello carries the newest term it has seen, and
+a main whose term is older refuses it (``stale_term``): a paused old leader that
+wakes up cannot take a front back. A main that is deposed closes its front links.
+
 **Keys.** A front's hello carries its Ed25519 public key. Main certifies it at
 every online shard (``ToShard.FRONT_KEYS``, awaited) *before* answering the
 hello, so the front's first token is already valid. When the link closes (the
@@ -47,6 +56,9 @@ class _Main(Protocol):
     """What the hub needs of :class:`~ticketing.main.server.MainServer`."""
 
     name: str
+    term: int
+    deposed: asyncio.Event
+    market_url: str | None
     credentials: Credentials | None
     signer: TokenSigner | None
     max_line: int
@@ -100,6 +112,17 @@ class FrontHub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pusher: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.accepting = False  # fronts' hellos are refused (not_leader) until accept()
+
+    def accept(self) -> None:
+        """Take front links from now on: this main leads and its shards are linked."""
+        self.accepting = True
+
+    async def unlink_all(self, reason: str) -> None:
+        """Close every front link (this main was deposed: the fronts find the new leader)."""
+        self.accepting = False
+        for fl in list(self.fronts.values()):
+            await fl.link.close(reason)
 
     async def listen(self, port: int = 0, host: str = "127.0.0.1") -> int:
         assert self.main.credentials
@@ -159,6 +182,19 @@ class FrontHub:
         if args.get("node") != name or args.get("role") != "front":
             raise PeerRejected(f"hello from {args.get('node')!r} does not match {name!r}")
         key = _check_key(args.get(FRONT_HELLO_KEY))
+        m = self.main
+        if not self.accepting or m.deposed.is_set():
+            raise CommandError(
+                "hello", "not_leader", f"{m.name} does not lead (a standby, or its term is over)"
+            )
+        seen = args.get("term", 0)
+        if type(seen) is not int or seen < 0:
+            raise CommandError("hello", "bad_args", "term must be a whole number")
+        if seen > m.term:  # the front has heard from a newer leader: this main is fenced
+            log.warning(
+                "refused front %s: it has seen term %d, this main's is %d", name, seen, m.term
+            )
+            raise CommandError("hello", "stale_term", f"term {seen} leads, not {m.term}")
         old = self.fronts.get(name)
         if old is not None:  # the same front reconnecting (restart, blip): the new link wins
             await old.link.close("replaced by a new link from the same front")
@@ -167,13 +203,15 @@ class FrontHub:
         self._spawn(self._watch(fl))
         fl.sent = await self._snapshot()  # the base its deltas will follow
         self._spawn(self._opened(fl))
-        assert self.main.signer
+        assert m.signer
         log.info("front %s linked (%r); key certified", name, link)
         return {
             "version": PROTOCOL_VERSION,
-            "node": self.main.name,
+            "node": m.name,
             "role": "main",
-            "session_key": self.main.signer.public_key_bytes.hex(),
+            "term": m.term,
+            "market": m.market_url,
+            "session_key": m.signer.public_key_bytes.hex(),
             "keys": self._keys(),
             "view": list(fl.sent.values()),
             "revoked": await self.main.revoked_sessions(),

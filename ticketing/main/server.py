@@ -177,6 +177,7 @@ class MainServer:
         self.front_keys: dict[str, str] = {}  # certified front keys (name -> public hex)
         self.front_ring = KeyRing()  # the same keys, to check what fronts sign for main
         self.fronts: FrontHub | None = None  # serve_fronts() starts it
+        self.market_url: str | None = None  # main's own front, announced to front processes
         self.metrics = MainMetrics()  # this server's own registry (in-process tests run many)
 
     # -- configuration -----------------------------------------------------------
@@ -242,6 +243,8 @@ class MainServer:
             else:
                 log.error("term %d is over: another main leads; stepping down", self.term)
                 self.deposed.set()
+                if self.fronts is not None:
+                    await self.fronts.unlink_all("deposed: a newer term leads")
                 for sl in self._links:
                     if sl.task:
                         sl.task.cancel()
@@ -727,11 +730,23 @@ class MainServer:
 
     # -- fronts ---------------------------------------------------------------------------
 
-    async def serve_fronts(self, port: int = 0, host: str = "127.0.0.1") -> int:
-        """Listen for front processes (mutual TLS, role ``front``); returns the port."""
-        await self.start()
+    async def serve_fronts(
+        self, port: int = 0, host: str = "127.0.0.1", *, accept: bool = True
+    ) -> int:
+        """Listen for front processes (mutual TLS, role ``front``); returns the port.
+
+        ``accept=False`` listens without starting main (a standby waiting for the
+        lease): fronts' hellos are refused as ``not_leader`` until
+        ``main.fronts.accept()``, once this main leads and has linked its shards.
+        """
+        if accept:
+            await self.start()
+        elif self.credentials is None:
+            self.set_certificate_path("keys")
         if self.fronts is None:
             self.fronts = FrontHub(self)
+        if accept:
+            self.fronts.accept()
         if self.fronts.port is not None:
             return self.fronts.port  # already listening
         return await self.fronts.listen(port, host)
