@@ -1,16 +1,21 @@
 """Main failover on one PostgreSQL ledger, with real processes, and term fencing.
 
 A leader and a standby ``ticketing main`` share the ledger; two shard processes;
-a crowd running. SIGKILL the leader: the standby's lease wait ends, it leads with
-the next term, links every shard the ledger knows, and the crowd completes on its
-front. Then a paused leader (SIGSTOP) loses its lease to a third main; woken up
-(SIGCONT) it finds its term over and steps down. In-process, two mains on one
-ledger show the fencing itself: the older term's writes and hellos are refused.
+two front processes given every main's address; a crowd running, through the
+fronts and main's own front. SIGKILL the leader: the standby's lease wait ends, it
+leads with the next term, links every shard the ledger knows, the fronts link to
+it, and the crowd completes. Then a paused leader (SIGSTOP) loses its lease to a
+third main and the fronts move to it; woken up (SIGCONT) the old leader is refused
+by the fronts' term and steps down. In-process, two mains on one ledger show the
+fencing itself: the older term's writes and hellos are refused, at the shards and
+at the fronts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import signal
 import ssl
 import sys
@@ -18,30 +23,42 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
 from tests.conftest import ClusterFactory
 from tests.helpers import eventually
 from tests.pgserver import free_port, fresh_database
-from ticketing.cluster import LOAD_TEST_MAIN_ARGS, Child, ShardProcess, shard_names
+from ticketing.cluster import (
+    LOAD_TEST_MAIN_ARGS,
+    LOAD_TEST_SHARD_ARGS,
+    Child,
+    FrontProcess,
+    ShardProcess,
+    shard_names,
+)
 from ticketing.errors import NotLeader
 from ticketing.front.node import ADOPT, ALREADY_LINKED, STALE_TERM, FrontServer, choose_main
 from ticketing.main.server import MainServer
+from ticketing.operator import OPERATOR_ENV
 from ticketing.tls import write_cluster_keys
 from ticketing.web_client import Outcome, WebClient, get_ticket
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 HB = ["--heartbeat-interval=0.3", "--heartbeat-timeout=1.2"]
+FRONTS = ["front-1", "front-2"]
 
 
-async def crowd(front: str, ctx: ssl.SSLContext, n: int) -> list[Outcome]:
-    async def visit() -> Outcome:
+async def crowd(fronts: list[str], ctx: ssl.SSLContext, n: int) -> list[Outcome]:
+    """``n`` visitors at once, taking the front URLs in turn; each persists through waits."""
+
+    async def visit(front: str) -> Outcome:
         async with WebClient(ctx, timeout=60, persistent=True) as client:
             return await client.get_ticket(front)
 
-    return list(await asyncio.gather(*(visit() for _ in range(n))))
+    return list(await asyncio.gather(*(visit(fronts[i % len(fronts)]) for i in range(n))))
 
 
 async def held_or_sold(url: str) -> set[str]:
@@ -62,34 +79,89 @@ def main_args(keys: Path, data: Path, url: str, *extra: str, port: int = 0) -> l
     ]
 
 
+class FrontWatch:
+    """A front process's link to main, as its operator sees it: the /metrics series."""
+
+    def __init__(self, front: FrontProcess, ctx: ssl.SSLContext, token: str) -> None:
+        self.url = f"https://127.0.0.1:{front.port}/"
+        self.ctx, self.token = ctx, token
+
+    async def series(self) -> dict[str, float]:
+        conn = aiohttp.TCPConnector(ssl=self.ctx)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with (
+            aiohttp.ClientSession(connector=conn) as s,
+            s.get(self.url + "metrics", headers=headers) as resp,
+        ):
+            text = await resp.text()
+        found = re.findall(r"^(ticketing_front_main_\S+) (\S+)$", text, re.M)
+        return {name: float(value) for name, value in found}
+
+    async def term(self) -> float:
+        return (await self.series()).get("ticketing_front_main_term", -1.0)
+
+    async def refused(self, reason: str) -> float:
+        key = f'ticketing_front_main_links_refused_total{{reason="{reason}"}}'
+        return (await self.series()).get(key, 0.0)
+
+    async def until_term(self, term: int, seconds: float = 30.0) -> None:
+        async with asyncio.timeout(seconds):
+            while await self.term() != term:  # noqa: ASYNC110 - another process's state
+                await asyncio.sleep(0.05)
+
+
 async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = await fresh_database(request.getfixturevalue("postgres_admin"))
-    keys = write_cluster_keys(tmp_path / "keys", shard_names(2))
+    keys = write_cluster_keys(tmp_path / "keys", shard_names(2), fronts=FRONTS)
     data = tmp_path / "data"  # one folder: both mains sign with the same key
     ctx = ssl.create_default_context(cafile=str(keys / "ca.crt"))
+    token = secrets.token_urlsafe(24)
+    monkeypatch.setenv(OPERATOR_ENV, token)  # the fronts' /metrics, for the watch
     children: list[Child] = []
     try:
         shards = [
-            await ShardProcess.launch(n, keys, data, extra_args=[*HB, "--max-per-address", "4096"])
+            await ShardProcess.launch(n, keys, data, extra_args=[*HB, *LOAD_TEST_SHARD_ARGS])
             for n in shard_names(2)
         ]
         children += shards
         specs = [a for s in shards for a in ("--shard", f"127.0.0.1:{s.tls_port}:{s.https_port}")]
-        # Leader and standby serve browsers on one address (as behind one virtual IP):
-        # the standby binds it once it leads, so browsers mid-visit find it there.
+        # Every main's front link port, known in advance: the fronts are given all three.
+        link_ports = [free_port() for _ in range(3)]
+        links = [f"127.0.0.1:{p}" for p in link_ports]
+        # Leader and standby also serve browsers on one address (as behind one virtual
+        # IP): the standby binds it once it leads, so browsers mid-visit find it there.
         port = free_port()
         leader = await Child.spawn(
-            "main-1", main_args(keys, data, url, "--tickets", "200", *specs, port=port)
-        )
+            "main-1",
+            main_args(
+                keys, data, url, "--tickets", "200", "--front-port", str(link_ports[0]), *specs,
+                port=port,
+            ),
+        )  # fmt: skip
         children.append(leader)
         assert leader.ready["term"] == 1
         # The standby waits in start() for the lease; it prints READY once it leads.
         standby_ready = asyncio.ensure_future(
-            Child.spawn("main-2", main_args(keys, data, url, "--standby", port=port), timeout=120)
+            Child.spawn(
+                "main-2",
+                main_args(
+                    keys, data, url, "--standby", "--front-port", str(link_ports[1]), port=port
+                ),
+                timeout=120,
+            )
         )
-        first = asyncio.ensure_future(crowd(f"https://127.0.0.1:{leader.ready['port']}/", ctx, 60))
+        # A long connect timeout: a dial to a paused main stays pending until it wakes.
+        front_args = [*HB, *LOAD_TEST_MAIN_ARGS, "--connect-timeout", "60"]
+        fronts = [await FrontProcess.launch(n, keys, links, extra_args=front_args) for n in FRONTS]
+        children += fronts
+        watches = [FrontWatch(f, ctx, token) for f in fronts]
+        for w in watches:
+            await w.until_term(1)
+        urls = [w.url for w in watches]
+        embedded = f"https://127.0.0.1:{leader.ready['port']}/"
+        first = asyncio.ensure_future(crowd([*urls, embedded], ctx, 60))
         deadline = time.monotonic() + 60
         while len(await held_or_sold(url)) < 20:  # mid-sale  # noqa: ASYNC110
             assert time.monotonic() < deadline, "no sale on the leader"
@@ -103,22 +175,29 @@ async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced
         assert standby.ready["term"] == 2
         assert took <= 6.0, f"the standby took {took:.1f} s to lead"
         print(f"\nfailover: the standby led {took:.2f} s after the kill")
-        front = f"https://127.0.0.1:{standby.ready['port']}/"
-        t0 = time.monotonic()
-        later = await crowd(front, ctx, 1)
-        print(
-            f"first answer under the new leader {time.monotonic() - t0 + took:.2f} s after the kill"
-        )
-        outcomes = list(await first) + later + await crowd(front, ctx, 200)
+        later = await crowd(urls[:1], ctx, 1)
+        after = time.monotonic() - killed_at
+        print(f"first answer through a front under the new leader {after:.2f} s after the kill")
+        assert after <= 8.0
+        for w in watches:
+            await w.until_term(2)
+        outcomes = list(await first) + later + await crowd(urls, ctx, 200)
 
-        # A third main waits; the leader is paused; its lease runs out; the third leads.
+        # A third main waits; the leader is paused; its lease runs out; the third leads
+        # and the fronts move to it, their dial to the paused leader still pending.
         third_ready = asyncio.ensure_future(
-            Child.spawn("main-3", main_args(keys, data, url, "--standby"), timeout=120)
+            Child.spawn(
+                "main-3",
+                main_args(keys, data, url, "--standby", "--front-port", str(link_ports[2])),
+                timeout=120,
+            )
         )
         standby.proc.send_signal(signal.SIGSTOP)
         third = await third_ready
         children.append(third)
         assert third.ready["term"] == 3
+        for w in watches:
+            await w.until_term(3)
         standby.proc.send_signal(signal.SIGCONT)  # wakes up: its term is over
         async with asyncio.timeout(30):
             tag = ""
@@ -126,7 +205,17 @@ async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced
                 tag, _ = await standby.read()
                 assert tag != "", "the old leader ended without saying it was deposed"
         assert await asyncio.wait_for(standby.proc.wait(), 30) == 3
-        outcomes += await crowd(f"https://127.0.0.1:{third.ready['port']}/", ctx, 5)
+        # It answered the fronts' pending dials by term: refused, the fronts stayed on 3.
+        async with asyncio.timeout(30):
+            while sum([await w.refused(STALE_TERM) for w in watches]) < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert [await w.term() for w in watches] == [3.0, 3.0]
+        outcomes += await crowd(urls, ctx, 5)
+        async with (  # the marketplace through a front: proxied to the new leader
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s,
+            s.get(urls[0] + "api/v1/events") as resp,
+        ):
+            assert resp.status == 200, await resp.text()
     finally:
         for child in reversed(children):
             if child.proc.returncode is None:

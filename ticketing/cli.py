@@ -63,6 +63,7 @@ def cmd_front(args: argparse.Namespace) -> int:
             args.name,
             mains=[_parse_address(spec) for spec in args.main or [DEFAULT_MAIN]],
             market_url=args.market,
+            connect_timeout=args.connect_timeout,
             **_heartbeats(args),
             **options,
         )
@@ -513,6 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address browsers reach this front on")
     p.add_argument("--port", type=int, default=8443, help="HTTPS port for browsers")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (the bench extra)")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a main has to finish TLS and the hello (the other mains are dialled"
+        " meanwhile)",
+    )
     _failure_options(p, main=False)
     _front_parser_options(p)
     p.set_defaults(fn=cmd_front)

@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import ssl
+import time
 import warnings
 from collections.abc import Sequence
 from functools import partial
@@ -55,6 +56,7 @@ from .view import PushedView
 log = logging.getLogger("ticketing.front")
 
 PROXIED = ("/app", "/api/v1", "/admin")  # served by main's marketplace behind this front
+UNLINKED_WARNING_EVERY = 5.0  # seconds between warnings while no main takes the link
 
 # What becomes of a main that answered a front's hello (choose_main).
 ADOPT = "adopt"  # it becomes the front's link
@@ -88,7 +90,7 @@ class FrontServer(FrontDoor):
         # Timeouts
         connect_timeout: float = 10.0,  # per main dialled; the others are dialled meanwhile
         reconnect_min: float = 0.1,
-        reconnect_max: float = 1.0,  # between rounds of dials while no main leads
+        reconnect_max: float = 0.5,  # between rounds of dials while no main leads
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         **options: Any,
@@ -166,17 +168,27 @@ class FrontServer(FrontDoor):
     async def _keep_linked(self) -> None:
         """Dial every main until one leads; stay on its link; when it closes, dial again."""
         delay = self.reconnect_min
+        since = told = time.monotonic()  # unlinked since; last said so
         while not self._closed:
             link = self.link
             if link is not None:
                 await link.closed.wait()
                 self._unlinked(link)
+                since = told = time.monotonic()
                 continue
             self._dial_all()
             try:
                 await asyncio.wait_for(self.linked.wait(), delay * random.uniform(0.8, 1.2))
             except TimeoutError:
                 delay = min(delay * 2, self.reconnect_max)
+                if time.monotonic() - told >= UNLINKED_WARNING_EVERY:
+                    told = time.monotonic()
+                    log.warning(
+                        "%s: no main has taken the link for %.0f s (dialling %s); visitors wait",
+                        self.name,
+                        told - since,
+                        ", ".join(f"{h}:{p}" for h, p in self.mains),
+                    )
                 continue
             delay = self.reconnect_min
 
@@ -210,12 +222,13 @@ class FrontServer(FrontDoor):
             code = cause.code if isinstance(cause, CommandError) else None
             reason = code if code in ("not_leader", STALE_TERM) else "rejected"
             self.metrics.mains_refused.labels(reason).inc()
+            # A standby saying so is normal; a refusal by term is the fencing at work.
             level = logging.INFO if reason == "not_leader" else logging.WARNING
             log.log(level, "%s: main at %s:%d refused the link: %s", self.name, host, port, exc)
             return
         except (OSError, ssl.SSLError, TimeoutError, LinkClosed) as exc:
-            self.metrics.mains_refused.labels("unreachable").inc()
-            log.warning("%s: main at %s:%d unreachable: %r", self.name, host, port, exc)
+            self.metrics.mains_refused.labels("unreachable").inc()  # down, or not started
+            log.info("%s: main at %s:%d unreachable: %r", self.name, host, port, exc)
             return
         term = hello.get("term", 0)
         if type(term) is not int or term < 0:

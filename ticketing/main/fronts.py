@@ -183,18 +183,18 @@ class FrontHub:
             raise PeerRejected(f"hello from {args.get('node')!r} does not match {name!r}")
         key = _check_key(args.get(FRONT_HELLO_KEY))
         m = self.main
-        if not self.accepting or m.deposed.is_set():
-            raise CommandError(
-                "hello", "not_leader", f"{m.name} does not lead (a standby, or its term is over)"
-            )
         seen = args.get("term", 0)
         if type(seen) is not int or seen < 0:
             raise CommandError("hello", "bad_args", "term must be a whole number")
-        if seen > m.term:  # the front has heard from a newer leader: this main is fenced
+        if m.term and seen > m.term:  # a front heard from a newer leader: this main is fenced
             log.warning(
                 "refused front %s: it has seen term %d, this main's is %d", name, seen, m.term
             )
             raise CommandError("hello", "stale_term", f"term {seen} leads, not {m.term}")
+        if not self.accepting or m.deposed.is_set():
+            raise CommandError(
+                "hello", "not_leader", f"{m.name} does not lead (a standby, or its term is over)"
+            )
         old = self.fronts.get(name)
         if old is not None:  # the same front reconnecting (restart, blip): the new link wins
             await old.link.close("replaced by a new link from the same front")
