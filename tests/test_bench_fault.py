@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from tests.pgserver import drop_database, fresh_database
 from tests.test_bench import run_bench
 from ticketing.bench.fault import analyze, false_sold_outs, inversions, timeline_svg
 
@@ -41,9 +44,10 @@ def test_analyze_times_the_fault_and_the_stranded_stock() -> None:
         "hops": [0, 1, 0, 0],
         "silences": [0.1, 2.5, 1.0, 0.2],
     }
-    marks = {"detected": 103.0, "fenced": 111.0, "recovered": 111.0}
+    marks = {"detected": 103.0, "fenced": 111.0, "recovered": 111.0, "led": 110.5}
     f = analyze(visitors, fault_t=102.0, marks=marks, stranded={7, 8}, unsold_at_end=0, grace=3)
     assert f["detected_after_s"] == 1.0 and f["fenced_after_s"] == 9.0
+    assert f["led_after_s"] == 8.5 and f["first_ticket_new_main_s"] == 10.0
     assert f["stranded_first_sold_after_s"] == 10.0 and f["stranded_last_sold_after_s"] == 11.0
     assert f["false_sold_outs"] == 0 and f["fcfs_inversions"] == {"inside": 0, "outside": 0}
     assert f["longest_silence_s"] == 2.5 and f["waited"] == 2 and f["sent_back"] == 1
@@ -78,3 +82,38 @@ def test_a_short_kill_shard_run_passes_its_checks(tmp_path) -> None:
     assert f["stranded_first_sold_after_s"] <= 1.5 + 2
     assert (tmp_path / "fault.svg").read_text().startswith("<svg")
     assert "fault -> detected" in proc.stdout and "RESULT: ok" in proc.stdout
+
+
+@pytest.mark.slow
+async def test_a_short_kill_main_run_with_a_standby_fails_over(
+    tmp_path, request: pytest.FixtureRequest
+) -> None:
+    admin = request.getfixturevalue("postgres_admin")
+    url = await fresh_database(admin)
+    try:
+        proc, out = await asyncio.to_thread(
+            run_bench,
+            "--fault=kill-main",
+            "--standby",
+            f"--ledger={url}",
+            "--arrival-rate=15",
+            "--duration=6",
+            "--tickets=60",
+            "--fault-at=1.5",
+            "--heartbeat-interval=0.3",
+            "--heartbeat-timeout=1.2",
+            "--workers=1",
+            "--quiet",
+            "--json",
+            str(tmp_path / "fault.json"),
+            timeout=80,
+        )
+    finally:
+        await drop_database(admin, url)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    f = out["fault"]
+    assert out["verdict"]["oversold"] == 0 and out["audit"]["exact"]
+    assert out["load"]["errors"] == 0 and f["false_sold_outs"] == 0
+    assert out["load"]["granted"] == 60  # the crowd completed across the failover
+    assert f["led_after_s"] is not None and f["first_ticket_new_main_s"] is not None
+    assert "fault -> first ticket, new leader" in proc.stdout and "RESULT: ok" in proc.stdout

@@ -196,6 +196,7 @@ class FrontProcess(Child):
         extra_args: Sequence[str] = (),
         prefix: Sequence[str] = (),
         ready_timeout: float = 30.0,
+        stderr: Any = None,  # where its log goes (default: ours)
     ) -> FrontProcess:
         args = [
             *("-m", "ticketing", "front", "--name", name, "--keys", str(keys)),
@@ -204,7 +205,7 @@ class FrontProcess(Child):
             *(("--market", market) if market else ()),
             *extra_args,
         ]
-        return await cls.spawn(name, args, timeout=ready_timeout, prefix=prefix)
+        return await cls.spawn(name, args, timeout=ready_timeout, prefix=prefix, stderr=stderr)
 
 
 @dataclass

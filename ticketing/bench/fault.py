@@ -22,14 +22,23 @@ import sqlite3
 import ssl
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from ..cluster import LOAD_TEST_MAIN_ARGS, LOAD_TEST_SHARD_ARGS, Child, ShardProcess, shard_names
+from ..cluster import (
+    LOAD_TEST_MAIN_ARGS,
+    LOAD_TEST_SHARD_ARGS,
+    Child,
+    FrontProcess,
+    ShardProcess,
+    front_names,
+    shard_names,
+)
 from ..ledger import open_ledger
 from ..market.api import OPERATOR_ENV
 from ..process import raise_fd_limit
@@ -37,7 +46,8 @@ from ..tls import write_cluster_keys
 from .checks import check_sale, percentile
 from .children import spawn_child
 from .load import TIMELINE_STEP, drive_visits
-from .options import Options
+from .options import TARGET_FAILOVER_S, Options
+from .pgserver import PostgresServer, find_bin, free_port, fresh_database
 from .relay import Relay
 from .workspace import DataDir, machine
 
@@ -127,6 +137,9 @@ def analyze(
     after_fault = sorted(
         e for e, k in zip(ends, kinds, strict=True) if k == "ticket" and e > fault_t
     )
+    # Once every shard had lost main (kill-main), a ticket can only come from a new main.
+    detected = marks.get("detected")
+    new_main = [e for e in after_fault if detected is not None and e >= detected]
 
     def since_fault(t: float | None) -> float | None:
         return None if t is None else round(t - fault_t, 3)
@@ -151,6 +164,8 @@ def analyze(
         "stranded_first_sold_after_s": since_fault(elsewhere[0] if elsewhere else None),
         "stranded_last_sold_after_s": since_fault(elsewhere[-1] if elsewhere else None),
         "first_ticket_after_fault_s": since_fault(after_fault[0] if after_fault else None),
+        "led_after_s": since_fault(marks.get("led")),
+        "first_ticket_new_main_s": since_fault(new_main[0] if new_main else None),
         "timeline": answer_timeline(t0, arrivals, ends, kinds),
     }
 
@@ -217,19 +232,23 @@ def timeline_svg(out: dict[str, Any]) -> str:
 
 @dataclass
 class MainProcess:
-    """``ticketing main`` in its own process, restartable on the same files and port."""
+    """``ticketing main`` in its own process, restartable on the same files and port.
+
+    A standby prints READY only once it leads: ``ready_timeout`` bounds that wait."""
 
     data: Path
     args: list[str]
     port: int = 0
+    name: str = "main"
+    ready_timeout: float = 30.0
     child: Child | None = None
     log: Any = None
 
     async def start(self) -> None:
         if self.log is None:
-            self.log = (self.data / "main.log").open("ab")  # noqa: SIM115, ASYNC230 - closed in stop()
+            self.log = (self.data / f"{self.name}.log").open("ab")  # noqa: SIM115, ASYNC230 - closed in stop()
         args = [*self.args, "--port", str(self.port)]
-        self.child = await spawn_child("main", args, stderr=self.log)
+        self.child = await spawn_child(self.name, args, stderr=self.log, timeout=self.ready_timeout)
         self.port = int(self.child.ready["port"])
 
     def kill(self) -> None:
@@ -321,10 +340,68 @@ def stranded_serials(ledger: Path, shard: str) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
-async def run_fault(opts: Options) -> dict[str, Any]:
-    """One fault run: cluster, steady crowd, fault, then the checks and the figures."""
+def _mark_led(marks: dict[str, float | None], started: asyncio.Future[None]) -> None:
+    """The standby printed READY: it leads (not when it failed or was stopped)."""
+    if not started.cancelled() and started.exception() is None:
+        marks["led"] = time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def shared_ledger(opts: Options) -> AsyncIterator[str]:
+    """The standby run's PostgreSQL ledger: ``--ledger`` (an empty database), else a
+    fresh database on a throwaway server started for the run and stopped after it."""
+    if opts.ledger:
+        yield opts.ledger
+        return
+    if not find_bin("initdb"):
+        raise SystemExit(
+            "--standby needs PostgreSQL: --ledger postgresql://USER@HOST/DB (an empty database),"
+            " or PostgreSQL's server programs (initdb, pg_ctl; Debian: postgresql) for a"
+            " throwaway server"
+        )
+    server = PostgresServer()
+    try:
+        await asyncio.to_thread(server.start)
+        yield await fresh_database(server.admin_url)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def wait_routable(urls: Sequence[str], ctx: ssl.SSLContext, seconds: float = 30.0) -> None:
+    """Until every front's ``/health`` is up: linked to a main that has shards online."""
+    async with (
+        asyncio.timeout(seconds),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s,
+    ):
+        for url in urls:
+            while True:
+                try:
+                    async with s.get(url + "health") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(POLL)
+
+
+@dataclass
+class FaultRun:
+    """What one run's cluster and crowd produced, for :func:`analyze`."""
+
+    result: dict[str, Any]  # drive_visits' summary, with every visitor's record
+    marks: dict[str, float | None]
+    fault_t: float
+    stranded: set[int]
+
+
+async def _run_cluster(opts: Options, data: Path, ledger_url: str | None) -> FaultRun:
+    """Start the cluster in ``data``, run the crowd, cause the fault; everything stopped after.
+
+    With ``ledger_url`` (``--standby``): a leader and a standby main on it, the crowd
+    through front processes given both mains' front link ports; the fault kills the
+    leader, and the standby's READY (it leads) is the ``led`` mark.
+    """
     assert opts.fault
-    raise_fd_limit()
     fault = opts.fault
     downtime = opts.fault_seconds
     if downtime is None:
@@ -338,125 +415,178 @@ async def run_fault(opts: Options) -> dict[str, Any]:
         f"--heartbeat-interval={opts.heartbeat_interval}",
         f"--heartbeat-timeout={opts.heartbeat_timeout}",
     ]
-    out: dict[str, Any] = {"mode": "fault", "options": opts.public(), "machine": machine()}
-    out["title"] = f"{fault}, {opts.arrival_rate:g} visitors/s, {opts.tickets} tickets"
-    with DataDir(opts) as data:
-        names = shard_names(opts.shards)
-        keys = write_cluster_keys(data / "keys", names)
-        ctx = ssl.create_default_context(cafile=str(keys / "ca.crt"))
-        shards: list[ShardProcess] = []
-        relay: Relay | None = None
-        main: MainProcess | None = None
-        heal: asyncio.TimerHandle | None = None
-        try:
-            shards = list(
-                await asyncio.gather(
-                    *(
-                        ShardProcess.launch(
-                            n, keys, data, extra_args=[*LOAD_TEST_SHARD_ARGS, *opts.loop_flag, *hb]
-                        )
-                        for n in names
+    names = shard_names(opts.shards)
+    fronts_named = front_names(opts.fronts) if ledger_url else []
+    keys = write_cluster_keys(data / "keys", names, fronts=fronts_named)
+    ctx = ssl.create_default_context(cafile=str(keys / "ca.crt"))
+    shards: list[ShardProcess] = []
+    fronts: list[FrontProcess] = []
+    relay: Relay | None = None
+    main: MainProcess | None = None
+    standby: MainProcess | None = None
+    led: asyncio.Future[None] | None = None
+    heal: asyncio.TimerHandle | None = None
+    logs = contextlib.ExitStack()  # the front processes' log files
+    try:
+        shards = list(
+            await asyncio.gather(
+                *(
+                    ShardProcess.launch(
+                        n, keys, data, extra_args=[*LOAD_TEST_SHARD_ARGS, *opts.loop_flag, *hb]
+                    )
+                    for n in names
+                )
+            )
+        )
+        victim = shards[0]
+        specs: list[str] = []
+        for p in shards:
+            port = p.tls_port
+            if fault == "partition-shard" and p is victim:
+                relay = Relay("127.0.0.1", port)
+                port = await relay.start()
+            specs += ["--shard", f"127.0.0.1:{port}:{p.https_port}"]
+        common = [
+            *("-m", "ticketing", "main", "--keys", str(keys), "--data", str(data)),
+            *("--reclaim-after", str(opts.reclaim_after), *LOAD_TEST_MAIN_ARGS, *hb),
+        ]
+        # The standby run: each main's front link port, chosen now (the fronts get both).
+        link_ports = [free_port(), free_port()] if ledger_url else []
+        if ledger_url:
+            common += ["--ledger", ledger_url]
+        main = MainProcess(
+            data,
+            [
+                *common,
+                *("--tickets", str(opts.tickets), *specs),
+                *(("--front-port", str(link_ports[0])) if link_ports else ()),
+            ],
+        )
+        await main.start()
+        urls = [f"https://127.0.0.1:{main.port}/"]
+        if ledger_url:
+            # The standby waits for the lease and links the shards the ledger knows;
+            # its READY (it leads) is the "led" mark. Bounded by the run's own bound.
+            standby = MainProcess(
+                data,
+                [*common, "--standby", "--front-port", str(link_ports[1])],
+                name="main-2",
+                ready_timeout=opts.max_seconds + SETTLE,
+            )
+            led = asyncio.ensure_future(standby.start())
+            front_args = [*LOAD_TEST_MAIN_ARGS, *hb, *opts.loop_flag]
+            links = [f"127.0.0.1:{port}" for port in link_ports]
+            for name in fronts_named:
+                front_log = logs.enter_context((data / f"{name}.log").open("ab"))
+                fronts.append(
+                    await FrontProcess.launch(
+                        name, keys, links, extra_args=front_args, stderr=front_log
                     )
                 )
+            urls = [f"https://127.0.0.1:{f.port}/" for f in fronts]
+            await wait_routable(urls, ctx)
+        front = urls[0]
+        monitor = Monitor(
+            front,
+            victim.name,
+            ctx,
+            operator,
+            [f"https://127.0.0.1:{p.https_port}/health" for p in shards]
+            if fault == "kill-main"
+            else [],
+        )
+        watching = asyncio.ensure_future(monitor.run())
+        started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        servers = {"main": main.child.pid if main.child else 0}
+        servers.update({p.name: p.pid for p in [*shards, *fronts]})
+        load = asyncio.ensure_future(
+            drive_visits(
+                "fault",
+                urls,
+                keys / "ca.crt",
+                servers,
+                opts,
+                goal=opts.tickets,
+                rate=opts.arrival_rate,
+                started=started,
             )
-            victim = shards[0]
-            specs: list[str] = []
-            for p in shards:
-                port = p.tls_port
-                if fault == "partition-shard" and p is victim:
-                    relay = Relay("127.0.0.1", port)
-                    port = await relay.start()
-                specs += ["--shard", f"127.0.0.1:{port}:{p.https_port}"]
-            main = MainProcess(
-                data,
-                [
-                    "-m",
-                    "ticketing",
-                    "main",
-                    "--keys",
-                    str(keys),
-                    "--data",
-                    str(data),
-                    "--tickets",
-                    str(opts.tickets),
-                    "--reclaim-after",
-                    str(opts.reclaim_after),
-                    *LOAD_TEST_MAIN_ARGS,
-                    *hb,
-                    *specs,
-                ],
+        )
+        t0 = await started
+        await asyncio.sleep(max(0.0, t0 + fault_at - time.monotonic()))
+        # kill-main strands nothing: the shards keep their stock.
+        stranded = (
+            set()
+            if fault == "kill-main"
+            else stranded_serials(data / "ledger.sqlite3", victim.name)
+        )
+        fault_t = monitor.fault_t = time.monotonic()
+        if fault == "kill-shard":
+            victim.kill()
+        elif fault == "partition-shard":
+            assert relay
+            relay.partition()
+            heal = asyncio.get_running_loop().call_later(downtime, relay.heal)
+        elif led is not None:  # the standby takes over; the leader stays dead
+            main.kill()
+            led.add_done_callback(partial(_mark_led, monitor.marks))
+        else:
+            main.kill()
+            await asyncio.sleep(downtime)
+            await main.start()  # same ledger, same port: the front comes back
+        result = await load
+        if relay:
+            relay.heal()
+        # Let the cluster settle (fenced, healed, re-synced) before the audit.
+        deadline = time.monotonic() + SETTLE
+        while monitor.marks["recovered"] is None and time.monotonic() < deadline:  # noqa: ASYNC110 - marks come from polling
+            await asyncio.sleep(POLL)
+        monitor.stop()
+        await watching
+    finally:
+        if heal:
+            heal.cancel()
+        await asyncio.gather(*(f.stop() for f in fronts), return_exceptions=True)
+        if led is not None:
+            led.cancel()  # a standby that never led: Child.spawn stops it by PID
+            await asyncio.gather(led, return_exceptions=True)
+        for m in (standby, main):
+            if m:
+                await m.stop()
+        if relay:
+            await relay.close()
+        await asyncio.gather(*(p.stop() for p in shards), return_exceptions=True)
+        logs.close()
+    return FaultRun(result, monitor.marks, fault_t, stranded)
+
+
+async def run_fault(opts: Options) -> dict[str, Any]:
+    """One fault run: cluster, steady crowd, fault, then the checks and the figures."""
+    assert opts.fault
+    raise_fd_limit()
+    out: dict[str, Any] = {"mode": "fault", "options": opts.public(), "machine": machine()}
+    out["title"] = f"{opts.fault}, {opts.arrival_rate:g} visitors/s, {opts.tickets} tickets"
+    if opts.standby:
+        out["title"] += ", with a standby main"
+    with DataDir(opts) as data:
+        async with contextlib.AsyncExitStack() as stack:
+            # The standby run shares a PostgreSQL ledger; the others keep SQLite in ``data``.
+            ledger_url = (
+                await stack.enter_async_context(shared_ledger(opts)) if opts.standby else None
             )
-            await main.start()
-            front = f"https://127.0.0.1:{main.port}/"
-            monitor = Monitor(
-                front,
-                victim.name,
-                ctx,
-                operator,
-                [f"https://127.0.0.1:{p.https_port}/health" for p in shards]
-                if fault == "kill-main"
-                else [],
-            )
-            watching = asyncio.ensure_future(monitor.run())
-            started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-            servers = {"main": main.child.pid if main.child else 0}
-            servers.update({p.name: p.pid for p in shards})
-            load = asyncio.ensure_future(
-                drive_visits(
-                    "fault",
-                    front,
-                    keys / "ca.crt",
-                    servers,
-                    opts,
-                    goal=opts.tickets,
-                    rate=opts.arrival_rate,
-                    started=started,
-                )
-            )
-            t0 = await started
-            await asyncio.sleep(max(0.0, t0 + fault_at - time.monotonic()))
-            stranded = stranded_serials(data / "ledger.sqlite3", victim.name)
-            fault_t = monitor.fault_t = time.monotonic()
-            if fault == "kill-shard":
-                victim.kill()
-            elif fault == "partition-shard":
-                assert relay
-                relay.partition()
-                heal = asyncio.get_running_loop().call_later(downtime, relay.heal)
-            else:
-                stranded = set()  # the shards keep their stock: nothing is stranded
-                main.kill()
-                await asyncio.sleep(downtime)
-                await main.start()  # same ledger, same port: the front comes back
-            result = await load
-            if relay:
-                relay.heal()
-            # Let the cluster settle (fenced, healed, re-synced) before the audit.
-            deadline = time.monotonic() + SETTLE
-            while monitor.marks["recovered"] is None and time.monotonic() < deadline:  # noqa: ASYNC110 - marks come from polling
-                await asyncio.sleep(POLL)
-            monitor.stop()
-            await watching
-        finally:
-            if heal:
-                heal.cancel()
-            if main:
-                await main.stop()
-            if relay:
-                await relay.close()
-            await asyncio.gather(*(p.stop() for p in shards), return_exceptions=True)
-        ledger = await open_ledger(data / "ledger.sqlite3")
-        try:
-            audit = (await ledger.audit(EVENT)).as_dict()
-        finally:
-            await ledger.close()
+            run = await _run_cluster(opts, data, ledger_url)
+            ledger = await open_ledger(ledger_url or data / "ledger.sqlite3")
+            try:
+                audit = (await ledger.audit(EVENT)).as_dict()
+            finally:
+                await ledger.close()
+    result = run.result
     visitors = result.pop("visitors")
     verdict = check_sale(result["ticket_ids"], opts.tickets, audit, EVENT)
     figures = analyze(
         visitors,
-        fault_t=fault_t,
-        marks=monitor.marks,
-        stranded=stranded,
+        fault_t=run.fault_t,
+        marks=run.marks,
+        stranded=run.stranded,
         unsold_at_end=int(audit["unassigned"]) + int(audit["in_pools"]),
         grace=opts.heartbeat_timeout,
     )
@@ -473,6 +603,16 @@ async def run_fault(opts: Options) -> dict[str, Any]:
         )
     if figures["detected_after_s"] is None:
         problems.append("the fault was never detected")
+    if opts.standby and figures["led_after_s"] is None:
+        problems.append("the standby never led")
+    if opts.standby:
+        took = figures["first_ticket_new_main_s"]
+        out["failover_target"] = {
+            "name": "kill -> first ticket under the new leader",
+            "value_s": took,
+            "target_s": TARGET_FAILOVER_S,
+            "met": took is not None and took <= TARGET_FAILOVER_S,
+        }
     out["ok"] = not problems
     out["problems"] = problems
     return out

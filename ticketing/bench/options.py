@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..ledger import is_postgres
 from ..ledger.driver import redact
 from .projection import DEFAULT_CORES
 
@@ -39,6 +40,7 @@ TARGET_LEDGER_TPS = {"sqlite": 40_000, "postgresql": 20_000}
 TARGET_IDLE_RSS = 1 << 30  # 5,000 idle connections (20,000 waiting visitors) within 1 GiB
 TARGET_MEDIAN_SHARE = 0.5  # crowd: winners' median time-to-ticket / time to the last ticket
 TARGET_FCFS_INVERSIONS = 0.01  # crowd: share of visitors refused while a later one won
+TARGET_FAILOVER_S = 5.0  # kill-main --standby: the kill to the new leader's first ticket
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Options:
     duration: float = DEFAULT_DURATION
     fault_at: float | None = None  # seconds after the first arrival (default: 40 % in)
     fault_seconds: float | None = None  # partition/main down for this long
+    standby: bool = False  # kill-main: a standby main takes over (PostgreSQL ledger, fronts)
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 3.0
     reclaim_after: float = 10.0
@@ -137,8 +140,9 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
     p.add_argument(
         "--ledger",
         metavar="URL",
-        help="ledger: main's ledger at URL (postgresql://..., an empty database; default a"
-        " fresh SQLite file)",
+        help="ledger and kill-main --standby: main's ledger at URL (postgresql://..., an empty"
+        " database; default a fresh SQLite file, or with --standby a throwaway PostgreSQL"
+        " server started for the run)",
     )
     p.add_argument("--in-flight", type=int, default=4, help="ledger: reports in flight per shard")
     # Idle mode
@@ -172,6 +176,13 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
         type=float,
         help="fault: partition length / main's downtime (default: reclaim-after + 5 / 3 s)",
     )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="kill-main: a leader and a standby main on one PostgreSQL ledger (--ledger, else a"
+        " throwaway server), visitors through --fronts front processes (default 1) given both;"
+        " the leader is SIGKILLed, not restarted",
+    )
     p.add_argument("--heartbeat-interval", type=float, default=1.0, help="fault: every link")
     p.add_argument("--heartbeat-timeout", type=float, default=3.0, help="fault: every link")
     p.add_argument("--reclaim-after", type=float, default=10.0, help="fault: main's fencing")
@@ -203,12 +214,21 @@ def options_from_args(args: argparse.Namespace) -> Options:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     if args.fronts < 0 or args.cores < 2:
         raise SystemExit("--fronts must be >= 0 and --cores >= 2")
+    if args.standby and args.fault != "kill-main":
+        raise SystemExit("--standby goes with --fault kill-main")
+    if args.standby and args.ledger and not is_postgres(args.ledger):
+        raise SystemExit("--standby needs a shared ledger: --ledger postgresql://...")
+    if mode == "fault" and args.ledger and not args.standby:
+        raise SystemExit("--ledger in fault mode needs --standby (the other faults use SQLite)")
+    fronts = args.fronts
+    if args.standby and fronts == 0:
+        fronts = 1  # browsers need a door that follows the new leader
     if tickets < 0 or args.connections < 0 or args.max_seconds <= 0:
         raise SystemExit("--tickets/--connections must be >= 0 and --max-seconds > 0")
     return Options(
         mode=mode,
         shards=args.shards,
-        fronts=args.fronts,
+        fronts=fronts,
         cores=args.cores,
         clients=clients,
         tickets=tickets,
@@ -231,6 +251,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         duration=args.duration,
         fault_at=args.fault_at,
         fault_seconds=args.fault_seconds,
+        standby=args.standby,
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         reclaim_after=args.reclaim_after,

@@ -263,6 +263,9 @@ def _format_waiting(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+THROWAWAY = "a throwaway server"
+
+
 def format_fault(out: dict[str, Any]) -> str:
     """The fault run: what visitors saw, how fast the cluster noticed, the checks."""
     f, load, a, v = out["fault"], out["load"], out["audit"], out["verdict"]
@@ -289,6 +292,14 @@ def format_fault(out: dict[str, Any]) -> str:
         ("fault -> stranded sold elsewhere", s(f["stranded_first_sold_after_s"])),
         ("fault -> last stranded sold", s(f["stranded_last_sold_after_s"])),
         ("fault -> next ticket", s(f["first_ticket_after_fault_s"])),
+        *(
+            [
+                ("fault -> the standby leads", s(f["led_after_s"])),
+                ("fault -> first ticket, new leader", s(f["first_ticket_new_main_s"])),
+            ]
+            if o.get("standby")
+            else []
+        ),
         ("longest wait without an answer", s(f["longest_silence_s"])),
         ("wait without an answer p99", s(f["silence_p99_s"])),
     ]
@@ -301,6 +312,17 @@ def format_fault(out: dict[str, Any]) -> str:
             f"held {a['held']}, sold {a['sold']}",
         ),
         ("false sold-outs", _fmt(f["false_sold_outs"])),
+        *(
+            [
+                (
+                    "failover target",
+                    f"kill -> first ticket under the new leader <= {t['target_s']:g} s: "
+                    + ("met" if t["met"] else "MISSED"),
+                )
+            ]
+            if (t := out.get("failover_target"))
+            else []
+        ),
         ("FCFS inversions outside", _fmt(inv["outside"])),
         (
             "FCFS inversions in window",
@@ -311,7 +333,13 @@ def format_fault(out: dict[str, Any]) -> str:
         f"fault: {o['fault']}, {o['shards']} shards, {o['tickets']} tickets, "
         f"{o['arrival_rate']:g} arrivals/s for {o['duration']:g} s, heartbeat "
         f"{o['heartbeat_interval']:g}/{o['heartbeat_timeout']:g} s, reclaim after "
-        f"{o['reclaim_after']:g} s, {out['machine']['cpus']} CPUs",
+        f"{o['reclaim_after']:g} s, {out['machine']['cpus']} CPUs"
+        + (
+            f"; a leader and a standby main on PostgreSQL ({o.get('ledger') or THROWAWAY}),"
+            f" {o['fronts']} front process(es)"
+            if o.get("standby")
+            else ""
+        ),
         "",
         _table(rows),
         "",
