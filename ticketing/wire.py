@@ -2,7 +2,8 @@
 
 - link commands: :class:`ToMain` (a shard asks main), :class:`ToShard` (main asks a
   shard), :class:`ToFront` (main tells a front); a front dials main and its hello
-  carries its signing key (:data:`FRONT_HELLO_KEY`);
+  carries its signing key (:data:`FRONT_HELLO_KEY`); a main refuses it with a
+  :class:`HelloRefused` code when it does not lead;
 - :class:`Sale`, a grant as it travels from a shard to main in ``report_sales``;
 - signed tokens: :class:`Admission` (the front signs, the shard verifies) and
   :class:`SessionClaims` (main signs, the front and the market verify), each with
@@ -62,6 +63,14 @@ class ToFront(StrEnum):
 
 
 FRONT_HELLO_KEY = "token_key"  # the front's Ed25519 public key (hex) in its hello
+
+
+class HelloRefused(StrEnum):
+    """Error codes of a refused hello between a main and a front: why, by leadership."""
+
+    # The front has seen a newer term than this main's (a paused old leader woken up).
+    STALE_TERM = "stale_term"
+    NOT_LEADER = "not_leader"  # a standby (or a deposed main): it takes no front links
 
 
 PLACE = "place"  # a visitor's place in line, signed by the front (front/admission.py)

@@ -48,7 +48,7 @@ from ..market.sessions import COOKIE_NAME
 from ..protocol import PROTOCOL_VERSION
 from ..tls import Credentials, PemSource, browser_server_context, check_peer, client_context
 from ..tokens import TokenSigner
-from ..wire import FRONT_HELLO_KEY, ToFront
+from ..wire import FRONT_HELLO_KEY, HelloRefused, ToFront
 from .forwarding import CLIENT_HEADER, HOP_HEADERS, sign_client
 from .server import FrontDoor
 from .view import PushedView
@@ -60,7 +60,7 @@ UNLINKED_WARNING_EVERY = 5.0  # seconds between warnings while no main takes the
 
 # What becomes of a main that answered a front's hello (choose_main).
 ADOPT = "adopt"  # it becomes the front's link
-STALE_TERM = "stale_term"  # its term is older than the newest the front has seen
+STALE_TERM = HelloRefused.STALE_TERM.value  # older than the newest term the front has seen
 ALREADY_LINKED = "already_linked"  # the front is linked to a main of the same or newer term
 
 
@@ -220,10 +220,10 @@ class FrontServer(FrontDoor):
         except PeerRejected as exc:
             cause = exc.__cause__
             code = cause.code if isinstance(cause, CommandError) else None
-            reason = code if code in ("not_leader", STALE_TERM) else "rejected"
+            reason = code if code in tuple(HelloRefused) else "rejected"
             self.metrics.mains_refused.labels(reason).inc()
             # A standby saying so is normal; a refusal by term is the fencing at work.
-            level = logging.INFO if reason == "not_leader" else logging.WARNING
+            level = logging.INFO if reason == HelloRefused.NOT_LEADER else logging.WARNING
             log.log(level, "%s: main at %s:%d refused the link: %s", self.name, host, port, exc)
             return
         except (OSError, ssl.SSLError, TimeoutError, LinkClosed) as exc:

@@ -43,7 +43,7 @@ from ..listener import LinkListener, accept_tls
 from ..protocol import PROTOCOL_VERSION
 from ..tls import Credentials, server_context
 from ..tokens import TokenSigner
-from ..wire import FRONT_HELLO_KEY, ToFront
+from ..wire import FRONT_HELLO_KEY, HelloRefused, ToFront
 from .stock import EventRoutes
 
 log = logging.getLogger("ticketing.main.fronts")
@@ -190,10 +190,12 @@ class FrontHub:
             log.warning(
                 "refused front %s: it has seen term %d, this main's is %d", name, seen, m.term
             )
-            raise CommandError("hello", "stale_term", f"term {seen} leads, not {m.term}")
+            raise CommandError("hello", HelloRefused.STALE_TERM, f"term {seen} leads, not {m.term}")
         if not self.accepting or m.deposed.is_set():
             raise CommandError(
-                "hello", "not_leader", f"{m.name} does not lead (a standby, or its term is over)"
+                "hello",
+                HelloRefused.NOT_LEADER,
+                f"{m.name} does not lead (a standby, or its term is over)",
             )
         old = self.fronts.get(name)
         if old is not None:  # the same front reconnecting (restart, blip): the new link wins
