@@ -334,3 +334,26 @@ def refused(front: FrontServer, reason: str) -> float:
     """A front's count of refused main links for ``reason`` (its metric)."""
     value = front.metrics.mains_refused.labels(reason)._value.get()
     return float(value)
+
+
+async def test_a_new_main_linking_its_shards_says_wait_not_sold_out(
+    make_cluster: ClusterFactory, keys: Path
+) -> None:
+    """A standby taking over links the shards one by one: a dry shard asking for stock
+    meanwhile must not hear "sold out" while another shard's pool still has tickets."""
+    cluster = await make_cluster(2)
+    old = cluster.main
+    event = await old.init_tickets("One by one", "", "5.00", 6)
+    await old.distribute_tickets()
+    new = MainServer(data_dir=cluster.data, ledger_url=old.ledger_url)
+    new.set_certificate_path(keys)
+    try:
+        await new.start()
+        first = cluster.shards[0]
+        assert first.tls_port and first.https_port
+        await new.connect_client_server("127.0.0.1", first.tls_port, first.https_port)
+        sl = new.shards["shard-1"]  # shard-2 is not linked yet: only the ledger knows it
+        reply = await new._on_need_stock(sl, {"event": event, "epoch": sl.epoch})
+        assert reply == {"wait": 1.0}
+    finally:
+        await new.close()

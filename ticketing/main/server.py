@@ -625,6 +625,12 @@ class MainServer:
                 return {
                     "wait": 1.0
                 }  # tickets sit on an offline shard until it returns or is reclaimed
+            # A main just started (a standby taking over) links the shards one by one:
+            # those not linked yet are in the ledger only, with their pools.
+            online = {s.name for s in self.online_shards()}
+            pools = await ledger.pool_counts()
+            if any(n for (shard, e), n in pools.items() if e == event.id and shard not in online):
+                return {"wait": 1.0}
             return {"sold_out": True}
 
     async def _move_stock(self, donor: ShardLink, to: ShardLink, event: Event) -> int:
