@@ -98,7 +98,10 @@ async def test_a_short_kill_main_run_with_a_standby_fails_over(
             f"--ledger={url}",
             "--arrival-rate=15",
             "--duration=6",
-            "--tickets=60",
+            # More tickets than visitors: any "sold out" is false (the end of a sale,
+            # where a loaded machine can deliver one shard's "sold out" just before
+            # another's last "yours", does not come into it).
+            "--tickets=120",
             "--fault-at=1.5",
             "--heartbeat-interval=0.3",
             "--heartbeat-timeout=1.2",
@@ -114,6 +117,6 @@ async def test_a_short_kill_main_run_with_a_standby_fails_over(
     f = out["fault"]
     assert out["verdict"]["oversold"] == 0 and out["audit"]["exact"]
     assert out["load"]["errors"] == 0 and f["false_sold_outs"] == 0
-    assert out["load"]["granted"] == 60  # the crowd completed across the failover
+    assert out["load"]["granted"] == 90  # every visitor, across the failover
     assert f["led_after_s"] is not None and f["first_ticket_new_main_s"] is not None
     assert "fault -> first ticket, new leader" in proc.stdout and "RESULT: ok" in proc.stdout

@@ -416,7 +416,7 @@ async def _run_cluster(opts: Options, data: Path, ledger_url: str | None) -> Fau
         f"--heartbeat-timeout={opts.heartbeat_timeout}",
     ]
     names = shard_names(opts.shards)
-    fronts_named = front_names(opts.fronts) if ledger_url else []
+    fronts_named = front_names(max(1, opts.fronts)) if ledger_url else []
     keys = write_cluster_keys(data / "keys", names, fronts=fronts_named)
     ctx = ssl.create_default_context(cafile=str(keys / "ca.crt"))
     shards: list[ShardProcess] = []
