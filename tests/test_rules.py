@@ -6,6 +6,7 @@ payment provider: the dependencies a :class:`~ticketing.market.MarketContext` na
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,17 @@ async def test_changes_wake_waiters_and_time_out_without_a_change() -> None:
     state["n"] = 4  # changed, but nobody says so: the waiter does not poll
     with pytest.raises(TimeoutError):
         await changes.wait_for(lambda: state["n"] == 5, 0.05)
+
+
+async def test_the_sweeper_of_a_deposed_main_stops(ledger: SqlLedger) -> None:
+    """A newer term leads (and sweeps from the stored deadlines): the old one's sweeper
+    ends quietly instead of failing on every deadline."""
+    clock = FakeClock()
+    _, holds, _ = rules(ledger, clock)
+    await on_sale(ledger, 1)
+    async with ledger.transaction() as tx:  # the newer main's term
+        await tx._change(
+            "INSERT INTO leadership(id, term, holder, expires_at) VALUES (1, 2, 'b', 0)"
+        )
+    ledger.fence_term = 1
+    await asyncio.wait_for(holds.run(), 10)  # returns: it does not sweep again

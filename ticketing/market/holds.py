@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from ..errors import NotLeader
 from ..ledger import LedgerTx, ListingStatus, OrderKind, OrderStatus, TicketState, owner_of
 from ..wire import ticket_id
 from .context import Effects, MarketContext, Notice, log
@@ -137,6 +138,9 @@ class Holds:
             self._next_sweep = float("inf")  # a hold made during the sweep: sweep again
             try:
                 due = await self.sweep()
+            except NotLeader:  # a newer main leads and sweeps from the stored deadlines
+                log.info("hold sweeper stopped: %s", "another main leads")
+                return
             except Exception:  # keep sweeping: a stopped sweeper would hold tickets forever
                 log.exception("sweep failed")
                 due = None
