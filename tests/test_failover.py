@@ -357,3 +357,29 @@ async def test_a_new_main_linking_its_shards_says_wait_not_sold_out(
         assert reply == {"wait": 1.0}
     finally:
         await new.close()
+
+
+async def test_a_new_leader_is_not_stopped_by_a_shard_that_does_not_answer(
+    make_cluster: ClusterFactory, keys: Path
+) -> None:
+    """The old leader's host took a shard with it: the new main links the others,
+    holds the lost one's pool as stranded ("wait", not "sold out"), fences it after
+    reclaim_after and sells its stock on the live shard."""
+    cluster = await make_cluster(2)
+    old = cluster.main
+    event = await old.init_tickets("Adopted", "", "5.00", 10)
+    await old.distribute_tickets()
+    lost = cluster.shards[1]
+    await old.close()
+    await lost.close()  # gone with the old leader's host
+    new = cluster.main = MainServer(
+        data_dir=cluster.data, ledger_url=old.ledger_url, reclaim_after=1.0, connect_timeout=2.0
+    )
+    new.set_certificate_path(keys)
+    await new.start()
+    assert await new.adopt_shards() == {"shard-1": True, "shard-2": False}
+    view = new.routes(event).view()
+    assert view.stranded == 5 and view.in_live_pools == 5, view
+    live = cluster.shards[0]
+    await eventually(lambda: live.dispenser.remaining(event) == 10, 15)  # fenced, moved
+    assert (await new.audit(event)).exact

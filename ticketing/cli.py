@@ -133,12 +133,13 @@ def cmd_main(args: argparse.Namespace) -> int:
         async with main:
             print(f"leading: term {main.term}", flush=True)
             assert main.ledger
-            # The shards given, else every shard the ledger knows (a standby taking over).
-            specs = [_parse_shard(spec) for spec in args.shard] or [
-                (r.host, r.tls_port, r.https_port) for r in await main.ledger.shards()
-            ]
-            for host, tls, https in specs:
+            # The shards given, else every shard the ledger knows (a standby taking
+            # over): those are linked without waiting on any that does not answer.
+            for host, tls, https in (_parse_shard(spec) for spec in args.shard):
                 print(f"linked {await main.connect_client_server(host, tls, https)}", flush=True)
+            if not args.shard:
+                for name, up in (await main.adopt_shards()).items():
+                    print(f"linked {name}" if up else f"offline {name} (retrying)", flush=True)
             await _maybe_create_event(main, args)
             async with RedirectServer(main, **_front_options(args)) as redirect:
                 port = await redirect.create_server(args.port, args.host)

@@ -310,7 +310,44 @@ class MainServer:
                 await result
         return name
 
-    async def _keep_linked(self, sl: ShardLink, first: asyncio.Future[str]) -> None:
+    async def adopt_shards(self) -> dict[str, bool]:
+        """Link every shard the ledger knows (a standby taking over), all at once and
+        without depending on any: one that does not answer is offline from the start,
+        its pool stranded (fronts say "please wait", not "sold out"), retried with
+        backoff and fenced after ``reclaim_after`` like a shard that went away, so a
+        host lost with the old leader does not stop the new one. Returns, per shard,
+        whether its first attempt linked."""
+        ledger = self._ledger()
+        counts = await ledger.pool_counts()
+        firsts: dict[str, asyncio.Future[str]] = {}
+        for rec in await ledger.shards():
+            if rec.name in self.shards:
+                continue
+            sl = ShardLink(rec.host, rec.tls_port, rec.https_port, rec.weight, rec.name, rec.epoch)
+            sl.stock = {e: n for (s, e), n in counts.items() if s == rec.name}
+            sl.offline_since = time.monotonic()
+            self.shards[rec.name] = sl
+            first = firsts[rec.name] = asyncio.get_running_loop().create_future()
+            sl.task = asyncio.create_task(
+                self._keep_linked(sl, first, give_up=False), name=f"link-{rec.name}"
+            )
+            self._links.append(sl)
+            if self.reclaim_after is not None:
+                sl.watchdog = asyncio.create_task(
+                    self._reclaim_later(sl, sl.offline_since, self.reclaim_after),
+                    name=f"reclaim-{rec.name}",
+                )
+        self.changes.notify()
+        done = await asyncio.gather(*firsts.values(), return_exceptions=True)
+        return {
+            name: not isinstance(r, BaseException) for name, r in zip(firsts, done, strict=True)
+        }
+
+    async def _keep_linked(
+        self, sl: ShardLink, first: asyncio.Future[str], *, give_up: bool = True
+    ) -> None:
+        """Keep ``sl`` linked. ``first`` settles on the first attempt: its name, or the
+        error (then, with ``give_up``, no retry: the caller asked for this link)."""
         delay = self.reconnect_min
         while not self._closed:
             try:
@@ -327,7 +364,8 @@ class MainServer:
                     self.metrics.handshake_failures.labels("link").inc()
                 if not first.done():
                     first.set_exception(exc)
-                    return
+                    if give_up:
+                        return
                 log.warning("reconnect to %s failed: %s (retry in %.1fs)", sl.name, exc, delay)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.reconnect_max)
