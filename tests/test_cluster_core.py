@@ -108,6 +108,38 @@ async def test_ten_tickets_over_three_shards(make_cluster: ClusterFactory) -> No
     assert cluster.shards[0].dispenser.events[event]["price_cents"] == 2500
 
 
+def batches(main: MainServer) -> tuple[int, int]:
+    """(reports recorded, sales in them), from main's batch-size histogram."""
+    r = main.metrics.registry
+    count = r.get_sample_value("ticketing_ledger_batch_size_sales_count") or 0
+    total = r.get_sample_value("ticketing_ledger_batch_size_sales_sum") or 0
+    return int(count), int(total)
+
+
+async def test_a_report_lingers_for_more_grants_unless_quiet_or_full(
+    make_cluster: ClusterFactory,
+) -> None:
+    """After a quiet spell a grant is reported at once; right after a report the next
+    one waits ``report_linger`` (an hour here: it never passes in this test) for more
+    grants, or until a full batch (``max_batch``) is queued."""
+    cluster = await make_cluster(0)
+    shard = await cluster.add_shard("shard-1", report_linger=3600.0, max_batch=2)
+    main = cluster.main
+    event = await main.init_tickets("Linger", "", "1.00", 5)
+    await main.distribute_tickets(event)
+    first = await grant(shard, "ann", event)  # no report before: no wait
+    assert first["type"] == "ticket" and batches(main) == (1, 1)
+    bob = shard.enqueue("bob", event)
+    for _ in range(20):  # the dispatcher runs, and holds bob's grant back
+        await asyncio.sleep(0)
+    assert bob.waiting and batches(main) == (1, 1)
+    cat = shard.enqueue("cat", event)  # a full batch: it goes now, both in one report
+    got = await asyncio.gather(bob.future, cat.future)
+    assert [m["type"] for m in got] == ["ticket", "ticket"]
+    assert batches(main) == (2, 3)
+    await assert_exact(main, total=5, held=3)
+
+
 async def test_zero_tickets(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster(3)
     event = await cluster.main.init_tickets("Empty", "", "0", 0)
