@@ -526,7 +526,9 @@ class MainServer:
             info or {},
             self._ledger().unassigned_count(event_id),
             tuple(
-                Route(s.name, s.https_url, s in self.online_shards(), s.stock.get(event_id, 0))
+                Route(
+                    s.name, s.https_url, s.online and s.link is not None, s.stock.get(event_id, 0)
+                )
                 for s in self.shards.values()
                 if s.name
             ),
