@@ -16,6 +16,7 @@ import websockets
 
 from tests.helpers import eventually
 from ticketing.cluster import LocalCluster, shard_names
+from ticketing.main.fronts import urgent
 from ticketing.main.stock import EventRoutes, Route
 from ticketing.tokens import KeyRing, TokenSigner
 from ticketing.web_client import WebClient
@@ -71,6 +72,26 @@ def test_routes_decide_the_same_from_either_source() -> None:
     assert routes.view().stranded == 2 and routes.pick().name == "shard-1"
     cut = routes.out_of_reach().view()  # a front without main: nothing routable, nothing sold out
     assert cut.remaining == routes.view().remaining and not cut.routable
+
+
+def test_a_view_change_is_urgent_when_it_can_change_an_answer() -> None:
+    """Main pushes those at the next tick; a stock count that only drifts may wait."""
+
+    def wire(unassigned: int = 0, *shards: tuple[bool, int], name: str = "x") -> dict:
+        routes = tuple(Route(f"shard-{i}", "u", up, n) for i, (up, n) in enumerate(shards))
+        return EventRoutes(1, {"name": name}, unassigned, routes).to_wire()
+
+    sent = wire(0, (True, 800), (True, 16))
+    assert urgent(None, sent)  # a new event
+    assert not urgent(sent, wire(0, (True, 760), (True, 15)))  # drift: within an eighth
+    assert urgent(sent, wire(0, (True, 699), (True, 16)))  # off by more than an eighth
+    assert urgent(sent, wire(0, (True, 800), (True, 13)))  # the same near the end of it
+    assert urgent(sent, wire(0, (True, 800), (True, 0)))  # a shard ran dry
+    assert urgent(sent, wire(0, (True, 800), (False, 16)))  # a shard went down
+    assert urgent(sent, wire(5, (True, 800), (True, 16)))  # main has stock again
+    assert urgent(sent, wire(0, (True, 800), (True, 16), name="y"))  # the event changed
+    assert urgent(sent, wire(0, (True, 800)))  # a shard gone
+    assert urgent(wire(0, (True, 0)), wire(0, (True, 1)))  # stock back on a dry shard
 
 
 def test_keyring_refuses_an_uncertified_or_revoked_key() -> None:

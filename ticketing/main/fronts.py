@@ -23,17 +23,25 @@ revoked at every shard at once: its tokens are refused from then on.
 **The view.** Every ``view_interval`` (50 ms) main builds each event's
 :class:`~ticketing.main.stock.EventRoutes` and sends the fronts the events that
 changed since the last push (a delta per event; nothing when nothing changed), so
-routing never costs main a round trip per visitor and a view is at most about
-``view_interval`` plus one link latency old. Signed-out sessions go the same way.
+routing never costs main a round trip per visitor. A change that can alter a
+front's answer (a shard up or down, stock running out or back, an event's fields,
+a stock count off by more than an eighth) goes at the next tick; a count that only
+drifts goes with the next such change or after ``view_max_age`` (250 ms): during a
+sale nearly every tick changes some count, and a push per front per tick was a
+good part of main's CPU per ticket. The pusher looks when main wakes it (a sale,
+a stock move, a link up or down, an event changed) and every 0.5 s regardless.
+Signed-out sessions go the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +57,9 @@ from .stock import EventRoutes
 log = logging.getLogger("ticketing.main.fronts")
 
 VIEW_INTERVAL = 0.05  # seconds between view pushes (the coalescing window)
+VIEW_MAX_AGE = 0.25  # seconds a drifting stock count may wait (see urgent())
+VIEW_IDLE_POLL = 0.5  # seconds between looks when nothing woke the pusher (a safety net)
+DRIFT = 8  # a count off by more than 1/DRIFT of what a front has is urgent
 REVOCATIONS_EVERY = 1.0  # seconds between checks for new sign-outs
 
 
@@ -65,6 +76,7 @@ class _Main(Protocol):
     max_in_flight: int
     heartbeat_interval: float
     heartbeat_timeout: float
+    sale_listeners: list[Callable[[list[dict[str, Any]]], Any]]
 
     async def event_infos(self) -> dict[int, dict[str, Any]]: ...
     def routes(self, event_id: int, info: dict[str, Any] | None = None) -> EventRoutes: ...
@@ -80,6 +92,7 @@ class FrontLink:
     link: Link
     key: str  # Ed25519 public key, hex
     sent: dict[int, dict[str, Any]] = field(default_factory=dict)  # the view it has now
+    sent_at: float = 0.0  # monotonic time of its latest view push
     ready: bool = False  # its hello is answered: requests may go to it
 
 
@@ -98,10 +111,12 @@ class FrontHub:
         main: _Main,
         *,
         view_interval: float = VIEW_INTERVAL,
+        view_max_age: float = VIEW_MAX_AGE,
         handshake_timeout: float = 10.0,
     ) -> None:
         self.main = main
         self.view_interval = view_interval
+        self.view_max_age = view_max_age
         self.handshake_timeout = handshake_timeout
         self.fronts: dict[str, FrontLink] = {}
         self.commands = Commands(tuple(ToFront))
@@ -111,7 +126,9 @@ class FrontHub:
         self._ctx: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pusher: asyncio.Task[None] | None = None
+        self._dirty = asyncio.Event()  # wake(): the view may have changed
         self.port: int | None = None
+        main.sale_listeners.append(lambda fresh: self.wake())  # every sale moves stock
         self.accepting = False  # fronts' hellos are refused (not_leader) until accept()
 
     def accept(self) -> None:
@@ -254,14 +271,26 @@ class FrontHub:
 
     # -- the view -----------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """The routes may have changed (main calls it): look at the next tick."""
+        self._dirty.set()
+
     async def _push_loop(self) -> None:
+        """A look every ``view_interval`` while something changes, else every
+        ``VIEW_IDLE_POLL`` (idle ticks were most of an idle main's CPU)."""
         next_revocations = 0.0
         while True:
-            await asyncio.sleep(self.view_interval)
+            await asyncio.sleep(self.view_interval)  # the coalescing window
+            if not self._dirty.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(VIEW_IDLE_POLL):
+                        await self._dirty.wait()
+            self._dirty.clear()
             if not self.fronts:
                 continue
             try:
-                await self._push_changes()
+                if await self._push_changes():
+                    self._dirty.set()  # a drifting count held back: look again
                 if time.monotonic() >= next_revocations:
                     next_revocations = time.monotonic() + REVOCATIONS_EVERY
                     await self._push_revocations()
@@ -272,21 +301,32 @@ class FrontHub:
         infos = await self.main.event_infos()
         return {eid: self.main.routes(eid, info).to_wire() for eid, info in infos.items()}
 
-    async def _push_changes(self) -> None:
-        """Send each front the events whose routes changed since what it was last sent."""
+    async def _push_changes(self) -> bool:
+        """Send each front the events whose routes changed since what it was last sent:
+        at once if a change is :func:`urgent`, else once its view is ``view_max_age`` old.
+        Returns whether a change was held back (or a front is not ready yet)."""
         now = await self._snapshot()
         sends = []
+        held = False
+        mono = time.monotonic()
         for fl in list(self.fronts.values()):
             if not fl.ready:
+                held = True
                 continue
             changed = {str(eid): w for eid, w in now.items() if fl.sent.get(eid) != w}
             gone = [eid for eid in fl.sent if eid not in now]
-            if changed or gone:
-                fl.sent = now
+            if not (changed or gone):
+                continue
+            due = mono - fl.sent_at >= self.view_max_age
+            if not (due or gone or any(urgent(fl.sent.get(int(e)), w) for e, w in changed.items())):
+                held = True
+            else:
+                fl.sent, fl.sent_at = now, mono
                 sends.append(self._send(fl, ToFront.VIEW, {"events": changed, "gone": gone}))
         if sends:
             self.pushes += 1
             await asyncio.gather(*sends)
+        return held
 
     async def in_sync(self, timeout: float = 5.0) -> None:
         """Until every linked front has been sent the current view (tests, benchmarks)."""
@@ -309,6 +349,31 @@ class FrontHub:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def urgent(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a front holding ``old`` (an event's wire routes) must get ``new`` now.
+
+    Urgent is anything that can change the front's answer or send visitors the wrong
+    way: a new event, changed fields, a shard added, gone, up or down, stock running
+    out or coming back (a shard's or main's unassigned), or a count off by more than
+    1/DRIFT (near the end of a sale every sale is that). A count that only drifts
+    changes the weights among stocked shards, a little: it may wait.
+    """
+    if old is None or old["info"] != new["info"] or _drifted(old["unassigned"], new["unassigned"]):
+        return True
+    if len(old["shards"]) != len(new["shards"]):
+        return True
+    for (name, url, online, stock), (name2, url2, online2, stock2) in zip(
+        old["shards"], new["shards"], strict=True
+    ):
+        if (name, url, online) != (name2, url2, online2) or _drifted(stock, stock2):
+            return True
+    return False
+
+
+def _drifted(old: int, new: int) -> bool:
+    return (old == 0) != (new == 0) or abs(new - old) * DRIFT > old
 
 
 async def _pong(args: dict[str, Any]) -> dict[str, Any]:

@@ -378,6 +378,7 @@ class MainServer:
             await link.closed.wait()
             sl.online, sl.link, sl.offline_since = False, None, time.monotonic()
             self.changes.notify()
+            self._view_changed()
             self.metrics.link_losses.labels(sl.name or "").inc()
             log.warning("shard %s offline; reconnecting (%s)", sl.name, link.close_reason)
             if self.reclaim_after is not None and sl.watchdog is None:
@@ -491,6 +492,7 @@ class MainServer:
         )
         sl.name, sl.epoch, sl.link, sl.online, sl.offline_since = name, rec.epoch, link, True, None
         self.changes.notify()
+        self._view_changed()
         if sl.watchdog is not None:
             sl.watchdog.cancel()  # back in time: nothing to fence
             sl.watchdog = None
@@ -513,6 +515,7 @@ class MainServer:
         if not name:
             raise ValueError("an event needs a name")
         event = await self._ledger().create_event(name, description, price_to_cents(price), count)
+        self._view_changed()
         log.info("event %d %r created with %d tickets", event.id, name, count)
         return event.id
 
@@ -600,6 +603,13 @@ class MainServer:
         counts = await self._ledger().pool_counts()
         for sl in self.shards.values():
             sl.stock = {e: n for (s, e), n in counts.items() if s == sl.name}
+        self._view_changed()
+
+    def _view_changed(self) -> None:
+        """What fronts route on may have changed: the view pusher looks at its next tick
+        (sales wake it too, as a sale listener; it also looks now and then regardless)."""
+        if self.fronts is not None:
+            self.fronts.wake()
 
     # -- commands from shards --------------------------------------------------------------
 
@@ -745,7 +755,9 @@ class MainServer:
 
     async def update_event(self, event_id: int, **settings: Any) -> Event:
         """Change an event's waiting-room settings (``ledger.records.WAITROOM_SETTINGS``)."""
-        return await self._ledger().update_event(event_id, **settings)
+        event = await self._ledger().update_event(event_id, **settings)
+        self._view_changed()
+        return event
 
     async def audit(self, event_id: int | None = None) -> Audit:
         return await self._ledger().audit(event_id)
