@@ -70,10 +70,13 @@ def test_bad_environment_is_refused_naming_the_variable() -> None:
 
 def test_every_example_is_valid_for_its_role() -> None:
     build_parser()
-    for role in ("shard", "main", "cluster"):
+    for role in ("shard", "front", "main", "cluster"):
         values = from_file(EXAMPLES / f"{role}.toml", ROLES[role])
         assert values, role
     assert from_file(EXAMPLES / "shard.toml", ROLES["shard"])["name"] == "shard-1"
+    assert from_file(EXAMPLES / "front.toml", ROLES["front"])["main"] == "127.0.0.1:9000"
+    # Every role's example is tested (a new role needs one).
+    assert {p.stem for p in EXAMPLES.glob("*.toml")} == {"shard", "front", "main", "cluster"}
 
 
 def test_every_flag_has_help_text() -> None:
