@@ -237,8 +237,14 @@ def test_projection_splits_the_cores_and_names_the_limit() -> None:
     p = project_ceiling(1e-3, 0.0, 2e-3, 64)
     assert (p.fronts, p.shards, p.limited_by, p.tickets_per_s) == (0, 63, "main", 1_000.0)
     assert p.cost_us == {"main": 1000.0, "fronts": 0.0, "shards": 2000.0}
+    # Main's fixed load comes off its core first: 63 linked processes at 4 ms/s each
+    # leave 1 - 0.252 of it, so a 50 µs main caps at 0.748 / 50e-6 = 14,960 tickets/s.
+    p = project_ceiling(50e-6, 200e-6, 400e-6, 64, main_fixed=4e-3)
+    assert (p.tickets_per_s, p.limited_by, p.main_fixed_ms_per_s) == (14_960.0, "main", 252.0)
+    p = project_ceiling(50e-6, 200e-6, 400e-6, 64, main_fixed=0.02)  # more than its core
+    assert (p.tickets_per_s, p.limited_by) == (0.0, "main")
     d = p.as_dict()
-    assert "not a measurement" in d["kind"] and "min(1 / m" in d["formula"]
+    assert "not a measurement" in d["kind"] and "min((1 - z (C - 1)) / m" in d["formula"]
     with pytest.raises(ValueError):
         project_ceiling(1e-3, 1e-3, 1e-3, 1)
 
@@ -278,4 +284,7 @@ def test_e2e_with_a_front_process(tmp_path: Path) -> None:
     assert p["cores"] == 16 and p["fronts"] + p["shards"] == 15 and p["tickets_per_s"] > 0
     assert p["limited_by"] in ("main", "fronts", "shards")
     assert {g["name"] for g in out["targets"]} >= {"ceiling limited by"}
-    assert "PROJECTION (not a measurement)" in proc.stdout and "min(1 / m" in proc.stdout
+    assert "PROJECTION (not a measurement)" in proc.stdout and "min((1 - z" in proc.stdout
+    fixed = t["main_fixed"]  # measured before GO, with nothing sold
+    assert fixed["links"] == 2 and fixed["cpu_ms_per_s"] > 0 and fixed["us_per_ticket"] > 0
+    assert t["load_seconds"] > 0 and "main's CPU per ticket" in proc.stdout

@@ -17,6 +17,8 @@ from .meter import Meter
 from .options import Options
 from .progress import SAMPLE_EVERY, Progress
 
+RSS_EVERY = 1.0  # seconds between RSS samples (the meter's end also reads each peak)
+
 TIMELINE_STEP = 0.5  # seconds per bucket of the answers' timeline
 # What the workers report per finished visitor (worker.Visits), in one order.
 PER_VISITOR = (
@@ -113,10 +115,14 @@ async def _run_workers(
         started.set_result(t0)
     readers = [asyncio.ensure_future(follow(w)) for w in workers]
     deadline = t0 + opts.max_seconds + 30.0  # the workers bound themselves; this is a backstop
+    sampled = t0
     try:
         while not all(r.done() for r in readers) and time.monotonic() < deadline:
             await asyncio.wait(readers, timeout=SAMPLE_EVERY)
-            meter.sample()
+            # This loop runs in main's process: its own cost counts as main's CPU.
+            if time.monotonic() - sampled >= RSS_EVERY:
+                sampled = time.monotonic()
+                meter.sample()
             done = sum(p["done"] for p in progress.values())
             granted = sum(p["granted"] for p in progress.values())
             bar.draw(done, granted, f"tickets (of {goal})")
@@ -194,6 +200,7 @@ def summarize_visits(r: dict[str, Any], meter: Meter, servers: dict[str, int]) -
             **{n: round(v, 3) for n, v in r["loadgen_cpu"].items()},
         },
         "server_cpu_s": round(server_cpu, 3),
+        "load_seconds": round(meter.seconds, 3),  # the window the CPU figures cover
         "server_cpu_ms_per_ticket": round(1000 * server_cpu / granted, 3) if granted else None,
         "loadgen_cpu_s": round(sum(r["loadgen_cpu"].values()), 3),
         "peak_rss_mb": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -37,9 +38,11 @@ class Meter:
         self.start: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
         self.rss_peak: dict[str, int] = dict.fromkeys(pids, 0)
+        self.t0 = self.seconds = 0.0  # the window: when it began, how long it lasted
 
     def begin(self) -> None:
         self.start = {n: _cpu(p) for n, p in self.procs.items()}
+        self.t0 = time.monotonic()
 
     def sample(self) -> None:
         for name, proc in self.procs.items():
@@ -52,6 +55,7 @@ class Meter:
     def end(self) -> None:
         self.sample()
         self.cpu = {n: _cpu(p) - self.start.get(n, 0.0) for n, p in self.procs.items()}
+        self.seconds = time.monotonic() - self.t0
         for name, proc in self.procs.items():
             self.rss_peak[name] = max(self.rss_peak[name], _hwm(proc.pid))
 

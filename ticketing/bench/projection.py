@@ -6,6 +6,14 @@ stays what this run measured (the same visitors-to-tickets mix, no new contentio
 that each process gets a whole core, that fronts and shards scale out linearly,
 that main is one process (one core, the ledger beside it) and that the network is
 not the limit. Load generators stand for the browsers: they are not the cluster's.
+
+Main's CPU is split in two, as measured: a *fixed* load it carries whatever is sold
+(heartbeats, the view pusher's ticks, timers: measured with nothing sold just before
+the load, and scaled here by the number of linked front and shard processes, as if
+all of it were per link: an upper bound), and the rest of its CPU over the load
+divided by the tickets sold. That rest is taken as constant per ticket, although
+most of it is per ledger commit (batches grow with the rate), so at a higher rate it
+would be lower: the projection errs on main's expensive side.
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ FRONTS = "fronts"
 SHARDS = "shards"
 
 FORMULA = (
-    "tickets/s = min(1 / m, max over f + s = C - 1 of min(f / F, s / S)); "
-    "m, F, S = measured CPU s per sold ticket of main, all fronts, all shards; "
+    "tickets/s = min((1 - z (C - 1)) / m, max over f + s = C - 1 of min(f / F, s / S)); "
+    "F, S = measured CPU s per sold ticket of all fronts, all shards; m = main's, beyond "
+    "its fixed load; z = main's fixed CPU s per second per linked front or shard; "
     "main is one process on one core, fronts and shards share the other C - 1"
 )
 
@@ -36,6 +45,7 @@ class Projection:
     shards: int
     limited_by: str  # MAIN, FRONTS or SHARDS
     cost_us: dict[str, float]  # the measured inputs, CPU µs per sold ticket per role
+    main_fixed_ms_per_s: float = 0.0  # z (C - 1): main's fixed load in this cluster
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "formula": FORMULA, "kind": "projection, not a measurement"}
@@ -70,18 +80,22 @@ def role_costs(cpu_s: Mapping[str, float], tickets: int) -> dict[str, float]:
     return out
 
 
-def project_ceiling(main: float, fronts: float, shards: float, cores: int) -> Projection:
+def project_ceiling(
+    main: float, fronts: float, shards: float, cores: int, *, main_fixed: float = 0.0
+) -> Projection:
     """Tickets/s of a ``cores``-core cluster given each role's CPU s per sold ticket.
 
-    Main gets one core (it is one process); the other ``cores - 1`` are split into
-    whole front and shard processes, trying every split (a role that costs nothing,
-    e.g. fronts when the front runs inside main, gets none). Ties in the limit go to
-    main, then shards: the role that would have to get cheaper.
+    Main gets one core (it is one process), less its fixed load: ``main_fixed`` CPU
+    s per second for each of the other processes; the other ``cores - 1`` are split
+    into whole front and shard processes, trying every split (a role that costs
+    nothing, e.g. fronts when the front runs inside main, gets none). Ties in the
+    limit go to main, then shards: the role that would have to get cheaper.
     """
     if cores < 2 and (fronts > 0 or shards > 0):
         raise ValueError("a cluster needs at least 2 cores: main and one more process")
     rest = cores - 1
-    cap_main = 1 / main if main > 0 else float("inf")
+    spare = max(0.0, 1.0 - main_fixed * rest)  # of main's core, once its fixed load is paid
+    cap_main = spare / main if main > 0 else (float("inf") if spare > 0 else 0.0)
     best: tuple[float, int, int, str] = (0.0, 0, 0, SHARDS)
     for f in range(rest + 1):
         s = rest - f
@@ -102,4 +116,5 @@ def project_ceiling(main: float, fronts: float, shards: float, cores: int) -> Pr
         shards=s,
         limited_by=limit,
         cost_us={k: round(v * 1e6, 1) for k, v in cost.items()},
+        main_fixed_ms_per_s=round(1e3 * main_fixed * rest, 2),
     )

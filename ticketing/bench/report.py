@@ -103,9 +103,20 @@ def format_e2e(out: dict[str, Any]) -> str:
         lines.append(
             f"main's ledger: {c['commits']:,} commits, {_fmt(c['sales_per_commit'])} sales per commit"
         )
+    fixed = t.get("main_fixed")
+    if fixed and fixed["us_per_ticket"] is not None:
+        main_us = next(v for n, v in t["cpu_us_per_ticket"].items() if n.startswith("main"))
+        lines.append(
+            f"main's CPU per ticket {_fmt(main_us)} us over the {t['load_seconds']:.1f} s load"
+            f" phase (start-up excluded); of it fixed {_fmt(fixed['us_per_ticket'])} us"
+            f" ({fixed['cpu_ms_per_s']:.1f} ms/s with nothing sold, {fixed['links']} links,"
+            f" measured {fixed['window_s']:g} s before GO), per ticket beyond that"
+            f" {_fmt(round(main_us - fixed['us_per_ticket'], 1))} us"
+        )
     if b:
         lines.append(
             f"harness overhead (this process during the baseline): {b['harness_cpu_s']:.2f} s CPU"
+            " (in main's figures too: an upper bound, not subtracted)"
         )
     lines.append("")
     lines += [f"{k:<28} {v_}" for k, v_ in checks]
@@ -159,7 +170,8 @@ def _projection_lines(out: dict[str, Any]) -> list[str]:
         f"PROJECTION (not a measurement): a {p['cores']}-core cluster, from this run's CPU per"
         " sold ticket",
         *(f"  {part}" for part in FORMULA.split("; ")),
-        f"  m = {c['main']:g} us, F = {c['fronts']:g} us, S = {c['shards']:g} us"
+        f"  m = {c['main']:g} us, z (C - 1) = {p.get('main_fixed_ms_per_s', 0):g} ms/s,"
+        f" F = {c['fronts']:g} us, S = {c['shards']:g} us"
         f" -> {p['tickets_per_s']:,.0f} tickets/s with 1 main + {p['fronts']} fronts +"
         f" {p['shards']} shards, limited by {p['limited_by']}",
     ]
