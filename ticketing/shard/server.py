@@ -38,7 +38,7 @@ log = logging.getLogger("ticketing.shard")
 # cost is per commit, not per sale (a handful of database round trips and a disk
 # flush whatever a batch carries), so at a steady rate this sets the batch size; a
 # visitor after a quiet spell is reported at once, and a full batch goes at once.
-DEFAULT_REPORT_LINGER = 0.05
+DEFAULT_REPORT_LINGER = 0.1
 
 
 class ClientServer:
