@@ -338,6 +338,7 @@ class MainServer:
                     name=f"reclaim-{rec.name}",
                 )
         self.changes.notify()
+        self._view_changed()
         done = await asyncio.gather(*firsts.values(), return_exceptions=True)
         return {
             name: not isinstance(r, BaseException) for name, r in zip(firsts, done, strict=True)
@@ -696,6 +697,7 @@ class MainServer:
             return 0
         if not ranges:
             donor.stock[event.id] = 0  # what it had left is already being granted
+            self._view_changed()
             return 0
         await self._ledger().transfer(
             event.id, ranges, (donor.name or "", donor.epoch), (to.name or "", to.epoch)
