@@ -25,10 +25,10 @@ from ticketing.front.waitroom import (
     ClockSequencer,
     LeasedSequencer,
     Line,
-    ReleaseRate,
     eta_seconds,
     prequeue_rank,
 )
+from ticketing.main.release import ReleaseRate
 from ticketing.tokens import TokenSigner
 from ticketing.visitor import public_id
 from ticketing.web_client import WebClient
@@ -144,9 +144,11 @@ def test_queue_ticket_claims_round_trip_and_refuse_garbage() -> None:
 # -- the front, over TLS ------------------------------------------------------------
 
 
-async def front(cluster, **queue: object) -> RedirectServer:
-    """A front with the given waiting-room options (load-test limits: one address)."""
-    opts = {"tick": 0.05, "min_window": 1, "entries_per_address": None, **queue}
+async def front(cluster, min_window: int = 1, **queue: object) -> RedirectServer:
+    """A front with the given waiting-room options (load-test limits: one address)
+    and main's release window (``min_window``)."""
+    cluster.main.lines.min_window = min_window
+    opts = {"tick": 0.05, "entries_per_address": None, **queue}
     options = {**LOAD_TEST_FRONT_OPTIONS, "queue": QueueOptions(**opts)}
     cluster.redirect = RedirectServer(cluster.main, **options)
     await cluster.redirect.create_server(0)

@@ -9,6 +9,12 @@ before answering; from then on it routes each visitor from the view main pushes
 While main is away the view says "out of reach", so visitors are told to wait
 (they keep their place) and nobody gets an error page.
 
+The waiting room (``queue.py``) runs here as in main's embedded front: its queue
+tickets and proof-of-work challenges are signed with this front's key, and its
+lines go to main every tick over the link (``FromFront.LINE``), whose reply
+releases them in the cluster's one order. ``key_path``: keep the key in that file
+across restarts, so a restarted front's queue tickets (and places) stay good.
+
 The marketplace (``/app/``, ``/api/v1`` including its WebSocket, ``/admin/``) is
 proxied over HTTPS to main's own front (``market_url``), so browsers see one origin
 per front. Main's marketplace rate-limits by client address: the front passes the
@@ -24,6 +30,7 @@ import os
 import random
 import ssl
 import warnings
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,11 +39,12 @@ from aiohttp import web
 from ..errors import CommandError, LinkClosed, PeerRejected
 from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..link import Commands, Handler, Link
+from ..main.server import load_signing_key
 from ..market.sessions import COOKIE_NAME
 from ..protocol import PROTOCOL_VERSION
 from ..tls import Credentials, PemSource, browser_server_context, check_peer, client_context
 from ..tokens import TokenSigner
-from ..wire import FRONT_HELLO_KEY, ToFront
+from ..wire import FRONT_HELLO_KEY, FromFront, LineOrders, LineReport, ToFront
 from .forwarding import CLIENT_HEADER, HOP_HEADERS, sign_client
 from .server import FrontDoor
 from .view import PushedView
@@ -56,6 +64,7 @@ class FrontServer(FrontDoor):
         main_host: str = "127.0.0.1",
         main_port: int = 9000,
         market_url: str | None = None,  # main's own front (https://host:port); None: no market
+        key_path: str | os.PathLike[str] | None = None,  # the token key's file; None: fresh
         # Timeouts
         connect_timeout: float = 10.0,
         reconnect_min: float = 0.1,
@@ -64,8 +73,10 @@ class FrontServer(FrontDoor):
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         **options: Any,
     ) -> None:
-        # A fresh key per process: main certifies it for as long as this link lives.
-        self.view = PushedView(TokenSigner(kid=name))
+        # Main certifies the key for as long as this link lives; kept in key_path, the
+        # same key comes back after a restart (its queue tickets count again).
+        key = load_signing_key(Path(key_path)) if key_path is not None else None
+        self.view = PushedView(TokenSigner(key, kid=name))
         super().__init__(self.view, **options)
         self.name = name
         self.main_host, self.main_port = main_host, main_port
@@ -210,6 +221,21 @@ class FrontServer(FrontDoor):
         self.linked.set()
         log.info("%s: linked to main (%r)", self.name, link)
         return link
+
+    async def _exchange_lines(self, reports: dict[int, LineReport]) -> dict[int, LineOrders] | None:
+        """The waiting room's lines to main over the link; None while it is down."""
+        link = self.link
+        if link is None or not self.linked.is_set():
+            return None
+        wire = {str(eid): r.to_wire() for eid, r in reports.items()}
+        try:
+            got = await link.request(
+                FromFront.LINE, {"events": wire}, timeout=self.heartbeat_timeout
+            )
+            return {int(eid): LineOrders.from_wire(o) for eid, o in got["events"].items()}
+        except (LinkClosed, CommandError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: waiting-room report failed: %s", self.name, exc)
+            return None
 
     async def _on_view(self, args: dict[str, Any]) -> dict[str, Any]:
         self.view.apply(args)
