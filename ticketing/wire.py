@@ -347,13 +347,16 @@ class LineReport:
     """One front's line for one event, as main's release decision needs it.
 
     ``head``: the lowest waiting ranks, ascending (at most ``LINE_HEAD``; fewer than
-    ``sketch.waiting`` means cut short); ``started``: the sale has started on the
-    front's clock; ``direct``: visitors it sent straight on since its last report.
+    ``sketch.waiting`` means cut short); ``horizon``: no later entry on this front
+    gets a lower rank (its sequencer's next number); ``started``: the sale has
+    started on the front's clock; ``direct``: visitors it sent straight on since its
+    last report.
     """
 
     started: bool
     head: tuple[int, ...]
     sketch: LineSketch
+    horizon: int
     direct: int = 0
 
     @property
@@ -366,18 +369,21 @@ class LineReport:
             "started": self.started,
             "head": list(self.head),
             "sketch": self.sketch.to_wire(),
+            "horizon": self.horizon,
             "direct": self.direct,
         }
 
     @classmethod
     def from_wire(cls, item: dict[str, Any]) -> LineReport:
-        started, direct = item["started"], item["direct"]
+        started, direct, horizon = item["started"], item["direct"], item["horizon"]
         if type(started) is not bool or type(direct) is not int or direct < 0:
             raise ValueError("started must be a bool and direct an integer >= 0")
+        if type(horizon) is not int:
+            raise ValueError("horizon must be an integer")
         head = _ints(item["head"])
         if list(head) != sorted(head) or len(head) > LINE_HEAD:
             raise ValueError(f"head must be ascending, at most {LINE_HEAD} ranks")
-        return cls(started, head, LineSketch.from_wire(item["sketch"]), direct)
+        return cls(started, head, LineSketch.from_wire(item["sketch"]), horizon, direct)
 
 
 LINE_HEAD = 512  # ranks of a line's head in a report: more than main releases per tick

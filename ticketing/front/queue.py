@@ -41,6 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..changes import Changes
 from ..errors import TokenError
 from ..ledger.records import Event
 from ..main.release import MIN_WINDOW, TARGET_DELAY
@@ -128,7 +129,7 @@ class QueueDoor:
         self._wakers: dict[tuple[int, int], asyncio.Future[None]] = {}
         self._pow: PowGate | None = None
         self._kick = asyncio.Event()  # a first visitor for an event: report now
-        self._ticked: asyncio.Future[None] | None = None  # the next report's answer
+        self.changes = Changes()  # notified after every tick (main's orders applied)
         self._asked: dict[int, float] = {}  # event -> until when visitors wait for orders
         self._last_prune = 0.0
         self.counts = {"direct": 0, "entered": 0, "released": 0}  # for the benchmark
@@ -210,12 +211,11 @@ class QueueDoor:
         orders for an event new on this front: its first visitor in a quiet sale
         goes straight on instead of into a line of one."""
         deadline = self._asked.setdefault(event_id, self.monotonic() + self.options.first_word)
-        while event_id not in self.orders and (left := deadline - self.monotonic()) > 0:
+        left = deadline - self.monotonic()
+        if left > 0:
             self._kick.set()  # report now, not at the next tick
-            if self._ticked is None or self._ticked.done():
-                self._ticked = asyncio.get_running_loop().create_future()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._ticked), left)
+                await self.changes.wait_for(lambda: event_id in self.orders, left)
 
     def _enter(
         self, request: web.Request, event: Event, visitor: str, started: bool
@@ -471,7 +471,11 @@ class QueueDoor:
                 continue
             started = event.sale_starts_at is None or now >= event.sale_starts_at
             reports[event_id] = LineReport(
-                started, line.head(), line.sketch(), self._direct.get(event_id, 0)
+                started,
+                line.head(),
+                line.sketch(),
+                self.sequencer.horizon(event_id),
+                self._direct.get(event_id, 0),
             )
         return reports
 
@@ -507,8 +511,7 @@ class QueueDoor:
         reports = self.report()
         if reports:
             self.apply(reports, await self.uplink(reports))
-        if self._ticked is not None and not self._ticked.done():
-            self._ticked.set_result(None)
+        self.changes.notify()
 
     def _wake(self, event_id: int, ranks: list[int] | None) -> None:
         """Answer the long-polls of ``ranks`` (None: all of the event's) now."""

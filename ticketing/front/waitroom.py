@@ -45,6 +45,10 @@ class Sequencer(Protocol):
 
     def next(self, event: int) -> int: ...
 
+    def horizon(self, event: int) -> int:
+        """No later ``next`` is below this (main releases nothing at or past it)."""
+        ...
+
 
 @dataclass
 class ClockSequencer:
@@ -54,8 +58,11 @@ class ClockSequencer:
     _last: int = 0
 
     def next(self, event: int) -> int:
-        self._last = max(self._last + 1, int(self.clock() * 1_000_000))
+        self._last = self.horizon(event)
         return self._last
+
+    def horizon(self, event: int) -> int:
+        return max(self._last + 1, int(self.clock() * 1_000_000))
 
 
 @dataclass
@@ -75,13 +82,21 @@ class LeasedSequencer:
     _blocks: dict[int, tuple[float, range, int]] = field(default_factory=dict)
 
     def next(self, event: int) -> int:
+        at, numbers, used = self._block(event)
+        self._blocks[event] = (at, numbers, used + 1)
+        return numbers[used]
+
+    def horizon(self, event: int) -> int:
+        _, numbers, used = self._block(event)
+        return numbers[used]
+
+    def _block(self, event: int) -> tuple[float, range, int]:
+        """The event's live block, leasing a fresh one when it is used up or too old."""
         now = self.clock()
         got = self._blocks.get(event)
         if got is None or got[2] >= len(got[1]) or now - got[0] > self.block_ttl:
-            got = (now, self.lease(event, self.block), 0)
-        at, numbers, used = got
-        self._blocks[event] = (at, numbers, used + 1)
-        return numbers[used]
+            got = self._blocks[event] = (now, self.lease(event, self.block), 0)
+        return got
 
 
 def prequeue_rank(order: str, seq: int, rng: random.Random | None = None) -> int:

@@ -9,12 +9,18 @@ now, and answers each report with the same *watermark* for every front
 (``wire.LineOrders.upto``): the rank of the n-th lowest waiter across all lines.
 Every front releases its waiters up to it, so the fronts' lines move as one line.
 
-Tolerance: two arrivals on different fronts are released in rank order unless
-their ranks misorder them (clock skew between the fronts' hosts, or one front's
-handshake backlog longer than another's) or one front learns the watermark later
-than another (at most one report period: the watermark is in the reply to each
-front's own report). Main never releases before every front says the sale has
-started, so a pre-queue's shuffled ranks are released in one order too.
+The watermark never passes a front's *horizon* (the rank its next arrival would
+get, in each report), so a waiter a front has not reported yet is never skipped:
+the fronts release in exact rank order. Main never releases before every front
+says the sale has started, so a pre-queue's shuffled ranks go in one order too.
+
+Tolerance: ranks order arrivals as the fronts' clocks saw them, so two arrivals on
+different fronts go in the wrong order only when they are closer than the clock
+skew between the fronts' hosts plus the difference in how long each front took
+to read the request (its TLS handshake backlog). A front applies a watermark when
+main answers its own report, so the fronts release the same ranks up to one tick
+apart in time; main never lets more visitors through than tickets are left, so
+that cannot decide who gets one.
 """
 
 from __future__ import annotations
@@ -131,11 +137,14 @@ def watermark(reports: Iterable[LineReport], above: int | None, n: int) -> tuple
     """The rank of the ``n``-th lowest waiter above ``above`` across the reports'
     heads, and how many waiters that releases; ``(None, 0)`` when nobody waits.
 
-    A head cut short says nothing past its last rank: the watermark stops there
-    (the next report shows what comes after).
+    It stops short of what a front has not reported: past a head cut short, and at
+    a front's horizon (an arrival there since its report is ranked at or above it),
+    so a later report can never show a waiter below a watermark already given.
     """
     reports = list(reports)
-    bound = min((r.head[-1] for r in reports if r.cut and r.head), default=None)
+    bounds = [r.head[-1] for r in reports if r.cut and r.head]
+    bounds += [r.horizon - 1 for r in reports]
+    bound = min(bounds, default=None)
     heads = [[rank for rank in r.head if above is None or rank > above] for r in reports]
     upto, count = None, 0
     for rank in itertools.islice(heapq.merge(*heads), n):
