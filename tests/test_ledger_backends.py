@@ -4,6 +4,7 @@ audit`` on both."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.pgserver import fresh_database
 from ticketing.errors import ConfigError
 from ticketing.ledger import OrderKind, Principal, SqlLedger, open_driver, open_ledger
 from ticketing.ledger.copy import CopyError, copy_ledger
+from ticketing.ledger.driver import Queries
 from ticketing.ledger.schema import LATEST, schema_version
 from ticketing.wire import Sale
 
@@ -103,3 +105,34 @@ async def test_the_cli_copies_and_audits_on_both_backends(
         audit = run("audit", "--ledger", url, "--json")
         assert audit.returncode == 0, audit.stderr
         assert '"exact": true' in audit.stdout and '"held": 1' in audit.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_atomic_transaction_commits_whole_or_not_at_all(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``Driver.atomic`` (the sales path's one-hop transaction on SQLite): a body that
+    fails, or awaits anything but its queries, leaves nothing behind."""
+    ledger = await open_ledger(await url_for(backend, tmp_path, request, "atomic"))
+    insert = "INSERT INTO revoked_sessions(sid, exp) VALUES (?, ?)"
+
+    async def add(q: Queries, sid: str) -> int:
+        return await q.execute(insert, (sid, 1.0))
+
+    async def add_then_fail(q: Queries) -> None:
+        await add(q, "failed")
+        raise ValueError("the body failed")
+
+    async def add_then_wait(q: Queries) -> None:
+        await add(q, "waited")
+        await asyncio.sleep(0)  # not the database: the body may not suspend
+
+    assert await ledger.driver.atomic(lambda q: add(q, "kept")) == 1
+    with pytest.raises(ValueError, match="the body failed"):
+        await ledger.driver.atomic(add_then_fail)
+    if backend == "sqlite":  # PostgreSQL runs the body on the event loop: it may wait
+        with pytest.raises(RuntimeError, match="awaited something besides"):
+            await ledger.driver.atomic(add_then_wait)
+    rows = await ledger.driver.fetch("SELECT sid FROM revoked_sessions ORDER BY sid")
+    assert [r["sid"] for r in rows] == ["kept"]
+    await ledger.close()

@@ -1,4 +1,5 @@
-"""Opening the embedded SQLite databases (aiosqlite, WAL)."""
+"""Opening the embedded SQLite databases (WAL): the shard journal's on aiosqlite;
+the ledger's driver (``ledger/sqlite.py``) takes the same settings."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
+
+
+def pragmas(synchronous: str) -> list[str]:
+    """The settings of every embedded database connection."""
+    return [
+        "PRAGMA journal_mode=WAL",
+        f"PRAGMA synchronous={synchronous}",
+        "PRAGMA foreign_keys=ON",
+        "PRAGMA busy_timeout=5000",
+    ]
 
 
 async def open_db(
@@ -22,10 +33,8 @@ async def open_db(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = await aiosqlite.connect(os.fspath(path))
     db.row_factory = aiosqlite.Row
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute(f"PRAGMA synchronous={synchronous}")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await db.execute("PRAGMA busy_timeout=5000")
+    for pragma in pragmas(synchronous):
+        await db.execute(pragma)
     await db.executescript(schema)
     await db.commit()
     return db

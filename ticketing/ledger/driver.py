@@ -9,9 +9,11 @@ the PostgreSQL driver numbers the placeholders (``$1, $2, ...``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Queries(Protocol):
@@ -49,6 +51,13 @@ class Driver(Queries, Protocol):
         Transactions are serialised (one writer at a time), so the rules that read,
         decide and write inside one never interleave; reads outside use :meth:`fetch`.
         """
+        ...
+
+    async def atomic(self, body: Callable[[Queries], Awaitable[T]]) -> T:
+        """``await body(q)`` inside one transaction, as :meth:`transaction`, but the
+        body may await nothing but ``q``'s queries: the driver may then run it where
+        the database is (SQLite: whole on its thread, one hop instead of one per
+        statement)."""
         ...
 
     async def close(self) -> None: ...

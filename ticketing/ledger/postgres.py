@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from ..errors import ConfigError
 from .driver import redact
 
+T = TypeVar("T")
 READ_POOL = 4  # connections for reads outside transactions
 
 
@@ -113,6 +114,11 @@ class PostgresDriver:
     async def transaction(self) -> AsyncIterator[_Connection]:
         async with self._lock, self._writer.conn.transaction():
             yield self._writer
+
+    async def atomic(self, body: Callable[[_Connection], Awaitable[T]]) -> T:
+        """As :meth:`transaction`: asyncpg's round trips are the server's anyway."""
+        async with self.transaction() as q:
+            return await body(q)
 
     async def close(self) -> None:
         async with self._lock:

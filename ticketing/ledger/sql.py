@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -801,14 +801,30 @@ class SqlLedger:
     async def transaction(self) -> AsyncIterator[SqlTx]:
         """One unit of work: commit on success, roll back on any error."""
         async with self.driver.transaction() as q:
-            if self.fence_term is not None:
-                # A paused old leader that wakes up must not commit: the term decides.
-                rows = await q.fetch(FENCE[q.dialect], (self.fence_term,))
-                if not rows:
-                    raise NotLeader(f"term {self.fence_term} is over: another main leads")
-            tx = SqlTx(q, self._events)
+            tx = await self._begin(q)
             yield tx
         self._unassigned.update(tx.unassigned_delta)  # committed: main's counts follow
+
+    async def atomic(self, body: Callable[[SqlTx], Awaitable[T]]) -> T:
+        """``body`` as one unit of work, as :meth:`transaction`; it may await only the
+        transaction's queries, so the driver can run it in one hop (the sales path)."""
+        txs: list[SqlTx] = []
+
+        async def run(q: Queries) -> T:
+            txs.append(tx := await self._begin(q))
+            return await body(tx)
+
+        result = await self.driver.atomic(run)
+        self._unassigned.update(txs[0].unassigned_delta)
+        return result
+
+    async def _begin(self, q: Queries) -> SqlTx:
+        if self.fence_term is not None:
+            # A paused old leader that wakes up must not commit: the term decides.
+            rows = await q.fetch(FENCE[q.dialect], (self.fence_term,))
+            if not rows:
+                raise NotLeader(f"term {self.fence_term} is over: another main leads")
+        return SqlTx(q, self._events)
 
     def reader(self) -> SqlTx:
         """Reads outside any transaction (each statement sees the last commit)."""
@@ -996,25 +1012,33 @@ class SqlLedger:
         return await self._sales.submit(SalesBatch(shard, epoch, tuple(sales), hold_seconds))
 
     async def _record_group(self, batches: list[SalesBatch]) -> list[SalesResult]:
-        """Several shards' batches in one transaction, decided in arrival order."""
-        now = time.time()
-        async with self.transaction() as tx:
-            rows = await tx._rows("SELECT name, epoch FROM shards")
-            epochs = {r["name"]: r["epoch"] for r in rows}
-            every = [s for b in batches for s in b.sales]
-            orders = ActiveOrders(await self._clashing_orders(tx, every))
-            results: list[SalesResult] = []
-            new: list[dict[str, Any]] = []
-            for b in batches:
-                decision = await self._take(tx, b, epochs.get(b.shard, -1), orders)
-                fresh = [self._order(tx, b, s, now) for s in decision.new]
-                for order in fresh:  # later batches of the group see these as taken
-                    orders.add(order)
-                new += fresh
-                results.append(([o for _, o in decision.dupes] + fresh, decision.refusals(), fresh))
-            await self._insert_orders(tx, new)
-        self._wrote_orders(len(new))
+        """Several shards' batches in one transaction (one hop on SQLite), decided in
+        arrival order."""
+        results, written = await self.atomic(lambda tx: self._decide_group(tx, batches))
+        self._wrote_orders(written)
         return results
+
+    async def _decide_group(
+        self, tx: SqlTx, batches: list[SalesBatch]
+    ) -> tuple[list[SalesResult], int]:
+        """The group's reads, decisions and writes (no I/O but ``tx``'s); returns the
+        results and how many orders it wrote."""
+        now = time.time()
+        rows = await tx._rows("SELECT name, epoch FROM shards")
+        epochs = {r["name"]: r["epoch"] for r in rows}
+        every = [s for b in batches for s in b.sales]
+        orders = ActiveOrders(await self._clashing_orders(tx, every))
+        results: list[SalesResult] = []
+        new: list[dict[str, Any]] = []
+        for b in batches:
+            decision = await self._take(tx, b, epochs.get(b.shard, -1), orders)
+            fresh = [self._order(tx, b, s, now) for s in decision.new]
+            for order in fresh:  # later batches of the group see these as taken
+                orders.add(order)
+            new += fresh
+            results.append(([o for _, o in decision.dupes] + fresh, decision.refusals(), fresh))
+        await self._insert_orders(tx, new)
+        return results, len(new)
 
     async def _take(
         self, tx: SqlTx, b: SalesBatch, current_epoch: int, orders: ActiveOrders
