@@ -18,7 +18,7 @@ import pytest
 
 from ticketing import bench
 from ticketing.bench import check_sale, percentile, split
-from ticketing.bench.projection import per_ticket_us, project_ceiling, role_costs
+from ticketing.bench.projection import MainCost, per_ticket_us, project_ceiling, role_costs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -244,9 +244,31 @@ def test_projection_splits_the_cores_and_names_the_limit() -> None:
     p = project_ceiling(50e-6, 200e-6, 400e-6, 64, main_fixed=0.02)  # more than its core
     assert (p.tickets_per_s, p.limited_by) == (0.0, "main")
     d = p.as_dict()
-    assert "not a measurement" in d["kind"] and "min((1 - z (C - 1)) / m" in d["formula"]
+    assert "not a measurement" in d["kind"] and "M(f, s) = (1 - z (f + s)" in d["formula"]
     with pytest.raises(ValueError):
         project_ceiling(1e-3, 1e-3, 1e-3, 1)
+
+
+def test_mains_capacity_charges_reports_per_shard_and_load_per_front() -> None:
+    # m = 20 µs a sale, r = 1 ms a report beyond its sales, z = 2 ms/s per link, y = 10 ms/s
+    # per front, shards report every 0.2 s: with 10 fronts and 20 shards main's core has
+    # 1 - 0.06 - 0.1 - 100 * 1e-3 = 0.74 left, at 20e-6 + 1e-3 / 256 s a ticket.
+    main = MainCost(20e-6, per_link=2e-3, per_front=10e-3, per_report=1e-3, linger=0.2)
+    assert main.capacity(10, 20) == pytest.approx(0.74 / (20e-6 + 1e-3 / 256))
+    assert MainCost(1e-3, per_link=0.5).capacity(1, 1) == 0.0  # its core is spent
+    # Cheap fronts and shards: main limits; a front costs main more than a shard, so
+    # the split takes as few fronts as keep up (3 fronts take 30,000/s).
+    p = project_ceiling(main, 100e-6, 100e-6, 64)
+    assert p.limited_by == "main" and (p.fronts, p.shards) == (3, 60)
+    assert p.tickets_per_s == pytest.approx(main.capacity(3, 60), abs=0.1)
+    assert p.tickets_per_s > main.capacity(31, 32)
+    assert p.main is not None and p.main["y_ms_per_s"] == 10.0
+    # Dear fronts and shards: they limit it, as with main's CPU taken per ticket.
+    p = project_ceiling(main, 2e-3, 2e-3, 64)
+    assert p.limited_by in ("fronts", "shards") and p.tickets_per_s == pytest.approx(31 / 2e-3)
+    # Without per-report costs the model is the per-ticket one.
+    flat = MainCost(50e-6, per_link=4e-3)
+    assert project_ceiling(flat, 200e-6, 400e-6, 64).tickets_per_s == 14_960.0
 
 
 def test_role_costs_sum_each_roles_processes() -> None:
@@ -265,7 +287,7 @@ def test_e2e_with_a_front_process(tmp_path: Path) -> None:
     proc, out = run_bench(
         "--shards", "1", "--fronts", "1", "--clients", "24", "--tickets", "16",
         "--workers", "1", "--concurrency", "6", "--max-seconds", "20", "--cores", "16",
-        "--quiet", "--json", str(tmp_path / "fronts.json"),
+        "--slope-tickets", "1024", "--quiet", "--json", str(tmp_path / "fronts.json"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     t, b = out["ticketing"], out["baseline"]
@@ -283,8 +305,15 @@ def test_e2e_with_a_front_process(tmp_path: Path) -> None:
     p = out["projection"]
     assert p["cores"] == 16 and p["fronts"] + p["shards"] == 15 and p["tickets_per_s"] > 0
     assert p["limited_by"] in ("main", "fronts", "shards")
+    # Main's cost split by the two ledger runs: a report of 256 costs more than one of 16.
+    slope = out["ledger_slope"]
+    (small, full) = slope["runs"]
+    assert (small["batch"], full["batch"]) == (16, 256) and small["reports"] >= 20
+    assert slope["per_sale_us"] > 0 and full["cpu_us_per_report"] > small["cpu_us_per_report"]
+    assert p["main"]["m_us"] == pytest.approx(slope["per_sale_us"], abs=0.1)
+    assert p["main"]["linger_s"] > 0 and p["main"]["y_ms_per_s"] >= 0
     assert {g["name"] for g in out["targets"]} >= {"ceiling limited by"}
-    assert "PROJECTION (not a measurement)" in proc.stdout and "min((1 - z" in proc.stdout
+    assert "PROJECTION (not a measurement)" in proc.stdout and "M(f, s) = (1 - z" in proc.stdout
     fixed = t["main_fixed"]  # measured before GO, with nothing sold
     assert fixed["links"] == 2 and fixed["cpu_ms_per_s"] > 0 and fixed["us_per_ticket"] > 0
     assert t["load_seconds"] > 0 and "main's CPU per ticket" in proc.stdout

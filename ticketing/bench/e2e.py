@@ -6,14 +6,17 @@ import asyncio
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..cluster import Child, LocalCluster, front_names, shard_names
 from ..process import raise_fd_limit
+from ..shard.server import DEFAULT_REPORT_LINGER
 from ..tls import write_cluster_keys
 from .checks import check_sale
 from .children import spawn_child, stop_all
+from .ledger_mode import run_ledger
 from .load import drive_visits
 from .options import (
     TARGET_CEILING_TPS,
@@ -23,11 +26,12 @@ from .options import (
     TARGET_RATIO_FRONTS,
     Options,
 )
-from .projection import MAIN, per_ticket_us, project_ceiling, role_costs, role_of
+from .projection import MAIN, MainCost, per_ticket_us, project_ceiling, role_costs, role_of
 from .workspace import DataDir, machine
 
 IDLE_SETTLE = 0.5  # seconds after the fronts are in sync before main's fixed load is measured
 IDLE_WINDOW = 2.0  # seconds it is measured for, with nothing sold
+SLOPE_BATCHES = (16, 256)  # sales per report in the two ledger runs (the full batch last)
 
 
 def _baseline_args(role: str, keys: Path, name: str, *extra: str) -> list[str]:
@@ -187,6 +191,9 @@ async def run_e2e(opts: Options) -> dict[str, Any]:
     raise_fd_limit()  # inherited by every process we start
     out: dict[str, Any] = {"mode": "e2e", "options": opts.public(), "machine": machine()}
     rounds: list[dict[str, Any]] = []
+    slope = await ledger_slope(opts) if opts.fronts and opts.slope_tickets else None
+    if slope:
+        out["ledger_slope"] = slope
     with DataDir(opts) as data:
         for r in range(opts.rounds):
             here = data / f"round-{r + 1}" if opts.rounds > 1 else data
@@ -223,7 +230,7 @@ async def run_e2e(opts: Options) -> dict[str, Any]:
             "target": TARGET_RATIO_FRONTS if opts.fronts else TARGET_RATIO,
         }
         out["ratio"]["target_met"] = out["ratio"]["throughput"] >= out["ratio"]["target"]
-    out["projection"] = project(t, opts.cores)
+    out["projection"] = project(t, opts.cores, slope, opts.fronts)
     if b:
         out["baseline_projection"] = project(b, opts.cores)
     if opts.fronts:
@@ -234,19 +241,68 @@ async def run_e2e(opts: Options) -> dict[str, Any]:
     return out
 
 
-def project(phase: dict[str, Any], cores: int) -> dict[str, Any] | None:
+async def ledger_slope(opts: Options) -> dict[str, Any]:
+    """Main's CPU per shard report and per sale: two ``--mode ledger`` runs, one report in
+    flight per shard, at batches of 16 and 256 (CPU per report = r + batch x m)."""
+    runs = []
+    for batch in SLOPE_BATCHES:
+        # Small batches go slowly: a quarter as many tickets (at least 20 reports).
+        tickets = max(20 * batch, opts.slope_tickets // (1 if batch == SLOPE_BATCHES[-1] else 4))
+        one = replace(opts, tickets=tickets, batch=batch, in_flight=1, ledger=None, progress=False)
+        led = (await run_ledger(one))["ledger"]
+        reports = led["reports"] or 1
+        runs.append({"batch": batch, "reports": reports, "cpu_s": led["cpu_s"]["main"],
+                     "cpu_us_per_report": round(1e6 * led["cpu_s"]["main"] / reports, 1)})  # fmt: skip
+    (b1, c1), (b2, c2) = ((x["batch"], x["cpu_s"] / x["reports"]) for x in runs)
+    per_sale = max(0.0, (c2 - c1) / (b2 - b1))
+    return {
+        "runs": runs,
+        "per_sale_us": round(1e6 * per_sale, 2),
+        "per_report_us": round(1e6 * max(0.0, c1 - b1 * per_sale), 1),
+    }
+
+
+def main_cost(phase: dict[str, Any], slope: dict[str, Any] | None, fronts: int) -> MainCost | None:
+    """Main's :class:`MainCost` from this phase and the ledger runs: per front is what main
+    spent over the load beyond its fixed load, its reports and its sales (None without
+    the ledger runs, or without front processes, whose traffic it stands for)."""
+    fixed = phase.get("main_fixed")
+    if not slope or not fronts or not fixed or not fixed["links"] or not phase["granted"]:
+        return None
+    seconds = phase["load_seconds"]
+    rate, links = fixed["cpu_ms_per_s"] / 1e3, fixed["links"]
+    per_sale, per_report = slope["per_sale_us"] / 1e6, slope["per_report_us"] / 1e6
+    reports = phase.get("ledger_commits", {}).get("commits", 0)  # one per shard report
+    main_cpu = sum(s for n, s in phase["cpu_s"].items() if role_of(n) == MAIN)
+    rest = main_cpu - rate * seconds - reports * per_report - phase["granted"] * per_sale
+    return MainCost(
+        per_sale,
+        per_link=rate / links,
+        per_front=max(0.0, rest) / fronts / seconds if seconds > 0 else 0.0,
+        per_report=per_report,
+        linger=DEFAULT_REPORT_LINGER,
+        batch=SLOPE_BATCHES[-1],
+    )
+
+
+def project(
+    phase: dict[str, Any], cores: int, slope: dict[str, Any] | None = None, fronts: int = 0
+) -> dict[str, Any] | None:
     """The projected ceiling from one phase's per-role CPU (None when nothing was sold).
 
     Main's fixed load (measured before GO) comes off its per-ticket cost and is
-    charged per linked process instead (``projection.py``)."""
+    charged per linked process instead; with the ledger runs main's cost is split
+    into per report, per sale and per front (``projection.py``)."""
     if not phase["granted"]:
         return None
     costs = role_costs(phase["cpu_s"], phase["granted"])
     fixed = phase.get("main_fixed")
-    main, per_link = costs["main"], 0.0
+    main: float | MainCost = costs["main"]
+    per_link = 0.0
     if fixed and fixed["us_per_ticket"] is not None and fixed["links"]:
-        main = max(0.0, main - fixed["us_per_ticket"] / 1e6)
+        main = max(0.0, costs["main"] - fixed["us_per_ticket"] / 1e6)
         per_link = fixed["cpu_ms_per_s"] / 1e3 / fixed["links"]
+    main = main_cost(phase, slope, fronts) or main
     return project_ceiling(
         main, costs["fronts"], costs["shards"], cores, main_fixed=per_link
     ).as_dict()

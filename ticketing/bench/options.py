@@ -19,6 +19,7 @@ DEFAULT_TICKETS = 2000
 DEFAULT_CONCURRENCY = 64
 DEFAULT_WORKERS = 2
 DEFAULT_MAX_SECONDS = 120.0
+DEFAULT_SLOPE_TICKETS = 20_000  # e2e --fronts: the ledger run at full batches (projection)
 LEDGER_TICKETS = 100_000
 IDLE_CONNECTIONS = 5000
 TARGET_WAITING = 20_000  # idle --waiting: visitors in a front's line within TARGET_IDLE_RSS
@@ -51,6 +52,7 @@ class Options:
     shards: int = DEFAULT_SHARDS
     fronts: int = 0  # front processes (0: the front runs inside main, in this process)
     cores: int = DEFAULT_CORES  # the projected ceiling's cluster size
+    slope_tickets: int = DEFAULT_SLOPE_TICKETS  # e2e --fronts: main's per-report/per-sale runs
     clients: int = DEFAULT_CLIENTS
     tickets: int = DEFAULT_TICKETS
     concurrency: int = DEFAULT_CONCURRENCY
@@ -135,6 +137,14 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
         default=DEFAULT_CORES,
         help=f"e2e: cores of the cluster the projected ceiling is for (default {DEFAULT_CORES})",
     )
+    p.add_argument(
+        "--slope-tickets",
+        type=int,
+        default=DEFAULT_SLOPE_TICKETS,
+        help="e2e with --fronts: tickets of the --mode ledger run at full batches that, with"
+        " one at batches of 16 (a quarter as many), splits main's CPU into per report and per"
+        f" sale for the projection (0: none; default {DEFAULT_SLOPE_TICKETS})",
+    )
     # Ledger mode
     p.add_argument("--batch", type=int, default=256, help="ledger: sales per report")
     p.add_argument(
@@ -212,6 +222,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
     for name in ("shards", "clients", "concurrency", "workers", "batch", "in_flight", "rounds"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    if args.slope_tickets < 0:
+        raise SystemExit("--slope-tickets must be >= 0")
     if args.fronts < 0 or args.cores < 2:
         raise SystemExit("--fronts must be >= 0 and --cores >= 2")
     if args.standby and args.fault != "kill-main":
@@ -230,6 +242,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         shards=args.shards,
         fronts=fronts,
         cores=args.cores,
+        slope_tickets=args.slope_tickets,
         clients=clients,
         tickets=tickets,
         concurrency=args.concurrency,

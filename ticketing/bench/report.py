@@ -170,11 +170,25 @@ def _projection_lines(out: dict[str, Any]) -> list[str]:
         f"PROJECTION (not a measurement): a {p['cores']}-core cluster, from this run's CPU per"
         " sold ticket",
         *(f"  {part}" for part in FORMULA.split("; ")),
-        f"  m = {c['main']:g} us, z (C - 1) = {p.get('main_fixed_ms_per_s', 0):g} ms/s,"
-        f" F = {c['fronts']:g} us, S = {c['shards']:g} us"
-        f" -> {p['tickets_per_s']:,.0f} tickets/s with 1 main + {p['fronts']} fronts +"
-        f" {p['shards']} shards, limited by {p['limited_by']}",
     ]
+    mc = p.get("main") or {}
+    slope = out.get("ledger_slope")
+    if slope and mc.get("r_us"):
+        runs = ", ".join(f"{r['cpu_us_per_report']:g} us at {r['batch']}" for r in slope["runs"])
+        lines.append(f"  main per report (two --mode ledger runs, one report in flight): {runs}")
+        lines.append(
+            f"  m = {mc['m_us']:g} us, r = {mc['r_us']:g} us, z = {mc['z_ms_per_s']:g} ms/s,"
+            f" y = {mc['y_ms_per_s']:g} ms/s, L = {mc['linger_s']:g} s, B = {mc['batch']}"
+        )
+    else:
+        lines.append(
+            f"  m = {c['main']:g} us, z (C - 1) = {p.get('main_fixed_ms_per_s', 0):g} ms/s"
+        )
+    lines.append(
+        f"  F = {c['fronts']:g} us, S = {c['shards']:g} us"
+        f" -> {p['tickets_per_s']:,.0f} tickets/s with 1 main + {p['fronts']} fronts +"
+        f" {p['shards']} shards, limited by {p['limited_by']}"
+    )
     bp = out.get("baseline_projection")
     if bp:
         lines.append(
