@@ -40,6 +40,7 @@ from ticketing.cluster import (
     LOAD_TEST_SHARD_ARGS,
     Child,
     FrontProcess,
+    LocalCluster,
     ShardProcess,
     shard_names,
 )
@@ -347,6 +348,22 @@ async def test_an_older_term_can_neither_write_nor_link(
         assert (await new.audit()).exact
     finally:
         await new.close()
+
+
+def test_a_clusters_fronts_beside_standbys_time_out_below_the_lease(tmp_path: Path) -> None:
+    """A front must drop a paused leader's link before a standby can lead: at most
+    2/3 of the lease after the leader's last word (it renews every lease / 3)."""
+
+    def front_timeout(standbys: int) -> float:
+        cluster = LocalCluster(tmp_path, [], standbys=standbys)
+        cluster.main = MainServer(data_dir=tmp_path)  # not started: its options only
+        flags = dict(f.removeprefix("--").split("=") for f in cluster._front_heartbeats())
+        assert float(flags["heartbeat-interval"]) < float(flags["heartbeat-timeout"])
+        return float(flags["heartbeat-timeout"])
+
+    lease = MainServer(data_dir=tmp_path).lease_seconds
+    assert front_timeout(1) < lease * 2 / 3
+    assert front_timeout(0) == MainServer(data_dir=tmp_path).heartbeat_timeout  # main's own
 
 
 def test_a_front_takes_the_newest_term_and_nothing_older() -> None:

@@ -45,6 +45,11 @@ LOAD_TEST_MAIN_ARGS = (
     *("--queue-entries-per-address", "off"),
 )
 
+# A front's heartbeat timeout beside standby mains, as a share of the lease (README,
+# "Fronts and a failover"): below lease - lease / 3, the longest a paused leader's
+# lease may still run after it last spoke.
+FRONT_TIMEOUT_OF_LEASE = 0.6
+
 log = logging.getLogger("ticketing.cluster")
 
 
@@ -326,7 +331,10 @@ class LocalCluster:
             host=self.host,
             port=port,
             # Its token key in the data folder: a restarted front keeps its queue tickets.
-            extra_args=[*lifted, "--data", str(self.data), *self.front_args],
+            extra_args=[
+                *lifted,
+                *("--data", str(self.data), *self._front_heartbeats(), *self.front_args),
+            ],
         )
         self.front_processes.append(front)
         async with asyncio.timeout(10):  # routable only once main certified its key
@@ -396,6 +404,22 @@ class LocalCluster:
             )
             self.standby_processes.append(standby)
             self._followers.append(asyncio.create_task(standby.follow()))
+
+    def _front_heartbeats(self) -> list[str]:
+        """Main's heartbeat options for a front; with standbys, a timeout under the lease.
+
+        A front must drop a paused leader's link before a standby can lead: the
+        lease runs out at most ``lease`` after the leader's last renewal, and that
+        renewal may come up to ``lease / 3`` before it falls silent.
+        """
+        assert self.main
+        timeout = self.main.heartbeat_timeout
+        if self.standbys:
+            timeout = round(min(timeout, self.main.lease_seconds * FRONT_TIMEOUT_OF_LEASE), 3)
+        return [
+            f"--heartbeat-interval={min(self.main.heartbeat_interval, timeout / 2)}",
+            f"--heartbeat-timeout={timeout}",
+        ]
 
     def _shard_args(self) -> list[str]:
         lifted = LOAD_TEST_SHARD_ARGS if self.load_test else ()
