@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.pgserver import drop_database, fresh_database
 from tests.test_bench import run_bench
-from ticketing.bench.fault import analyze, false_sold_outs, inversions, timeline_svg
+from ticketing.bench.fault import (
+    analyze,
+    false_sold_outs,
+    inversions,
+    last_grant_at,
+    timeline_svg,
+)
+from ticketing.ledger import open_ledger
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,9 +37,38 @@ def test_an_inversion_is_a_refusal_while_a_later_arrival_got_a_ticket() -> None:
 
 def test_a_sold_out_before_the_last_grant_or_with_stock_left_is_false() -> None:
     ends, kinds = [1.0, 2.0, 3.0, 4.0], ["ticket", "sold_out", "ticket", "sold_out"]
-    assert false_sold_outs(ends, kinds, unsold_at_end=0) == 1  # the one at 2.0
-    assert false_sold_outs(ends, kinds, unsold_at_end=5) == 2  # tickets never sold
-    assert false_sold_outs([1.0, 2.0], ["ticket", "sold_out"], 0) == 0
+    assert false_sold_outs(ends, kinds, 0, last_grant=2.9) == 1  # the one at 2.0
+    assert false_sold_outs(ends, kinds, unsold_at_end=5, last_grant=2.9) == 2  # never sold
+    assert false_sold_outs([1.0, 2.0], ["ticket", "sold_out"], 0, last_grant=0.9) == 0
+    assert false_sold_outs([2.0], ["sold_out"], 0, last_grant=None) == 0  # nothing granted
+
+
+def test_a_sold_out_heard_before_the_last_answer_but_after_the_last_grant_is_true() -> None:
+    """The last buyer's "yours" arrives late (3.0) but the server granted it at 1.5:
+    the visitor who heard "sold out" at 2.0 was told the truth."""
+    ends, kinds = [1.0, 3.0, 2.0], ["ticket", "ticket", "sold_out"]
+    assert false_sold_outs(ends, kinds, 0, last_grant=1.5) == 0
+    assert false_sold_outs(ends, kinds, 0, last_grant=2.5) == 1  # granted after it: false
+
+
+async def test_the_last_grant_is_the_ledgers_newest_order_on_the_monotonic_clock(
+    tmp_path: Path,
+) -> None:
+    ledger = await open_ledger(tmp_path / "ledger.sqlite3")
+    try:
+        assert await last_grant_at(ledger, 1) is None  # no order yet
+        wall = time.time() - 5.0  # granted 5 s ago
+        for serial, at in ((0, wall - 1.0), (1, wall)):
+            await ledger.driver.execute(
+                "INSERT INTO orders(event_id, serial, visitor, shard, epoch, price_cents,"
+                " status, created_at, expires_at) VALUES (1, ?, ?, 's', 1, 100,"
+                " 'awaiting_payment', ?, ?)",
+                (serial, f"v{serial}", at, at + 900),
+            )
+        got = await last_grant_at(ledger, 1)
+        assert got is not None and abs(got - (time.monotonic() - 5.0)) < 0.5
+    finally:
+        await ledger.close()
 
 
 def test_analyze_times_the_fault_and_the_stranded_stock() -> None:
@@ -38,14 +76,24 @@ def test_analyze_times_the_fault_and_the_stranded_stock() -> None:
         "t0": 100.0,
         "kinds": ["ticket", "ticket", "ticket", "sold_out"],
         "tickets": ["1-0", "1-7", "1-8", None],
-        "ends": [101.0, 112.0, 113.0, 114.0],
-        "arrivals": [100.5, 104.0, 105.0, 113.5],
+        "ends": [101.0, 112.0, 113.0, 112.8],
+        "arrivals": [100.5, 104.0, 105.0, 112.5],
         "waits": [0, 3, 2, 0],
         "hops": [0, 1, 0, 0],
         "silences": [0.1, 2.5, 1.0, 0.2],
     }
     marks = {"detected": 103.0, "fenced": 111.0, "recovered": 111.0, "led": 110.5}
-    f = analyze(visitors, fault_t=102.0, marks=marks, stranded={7, 8}, unsold_at_end=0, grace=3)
+    f = analyze(
+        visitors,
+        fault_t=102.0,
+        marks=marks,
+        stranded={7, 8},
+        unsold_at_end=0,
+        # The server granted the last ticket at 112.5; its "yours" came at 113.0, after
+        # the "sold out" at 112.8: that one was true.
+        last_grant=112.5,
+        grace=3,
+    )
     assert f["detected_after_s"] == 1.0 and f["fenced_after_s"] == 9.0
     assert f["led_after_s"] == 8.5 and f["first_ticket_new_main_s"] == 10.0
     assert f["stranded_first_sold_after_s"] == 10.0 and f["stranded_last_sold_after_s"] == 11.0

@@ -8,12 +8,16 @@ it, and the crowd completes. Then a paused leader (SIGSTOP) loses its lease to a
 third main and the fronts move to it; woken up (SIGCONT) the old leader is refused
 by the fronts' term and steps down. In-process, two mains on one ledger show the
 fencing itself: the older term's writes and hellos are refused, at the shards and
-at the fronts.
+at the fronts. ``ticketing cluster --mains 2 --fronts 1`` gives its front both mains:
+killed, the cluster's own (leading) main is replaced and the front sells on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import re
 import secrets
 import signal
@@ -22,6 +26,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -35,6 +40,7 @@ from ticketing.cluster import (
     LOAD_TEST_SHARD_ARGS,
     Child,
     FrontProcess,
+    LocalCluster,
     ShardProcess,
     shard_names,
 )
@@ -79,11 +85,23 @@ def main_args(keys: Path, data: Path, url: str, *extra: str, port: int = 0) -> l
     ]
 
 
+async def ledger_audit(url: str) -> dict[str, Any]:
+    """``ticketing audit --json`` of the ledger at ``url``, as another process sees it."""
+    audit = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ticketing", "audit", "--ledger", url, "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await audit.communicate()
+    assert audit.returncode == 0, out
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
 class FrontWatch:
     """A front process's link to main, as its operator sees it: the /metrics series."""
 
-    def __init__(self, front: FrontProcess, ctx: ssl.SSLContext, token: str) -> None:
-        self.url = f"https://127.0.0.1:{front.port}/"
+    def __init__(self, url: str, ctx: ssl.SSLContext, token: str) -> None:
+        self.url = url
         self.ctx, self.token = ctx, token
 
     async def series(self) -> dict[str, float]:
@@ -156,7 +174,7 @@ async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced
         front_args = [*HB, *LOAD_TEST_MAIN_ARGS, "--connect-timeout", "60"]
         fronts = [await FrontProcess.launch(n, keys, links, extra_args=front_args) for n in FRONTS]
         children += fronts
-        watches = [FrontWatch(f, ctx, token) for f in fronts]
+        watches = [FrontWatch(f"https://127.0.0.1:{f.port}/", ctx, token) for f in fronts]
         for w in watches:
             await w.until_term(1)
         urls = [w.url for w in watches]
@@ -228,12 +246,77 @@ async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced
     assert tickets and len(tickets) == len(set(tickets))  # never sold twice
     assert set(tickets) <= await held_or_sold(url)  # told only after the commit
     assert kinds["ticket"] == 200 and set(kinds) <= {"ticket", "sold_out"}
-    audit = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ticketing", "audit", "--ledger", url, "--json",
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await audit.communicate()
-    assert audit.returncode == 0 and b'"exact": true' in out, out
+    assert (await ledger_audit(url))["exact"]
+
+
+class Orphan:
+    """A process another one started, left running when that one was killed: held by a
+    pidfd (so a reused PID is never signalled) and stopped through it."""
+
+    def __init__(self, pid: int) -> None:
+        self.fd = os.pidfd_open(pid)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        loop.add_reader(self.fd, gone.set)  # readable once the process has exited
+        try:
+            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(self.fd, sig)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), wait)
+                    return
+            raise AssertionError("an orphan survived SIGKILL")
+        finally:
+            loop.remove_reader(self.fd)
+            os.close(self.fd)
+
+
+async def test_a_cluster_with_a_standby_sells_through_its_front_after_kill_9(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ticketing cluster --mains 2 --fronts 1``: its leading main is the cluster
+    process itself. Killed with SIGKILL, its shards, front and standby live on; the
+    standby leads, the front (given both mains) links to it and sells the rest."""
+    url = await fresh_database(request.getfixturevalue("postgres_admin"))
+    token = secrets.token_urlsafe(24)
+    monkeypatch.setenv(OPERATOR_ENV, token)  # the front's /metrics, for the watch
+    tickets = 10
+    args = [
+        *("-m", "ticketing", "cluster", "--mains", "2", "--fronts", "1", "--shards", "2"),
+        *("--ledger", url, "--data", str(tmp_path / "cluster"), "--port", "0"),
+        *("--tickets", str(tickets), *HB),
+    ]
+    orphans: list[Orphan] = []
+    # The processes that outlive the cluster write their log to a file, not a dead pipe.
+    with (tmp_path / "cluster.log").open("wb") as log:
+        cluster = await Child.spawn("cluster", args, timeout=90, stderr=log)
+    try:
+        orphans = [Orphan(pid) for name, pid in cluster.ready["pids"].items() if name != "main"]
+        assert len(orphans) == 4  # main-2, shard-1, shard-2, front-1
+        (front,) = cluster.ready["fronts"]
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "cluster" / "keys" / "ca.crt"))
+        watch = FrontWatch(front, ctx, token)
+        await watch.until_term(1)
+        before = [await get_ticket(front, ctx) for _ in range(3)]
+        assert [o.kind for o in before] == ["ticket"] * 3
+
+        cluster.proc.send_signal(signal.SIGKILL)
+        await cluster.proc.wait()
+        await watch.until_term(2)  # the standby leads and the front took its link
+        after = [await get_ticket(front, ctx) for _ in range(tickets - 3)]  # new visitors
+        assert [o.kind for o in after] == ["ticket"] * (tickets - 3), after
+        assert (await get_ticket(front, ctx)).kind == "sold_out"
+    finally:
+        await cluster.stop()
+        for orphan in orphans:
+            await orphan.stop()
+    sold = [o.ticket_id for o in before + after]
+    assert len(set(sold)) == tickets  # never twice
+    assert set(sold) <= await held_or_sold(url)
+    audit = await ledger_audit(url)
+    assert audit["exact"] and audit["held"] + audit["sold"] == tickets, audit
 
 
 async def test_an_older_term_can_neither_write_nor_link(
@@ -265,6 +348,22 @@ async def test_an_older_term_can_neither_write_nor_link(
         assert (await new.audit()).exact
     finally:
         await new.close()
+
+
+def test_a_clusters_fronts_beside_standbys_time_out_below_the_lease(tmp_path: Path) -> None:
+    """A front must drop a paused leader's link before a standby can lead: at most
+    2/3 of the lease after the leader's last word (it renews every lease / 3)."""
+
+    def front_timeout(standbys: int) -> float:
+        cluster = LocalCluster(tmp_path, [], standbys=standbys)
+        cluster.main = MainServer(data_dir=tmp_path)  # not started: its options only
+        flags = dict(f.removeprefix("--").split("=") for f in cluster._front_heartbeats())
+        assert float(flags["heartbeat-interval"]) < float(flags["heartbeat-timeout"])
+        return float(flags["heartbeat-timeout"])
+
+    lease = MainServer(data_dir=tmp_path).lease_seconds
+    assert front_timeout(1) < lease * 2 / 3
+    assert front_timeout(0) == MainServer(data_dir=tmp_path).heartbeat_timeout  # main's own
 
 
 def test_a_front_takes_the_newest_term_and_nothing_older() -> None:

@@ -188,7 +188,10 @@ async def test_main_restarts_mid_sale_with_fronts_up(tmp_path: Path) -> None:
                     cluster.front_url, headers={"Accept": "application/json"}, allow_redirects=False
                 ) as resp:
                     body = await resp.json()
-                assert resp.status == 200 and body["status"] == "wait", body
+                # "wait" while the waiting room still has main's last straight passes,
+                # "queued" (a place in line) once its report to main has failed: which
+                # one depends on when its tick ran, and both keep the visitor's place.
+                assert resp.status == 200 and body["status"] in ("wait", "queued"), body
         # The same main, on the same files and ports.
         from ticketing.front.server import RedirectServer
         from ticketing.main.server import MainServer

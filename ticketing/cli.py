@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -16,7 +17,7 @@ from .drain import DEFAULT_GRACE, drain_main, drain_shard
 from .errors import ConfigError
 from .events_cli import add_parser as add_events
 from .logs import LOG_FORMATS, setup_logging
-from .process import stop_signal, wait_for_stop
+from .process import say, stop_signal, wait_for_stop
 from .tls import DEFAULT_HOSTS, write_cluster_keys
 
 
@@ -133,32 +134,33 @@ def cmd_main(args: argparse.Namespace) -> int:
             # Fronts dial in here. Listening from the start, a standby tells them it
             # does not lead (instead of refusing the connection) until accept() below.
             ready["front_port"] = await main.serve_fronts(args.front_port, args.host, accept=False)
-            print(f"front link port: {args.host}:{ready['front_port']}", flush=True)
+            say(f"front link port: {args.host}:{ready['front_port']}")
+            say("LISTENING " + json.dumps(ready))  # for a cluster: its fronts dial this too
         async with main:
-            print(f"leading: term {main.term}", flush=True)
+            say(f"leading: term {main.term}")
             assert main.ledger
             # The shards given, else every shard the ledger knows (a standby taking
             # over): those are linked without waiting on any that does not answer.
             for host, tls, https in (_parse_shard(spec) for spec in args.shard):
-                print(f"linked {await main.connect_client_server(host, tls, https)}", flush=True)
+                say(f"linked {await main.connect_client_server(host, tls, https)}")
             if not args.shard:
                 for name, up in (await main.adopt_shards()).items():
-                    print(f"linked {name}" if up else f"offline {name} (retrying)", flush=True)
+                    say(f"linked {name}" if up else f"offline {name} (retrying)")
             await _maybe_create_event(main, args)
             async with RedirectServer(main, **_front_options(args)) as redirect:
                 port = await redirect.create_server(args.port, args.host)
                 main.market_url = origin_of(args.host, port)  # what fronts proxy /app/ to
                 if main.fronts is not None:
                     main.fronts.accept()  # leading, shards linked: fronts may route now
-                print(f"redirect server: https://{args.host}:{port}/", flush=True)
-                print(f"marketplace: https://{args.host}:{port}/app/", flush=True)
-                print("READY " + json.dumps({"port": port, "term": main.term, **ready}), flush=True)
+                say(f"redirect server: https://{args.host}:{port}/")
+                say(f"marketplace: https://{args.host}:{port}/app/")
+                say("READY " + json.dumps({"port": port, "term": main.term, **ready}))
                 deposed = asyncio.ensure_future(main.deposed.wait())
                 stopped = asyncio.ensure_future(wait_for_stop(stop))
                 await asyncio.wait({deposed, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 stopped.cancel()
                 if main.deposed.is_set():  # a newer term leads: never serve beside it
-                    print(f"deposed: term {main.term} is over", flush=True)
+                    say(f"deposed: term {main.term} is over")
                     return 3
                 deposed.cancel()
                 await drain_main(main, redirect, args.drain_timeout)
@@ -171,18 +173,18 @@ async def _maybe_create_event(main: Any, args: argparse.Namespace) -> None:
     """Create the demo event on a fresh ledger (a restart keeps the existing one)."""
     if args.tickets and not await main.events():
         event = await main.init_tickets(args.event_name, args.description, args.price, args.tickets)
-        print(f"event {event}: {args.tickets} tickets of {args.event_name!r}", flush=True)
+        say(f"event {event}: {args.tickets} tickets of {args.event_name!r}")
     if main.online_shards():
         given = await main.distribute_tickets()
         if any(given.values()):
-            print(f"distributed: {given}", flush=True)
+            say(f"distributed: {given}")
 
 
 # -- cluster -----------------------------------------------------------------------
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from .cluster import Child, LocalCluster, shard_names
+    from .cluster import LocalCluster, shard_names
     from .ledger import is_postgres
 
     if args.mains > 1 and not (args.ledger and is_postgres(args.ledger)):
@@ -190,12 +192,20 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> int:
+        stop = stop_signal()
         cluster = LocalCluster(
             Path(args.data),
             shard_names(args.shards),
             host=args.host,
             redirect_port=args.port,
             fronts=args.fronts,
+            # Standby mains: same ledger, keys and signing key; each front dials them all.
+            standbys=args.mains - 1,
+            standby_args=[
+                *_heartbeat_flags(args),
+                *("--hold-seconds", str(args.hold_seconds)),
+                *("--reclaim-after", str(args.reclaim_after)),
+            ],
             main_options={
                 "ledger_url": args.ledger,
                 "hold_seconds": args.hold_seconds,
@@ -204,23 +214,18 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             },
             shard_args=_heartbeat_flags(args),
         )
-        # Standby mains print READY only once they lead: each is a task until then, and
-        # cancelling it stops its process (Child.spawn stops it by PID).
-        standbys: list[asyncio.Task[Child]] = []
         async with cluster:
             assert cluster.main
             await _maybe_create_event(cluster.main, args)
-            for i in range(2, args.mains + 1):  # standby mains: same ledger, keys, signing key
-                standby = [
-                    *("-m", "ticketing", "main", "--standby", "--ledger", args.ledger),
-                    *("--keys", str(cluster.keys), "--data", str(args.data)),
-                    *("--host", args.host, "--port", "0", *_heartbeat_flags(args)),
-                ]
-                standbys.append(asyncio.create_task(Child.spawn(f"main-{i}", standby, timeout=1e9)))
-                print(f"  main-{i}: standby (leads when main's lease runs out)")
+            pids = {"main": os.getpid()}
+            for s in cluster.standby_processes:
+                pids[s.name] = s.pid
+                print(f"  {s.name}: pid {s.pid}, standby (leads when main's lease runs out)")
             for p in cluster.processes:
+                pids[p.name] = p.pid
                 print(f"  {p.name}: pid {p.pid}, link port {p.tls_port}, https port {p.https_port}")
             for f in cluster.front_processes:
+                pids[f.name] = f.pid
                 print(f"  {f.name}: pid {f.pid}, https://{args.host}:{f.port}/")
             print(f"\nOpen {cluster.front_url} in a browser to get a ticket.")
             print(f"Accounts, checkout, resale, waiting list: {cluster.front_url}app/")
@@ -228,16 +233,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                 f"(The certificates come from the cluster CA {cluster.keys / 'ca.crt'}:"
                 " import it, or accept the warning.)"
             )
-            print("Ctrl-C stops the cluster.", flush=True)
-            await wait_for_stop()
+            print("Ctrl-C stops the cluster.")
+            # For scripts and tests: where browsers go, and every process (to stop by PID
+            # what outlives this one, e.g. after a kill -9 of this leader).
+            print("READY " + json.dumps({"fronts": cluster.front_urls, "pids": pids}), flush=True)
+            await wait_for_stop(stop)
             await drain_main(cluster.main, cluster.redirect, args.drain_timeout)
             audit = await cluster.main.audit()
             print(f"\nstopping; audit: {json.dumps(audit.as_dict())}")
-            for task in standbys:
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    await task.result().stop()  # it had taken over
-                task.cancel()
-            await asyncio.gather(*standbys, return_exceptions=True)
         return 0
 
     return _run(run)

@@ -2,7 +2,11 @@
 
 With ``fronts=F`` it also starts F front processes (``ticketing front``) that dial
 main's front link port; browsers then use them, and main's own front stays as the
-marketplace backend they proxy to.
+marketplace backend they proxy to (announced in main's hello, so it follows a failover).
+
+With ``standbys=S`` (a PostgreSQL ledger) it also starts S ``ticketing main --standby``
+processes before the fronts. Each listens for fronts at once (refusing them until it
+leads), so every front is given every main's front link port and follows a failover.
 
 Used by ``ticketing cluster``, the benchmark and the multi-process tests. Shard
 processes print one ``READY {json}`` line with their bound ports; they are stopped
@@ -23,7 +27,7 @@ from typing import Any, Self
 
 from .edge import FRONT_LIMITS, SHARD_LIMITS
 from .front.queue import QueueOptions
-from .front.server import RedirectServer
+from .front.server import RedirectServer, origin_of
 from .main.server import MainServer
 from .tls import write_cluster_keys
 
@@ -40,6 +44,11 @@ LOAD_TEST_MAIN_ARGS = (
     *("--max-per-address", str(FRONT_LIMITS.max_connections)),
     *("--queue-entries-per-address", "off"),
 )
+
+# A front's heartbeat timeout beside standby mains, as a share of the lease (README,
+# "Fronts and a failover"): below lease - lease / 3, the longest a paused leader's
+# lease may still run after it last spoke.
+FRONT_TIMEOUT_OF_LEASE = 0.6
 
 log = logging.getLogger("ticketing.cluster")
 
@@ -67,6 +76,7 @@ class Child:
         limit: int = 1 << 16,  # longest line it may print
         prefix: Sequence[str] = (),  # e.g. ("ip", "netns", "exec", NS): it execs python
         stderr: Any = None,  # where its log goes (default: ours)
+        ready_tag: str = "READY",  # the line that means it is up
     ) -> Self:
         proc = await asyncio.create_subprocess_exec(
             *prefix,
@@ -87,7 +97,7 @@ class Child:
                     tag, payload = await child.read()
                     if tag == "":
                         raise RuntimeError(f"{name} exited with {await proc.wait()}")
-                    if tag == "READY":
+                    if tag == ready_tag:
                         child.ready = payload or {}
                         return child
         except BaseException:
@@ -100,11 +110,14 @@ class Child:
         await self.proc.stdin.drain()
 
     async def read(self) -> tuple[str, Any]:
-        """The next ``TAG [json]`` line; ``("", None)`` at EOF."""
+        """The next ``TAG [json]`` line, blank lines skipped; ``("", None)`` at EOF."""
         assert self.proc.stdout
-        line = (await self.proc.stdout.readline()).decode().rstrip("\n")
-        if not line:
-            return "", None
+        line = ""
+        while not line:
+            raw = await self.proc.stdout.readline()
+            if not raw:
+                return "", None
+            line = raw.decode().strip()
         tag, _, rest = line.partition(" ")
         try:
             return tag, json.loads(rest) if rest else None
@@ -209,6 +222,52 @@ class FrontProcess(Child):
 
 
 @dataclass
+class StandbyMain(Child):
+    """A ``ticketing main --standby`` process, up once it listens for fronts.
+
+    It prints ``LISTENING {"front_port": N}`` at once and ``READY`` only when it leads;
+    :meth:`follow` reads its output (so its pipe never fills) and sets :attr:`leads`
+    once it leads.
+    """
+
+    leads: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def front_port(self) -> int:
+        return int(self.ready["front_port"])
+
+    @classmethod
+    async def launch(
+        cls,
+        name: str,
+        keys: Path,
+        data: Path,
+        ledger_url: str,
+        *,
+        host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
+        ready_timeout: float = 30.0,
+    ) -> StandbyMain:
+        args = [
+            *("-m", "ticketing", "main", "--standby", "--ledger", ledger_url),
+            *("--keys", str(keys), "--data", str(data)),
+            *("--host", host, "--port", "0", "--front-port", "0", *extra_args),
+        ]
+        return await cls.spawn(name, args, timeout=ready_timeout, ready_tag="LISTENING")
+
+    async def follow(self) -> None:
+        """Read its lines until it exits; log the takeover."""
+        while True:
+            tag, payload = await self.read()
+            if tag == "":
+                return
+            if tag == "READY" and isinstance(payload, dict):
+                self.ready.update(payload)
+                self.leads.set()
+                log.warning("%s (pid %d) leads: term %s", self.name, self.pid, payload.get("term"))
+
+
+@dataclass
 class LocalCluster:
     """Main and the redirect in this process, ``shards`` shard processes."""
 
@@ -224,11 +283,15 @@ class LocalCluster:
     load_test: bool = False
     fronts: int = 0  # front processes (0: browsers use main's embedded front)
     front_args: Sequence[str] = ()
+    standbys: int = 0  # standby main processes (a PostgreSQL ledger): main-2...
+    standby_args: Sequence[str] = ()
     main: MainServer | None = None
     redirect: RedirectServer | None = None
     processes: list[ShardProcess] = field(default_factory=list)
     front_processes: list[FrontProcess] = field(default_factory=list)
+    standby_processes: list[StandbyMain] = field(default_factory=list)
     front_link_port: int | None = None
+    _followers: list[asyncio.Task[None]] = field(default_factory=list, init=False, repr=False)
 
     @property
     def keys(self) -> Path:
@@ -249,6 +312,12 @@ class LocalCluster:
     def front_names(self) -> list[str]:
         return front_names(self.fronts)
 
+    def main_links(self) -> list[str]:
+        """Every main's front link address, the leader's first: what each front dials."""
+        assert self.front_link_port
+        ports = [self.front_link_port, *(s.front_port for s in self.standby_processes)]
+        return [f"{self.host}:{p}" for p in ports]
+
     async def add_front(self, name: str, port: int = 0) -> FrontProcess:
         """Start one more front process (mid-sale is fine: it dials main)."""
         assert self.main and self.redirect and self.front_link_port
@@ -258,12 +327,14 @@ class LocalCluster:
         front = await FrontProcess.launch(
             name,
             self.keys,
-            f"{self.host}:{self.front_link_port}",
-            market=f"https://{self.host}:{self.redirect.port}",
+            self.main_links(),
             host=self.host,
             port=port,
             # Its token key in the data folder: a restarted front keeps its queue tickets.
-            extra_args=[*lifted, "--data", str(self.data), *self.front_args],
+            extra_args=[
+                *lifted,
+                *("--data", str(self.data), *self._front_heartbeats(), *self.front_args),
+            ],
         )
         self.front_processes.append(front)
         async with asyncio.timeout(10):  # routable only once main certified its key
@@ -304,7 +375,10 @@ class LocalCluster:
             for p in self.processes:
                 await self.main.connect_client_server(self.host, p.tls_port, p.https_port)
             self.redirect = RedirectServer(self.main, **self._redirect_options())
-            await self.redirect.create_server(self.redirect_port, self.host)
+            port = await self.redirect.create_server(self.redirect_port, self.host)
+            self.main.market_url = origin_of(self.host, port)  # what fronts proxy /app/ to
+            if self.standbys:
+                await self._start_standbys()
             if self.fronts:
                 self.front_link_port = await self.main.serve_fronts(0, self.host)
                 base = self.redirect_port + 1 if self.redirect_port else 0
@@ -314,6 +388,38 @@ class LocalCluster:
             await self.stop()
             raise
         return self
+
+    async def _start_standbys(self) -> None:
+        """Standby mains on the leader's ledger, keys and signing key (same data folder)."""
+        assert self.main and self.main.ledger_url
+        lifted = LOAD_TEST_MAIN_ARGS if self.load_test else ()
+        for i in range(2, self.standbys + 2):
+            standby = await StandbyMain.launch(
+                f"main-{i}",
+                self.keys,
+                self.data,
+                self.main.ledger_url,
+                host=self.host,
+                extra_args=[*lifted, *self.standby_args],
+            )
+            self.standby_processes.append(standby)
+            self._followers.append(asyncio.create_task(standby.follow()))
+
+    def _front_heartbeats(self) -> list[str]:
+        """Main's heartbeat options for a front; with standbys, a timeout under the lease.
+
+        A front must drop a paused leader's link before a standby can lead: the
+        lease runs out at most ``lease`` after the leader's last renewal, and that
+        renewal may come up to ``lease / 3`` before it falls silent.
+        """
+        assert self.main
+        timeout = self.main.heartbeat_timeout
+        if self.standbys:
+            timeout = round(min(timeout, self.main.lease_seconds * FRONT_TIMEOUT_OF_LEASE), 3)
+        return [
+            f"--heartbeat-interval={min(self.main.heartbeat_interval, timeout / 2)}",
+            f"--heartbeat-timeout={timeout}",
+        ]
 
     def _shard_args(self) -> list[str]:
         lifted = LOAD_TEST_SHARD_ARGS if self.load_test else ()
@@ -325,6 +431,10 @@ class LocalCluster:
         return {**LOAD_TEST_FRONT_OPTIONS, **self.redirect_options}
 
     async def stop(self) -> None:
+        # The standbys first: none may take over from a main that is stopping.
+        await asyncio.gather(*(s.stop() for s in self.standby_processes))
+        for task in self._followers:
+            task.cancel()
         await asyncio.gather(*(f.stop() for f in self.front_processes))
         if self.redirect:
             await self.redirect.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
+import sys
 
 
 def stop_signal() -> asyncio.Event:
@@ -19,6 +21,20 @@ def stop_signal() -> asyncio.Event:
 async def wait_for_stop(stop: asyncio.Event | None = None) -> None:
     """Return on SIGINT or SIGTERM (Ctrl-C stops cleanly)."""
     await (stop or stop_signal()).wait()
+
+
+def say(line: str) -> None:
+    """Print ``line`` now; when nobody reads our stdout any more, carry on without it.
+
+    A standby main started by ``ticketing cluster`` outlives that process when it was
+    the leader the standby replaces: a dead reader's pipe must not stop the new leader.
+    """
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later lines (and the exit flush) vanish
+        os.close(devnull)
 
 
 def raise_fd_limit() -> int:

@@ -39,7 +39,7 @@ from ..cluster import (
     front_names,
     shard_names,
 )
-from ..ledger import open_ledger
+from ..ledger import SqlLedger, open_ledger
 from ..market.api import OPERATOR_ENV
 from ..process import raise_fd_limit
 from ..tls import write_cluster_keys
@@ -78,14 +78,34 @@ def inversions(
     return out
 
 
-def false_sold_outs(ends: Sequence[float], kinds: Sequence[str], unsold_at_end: int) -> int:
-    """Visitors told "sold out" while a ticket remained: before the last grant, or at
-    all when tickets were still unsold when the sale ended."""
-    last_grant = max((e for e, k in zip(ends, kinds, strict=True) if k == "ticket"), default=0.0)
+def false_sold_outs(
+    ends: Sequence[float], kinds: Sequence[str], unsold_at_end: int, last_grant: float | None
+) -> int:
+    """Visitors told "sold out" while a ticket remained: at all when tickets were
+    still unsold when the sale ended, else those who heard it before the server
+    granted its last ticket (``last_grant``, on the visitors' clock; None: nothing
+    was granted).
+
+    By the server's grant, not the last buyer's answer: on a loaded machine a "yours"
+    can reach its buyer after another visitor has heard "sold out", although that
+    last ticket was granted (and the stock gone) before.
+    """
     sold_outs = [e for e, k in zip(ends, kinds, strict=True) if k == "sold_out"]
     if unsold_at_end:
         return len(sold_outs)
+    if last_grant is None:
+        return 0
     return sum(1 for e in sold_outs if e < last_grant)
+
+
+async def last_grant_at(ledger: SqlLedger, event_id: int) -> float | None:
+    """When main recorded the event's last grant (its newest order), on this machine's
+    monotonic clock, the visitors' (the ledger keeps wall-clock times)."""
+    rows = await ledger.driver.fetch(
+        "SELECT MAX(created_at) AS last FROM orders WHERE event_id = ?", (event_id,)
+    )
+    last = rows[0]["last"] if rows else None
+    return None if last is None else float(last) - time.time() + time.monotonic()
 
 
 def answer_timeline(
@@ -111,6 +131,7 @@ def analyze(
     marks: dict[str, float | None],
     stranded: set[int],
     unsold_at_end: int,
+    last_grant: float | None,
     grace: float,
 ) -> dict[str, Any]:
     """The figures of one fault run, from every visitor's own record.
@@ -118,7 +139,8 @@ def analyze(
     ``marks``: monotonic times of ``detected``, ``fenced``, ``recovered`` (None when
     it did not happen); the fault window runs from ``fault_t`` to ``recovered``
     (else the last answer) plus ``grace``. ``stranded``: serials in the victim's
-    pool at the fault.
+    pool at the fault. ``last_grant``: when the server granted the last ticket
+    (:func:`last_grant_at`).
     """
     t0 = visitors["t0"]
     kinds, ends, arrivals = visitors["kinds"], visitors["ends"], visitors["arrivals"]
@@ -150,7 +172,7 @@ def analyze(
         "answers": dict(counts),
         "waited": sum(1 for w in visitors["waits"] if w),
         "sent_back": sum(1 for h in visitors["hops"] if h),
-        "false_sold_outs": false_sold_outs(ends, kinds, unsold_at_end),
+        "false_sold_outs": false_sold_outs(ends, kinds, unsold_at_end, last_grant),
         "fcfs_inversions": inversions(arrivals, ends, kinds, window),
         "longest_silence_s": round(max(silences, default=0.0), 3),
         "silence_p99_s": percentile(silences, 99),
@@ -577,6 +599,7 @@ async def run_fault(opts: Options) -> dict[str, Any]:
             ledger = await open_ledger(ledger_url or data / "ledger.sqlite3")
             try:
                 audit = (await ledger.audit(EVENT)).as_dict()
+                last_grant = await last_grant_at(ledger, EVENT)
             finally:
                 await ledger.close()
     result = run.result
@@ -588,6 +611,7 @@ async def run_fault(opts: Options) -> dict[str, Any]:
         marks=run.marks,
         stranded=run.stranded,
         unsold_at_end=int(audit["unassigned"]) + int(audit["in_pools"]),
+        last_grant=last_grant,
         grace=opts.heartbeat_timeout,
     )
     result.pop("ticket_ids")
