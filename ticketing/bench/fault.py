@@ -101,11 +101,8 @@ def false_sold_outs(
 async def last_grant_at(ledger: SqlLedger, event_id: int) -> float | None:
     """When main recorded the event's last grant (its newest order), on this machine's
     monotonic clock, the visitors' (the ledger keeps wall-clock times)."""
-    rows = await ledger.driver.fetch(
-        "SELECT MAX(created_at) AS last FROM orders WHERE event_id = ?", (event_id,)
-    )
-    last = rows[0]["last"] if rows else None
-    return None if last is None else float(last) - time.time() + time.monotonic()
+    last = await ledger.last_sale_at(event_id)
+    return None if last is None else last - time.time() + time.monotonic()
 
 
 def answer_timeline(

@@ -1123,6 +1123,13 @@ class SqlLedger:
 
     # -- audit -------------------------------------------------------------------------
 
+    async def last_sale_at(self, event_id: int) -> float | None:
+        rows = await self.driver.fetch(
+            "SELECT MAX(created_at) AS last FROM orders WHERE event_id = ?", (event_id,)
+        )
+        last = rows[0]["last"] if rows else None
+        return None if last is None else float(last)
+
     async def audit(self, event_id: int | None = None) -> Audit:
         where, args = ("WHERE event_id = ?", (event_id,)) if event_id is not None else ("", ())
         a = Audit()
