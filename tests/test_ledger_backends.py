@@ -7,14 +7,23 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import BACKENDS
 from tests.pgserver import fresh_database
 from ticketing.errors import ConfigError
-from ticketing.ledger import OrderKind, Principal, SqlLedger, open_driver, open_ledger
+from ticketing.ledger import (
+    OrderKind,
+    Principal,
+    SqliteDriver,
+    SqlLedger,
+    open_driver,
+    open_ledger,
+)
 from ticketing.ledger.copy import CopyError, copy_ledger
 from ticketing.ledger.driver import Queries
 from ticketing.ledger.schema import LATEST, schema_version
@@ -135,4 +144,39 @@ async def test_an_atomic_transaction_commits_whole_or_not_at_all(
             await ledger.driver.atomic(add_then_wait)
     rows = await ledger.driver.fetch("SELECT sid FROM revoked_sessions ORDER BY sid")
     assert [r["sid"] for r in rows] == ["kept"]
+    await ledger.close()
+
+
+async def test_a_transaction_cancelled_while_it_begins_leaves_the_sqlite_ledger_usable(
+    tmp_path: Path,
+) -> None:
+    """The statements run on the database's thread whatever happens to the awaiting
+    coroutine: one cancelled while its BEGIN runs must roll back, else the next
+    transaction finds it still open."""
+    ledger = await open_ledger(f"sqlite:///{tmp_path / 'cancelled.sqlite3'}")
+    driver = ledger.driver
+    assert isinstance(driver, SqliteDriver)
+    begun, go = threading.Event(), threading.Event()
+    real = driver._conn
+
+    class Held:  # the connection, whose BEGIN waits for the test's word
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("BEGIN"):
+                begun.set()
+                go.wait(10)
+            return real.execute(sql, *args)
+
+    driver._conn = Held()  # type: ignore[assignment]
+    task = asyncio.create_task(ledger.create_event("Cancelled", "", 100, 3))
+    assert await asyncio.to_thread(begun.wait, 10)  # BEGIN is running on the thread
+    task.cancel()
+    go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    driver._conn = real
+    event = await ledger.create_event("After", "", 100, 3)  # a new transaction begins
+    assert (await ledger.audit(event.id)).exact and len(await ledger.events()) == 1
     await ledger.close()

@@ -120,11 +120,14 @@ class SqliteDriver:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteDriver]:
         async with self._lock:
-            await self._call(self._conn.execute, "BEGIN IMMEDIATE")
             try:
+                # Inside the try: a caller cancelled while BEGIN runs must still roll
+                # back (the thread runs it whatever happens to the await), else the
+                # next transaction would find this one open.
+                await self._call(self._conn.execute, "BEGIN IMMEDIATE")
                 yield self
             except BaseException:
-                await self._call(self._conn.rollback)
+                await self._call(self._conn.rollback)  # a no-op outside a transaction
                 raise
             await self._call(self._conn.commit)
 
