@@ -325,6 +325,27 @@ async def test_reload_and_restart_keep_the_place_and_a_copy_is_refused(
         assert (later["position"], back["position"], behind["position"]) == (1, 1, 2)
 
 
+async def test_a_released_waiter_is_sent_straight_to_a_shard(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Straight on", "", "10", 3)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, release_rate=0.001)  # nobody is released yet
+    await front(cluster)
+    url = f"{cluster.front}events/{event_id}"
+    async with WebClient(ca_context, timeout=20) as client:
+        _, _, entered = await client.admission(url)
+        assert entered["status"] == "queued" and "redirect" not in entered
+        await cluster.main.update_event(event_id, release_rate=None)
+        poll = cluster.front.rstrip("/") + entered["poll"]
+        async with client.session.get(poll, headers=JSON) as resp:  # held until released
+            released = await resp.json()
+        assert released["status"] == "released"
+        shard = f"https://127.0.0.1:{cluster.shards[0].https_port}"  # not the front again
+        assert released["redirect"].startswith(f"{shard}/?event={event_id}&token=")
+        outcome = await client.claim(released["redirect"])
+    assert outcome.kind == "ticket"
+
+
 async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_context) -> None:
     cluster = await make_cluster(1)
     event_id = await cluster.main.init_tickets("Opening", "", "10", 40)

@@ -132,6 +132,9 @@ class QueueDoor:
         self.changes = Changes()  # notified after every tick (main's orders applied)
         self._asked: dict[int, float] = {}  # event -> until when visitors wait for orders
         self._last_prune = 0.0
+        # The front's admission for a released visitor: the shard URL with its token
+        # (None: not now, it goes through the front's door as any visitor).
+        self.admit: Callable[[web.Request, int, float], str | None] | None = None
         self.counts = {"direct": 0, "entered": 0, "released": 0}  # for the benchmark
 
     # -- wiring -------------------------------------------------------------------
@@ -366,12 +369,16 @@ class QueueDoor:
             payload["errors"] = [{"message": "wrong or reused proof of work"}]
         return self._json_or_page(request, status, payload)
 
-    def _refused(self, request: web.Request, event: Event, message: str) -> web.Response:
+    def _refused(
+        self, request: web.Request, event: Event, message: str, *, page: bool = True
+    ) -> web.Response:
         payload = {
             "status": "refused",
             "errors": [{"message": message}],
             "location": f"/events/{event.id}",  # join the line afresh
         }
+        if not page:
+            return web.json_response(payload, status=403)
         return self._json_or_page(request, 403, payload)
 
     def _json_or_page(
@@ -402,20 +409,23 @@ class QueueDoor:
         ``poll_timeout`` with the new position; one far back: answer now, with
         ``next_poll_s`` (the long-poll is the cheap part only near the head)."""
         info = await self.source.event_info(int(request.match_info["event_id"]))
-        if info is None:
-            raise web.HTTPNotFound()
+        if info is None:  # JSON, as every answer here: the page's script asks
+            return web.json_response(
+                {"status": "no_event", "errors": [{"message": "no such event"}]}, status=404
+            )
         event = event_of(info)
         cookie = request.cookies.get(VISITOR_COOKIE, "")
         token = request.query.get("queue", "")
         ticket = self._ticket(token, public_id(cookie), event.id) if valid_visitor(cookie) else None
         if ticket is None:
-            return self._refused(request, event, REFUSED)
+            return self._refused(request, event, REFUSED, page=False)
         self.events[event.id] = event
         line = self.line(event.id)
-        line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
+        if not self._passed(event.id, ticket.rank):
+            line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
         first = self.state(event, ticket, token)
         if first["status"] != "queued" or first["next_poll_s"] > 0:
-            return self._closing(web.json_response(first), first)
+            return self._polled(request, event, ticket, first)
         if first["prequeue"]:  # wake at the start
             hold = min(self.options.poll_timeout, first["starts_in_s"] + self.options.tick)
         else:  # near the head: hear the release at once; the page counts the ETA down
@@ -432,8 +442,18 @@ class QueueDoor:
             if self._wakers.get(key) is fut and not fut.done():
                 del self._wakers[key]
         line.seen(ticket.rank, self.monotonic())
-        last = self.state(event, ticket, token)
-        return self._closing(web.json_response(last), last)
+        return self._polled(request, event, ticket, self.state(event, ticket, token))
+
+    def _polled(
+        self, request: web.Request, event: Event, ticket: QueueTicket, state: dict[str, Any]
+    ) -> web.Response:
+        """A long-poll's answer; released: with the shard to go to (``redirect``), so
+        the page goes straight there instead of back through the front first."""
+        if state["status"] == "released" and self.admit is not None:
+            where = self.admit(request, event.id, ticket.issued)
+            if where is not None:
+                state = dict(state, redirect=where)
+        return self._closing(web.json_response(state), state)
 
     async def handle_script(self, request: web.Request) -> web.Response:
         return web.Response(body=_file("queue.js"), content_type="text/javascript")

@@ -186,6 +186,7 @@ class FrontDoor:
         )
         self.market: Market | None = None  # the marketplace, when mounted in this process
         self.queue = QueueDoor(source, queue, uplink=self._exchange_lines, metrics=self.metrics)
+        self.queue.admit = self._admit_released
         self.queue.mount(self.app)  # /events/{id}/queue, the long-poll
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -348,7 +349,7 @@ class FrontDoor:
         held = Place(public_id(visitor), event_id, place, arrived)
         return held.sign(self.source.signer, self.place_ttl)
 
-    def _redirect(
+    def _shard_location(
         self,
         request: web.Request,
         visitor: str,
@@ -356,8 +357,8 @@ class FrontDoor:
         shard: Route,
         arrived: float,
         place: str,
-        info: dict[str, Any],
-    ) -> web.StreamResponse:
+    ) -> str:
+        """The shard's page with a fresh admission token and the visitor's place."""
         admission = Admission.new(
             public_id(visitor),  # never the cookie itself: the URL can leak
             shard.name,
@@ -372,11 +373,42 @@ class FrontDoor:
             f"{shard.https_url}/?event={event_id}&token={token}"
             f"&place={self._place_token(visitor, event_id, place, arrived)}"
         )
+        return location
+
+    def _redirect(
+        self,
+        request: web.Request,
+        visitor: str,
+        event_id: int,
+        shard: Route,
+        arrived: float,
+        place: str,
+        info: dict[str, Any],
+    ) -> web.StreamResponse:
+        location = self._shard_location(request, visitor, event_id, shard, arrived, place)
         return web.json_response(
             {"status": "redirect", "location": location, **info},
             status=302,
             headers={"Location": location},
         )
+
+    def _admit_released(self, request: web.Request, event_id: int, arrived: float) -> str | None:
+        """Where a visitor the waiting room just released goes: a shard's URL with its
+        admission (the same decision as the door's), or None to come through the door."""
+        visitor = request.cookies.get(VISITOR_COOKIE, "")
+        if not valid_visitor(visitor):
+            return None
+        place = secrets.token_urlsafe(12)
+        routes = self.source.routes(event_id)
+        ahead = self.waiting.ahead(place, arrived, time.monotonic())
+        shard = (
+            routes.pick()
+            if choose_answer(routes.view(), waiting_ahead=ahead) is Answer.REDIRECT
+            else None
+        )
+        if shard is None:
+            return None
+        return self._shard_location(request, visitor, event_id, shard, arrived, place)
 
     def _admit_unknown(self, request: web.Request, event_id: int | None = None) -> web.Response:
         """Main is away and this front does not know the event yet: come back shortly."""
