@@ -120,6 +120,24 @@ def test_release_rate_follows_the_grants_and_respects_a_cap() -> None:
     assert capped.allowance(1.0) == 5 and capped.expected_rate() == 5.0
 
 
+def test_the_window_covers_the_transit_so_a_slow_path_does_not_starve_the_shards() -> None:
+    """Every released visitor takes 2 s to reach a shard and get a ticket: a window of
+    one second of grants would stay at min_window (5 grants/s for ever)."""
+    rate = ReleaseRate(min_window=10, target_delay=1.0)
+    remaining, released = 10_000, []  # (when, how many)
+    for step in range(40):
+        now = step * 0.5
+        granted = sum(n for t, n in released if now - 2.0 - 0.25 < t <= now - 2.0 + 0.25)
+        remaining -= granted
+        rate.observe(remaining, now)
+        n = rate.allowance(now)
+        rate.released(n, now)
+        released.append((now, n))
+        rate.held_back(now)  # a long line waits behind the window all along
+    assert rate.transit() == pytest.approx(2.0, abs=0.6)
+    assert rate.grant_rate() > 20  # four times what a window of min_window gives
+
+
 def line_report(ranks: list[int], *, horizon: int = 10**9, head: int = 512, **kw) -> LineReport:
     line = Line()
     for r in ranks:
