@@ -25,14 +25,16 @@ from ticketing.front.waitroom import (
     ClockSequencer,
     LeasedSequencer,
     Line,
-    ReleaseRate,
+    ahead_in,
     eta_seconds,
     prequeue_rank,
 )
+from ticketing.ledger.records import Event
+from ticketing.main.release import ReleaseCoordinator, ReleaseRate
 from ticketing.tokens import TokenSigner
 from ticketing.visitor import public_id
 from ticketing.web_client import WebClient
-from ticketing.wire import QueueTicket
+from ticketing.wire import LineOrders, LineReport, QueueTicket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,6 +120,106 @@ def test_release_rate_follows_the_grants_and_respects_a_cap() -> None:
     assert capped.allowance(1.0) == 5 and capped.expected_rate() == 5.0
 
 
+def test_the_window_covers_the_transit_so_a_slow_path_does_not_starve_the_shards() -> None:
+    """Every released visitor takes 2 s to reach a shard and get a ticket: a window of
+    one second of grants would stay at min_window (5 grants/s for ever)."""
+    rate = ReleaseRate(min_window=10, target_delay=1.0)
+    remaining, released = 10_000, []  # (when, how many)
+    for step in range(40):
+        now = step * 0.5
+        granted = sum(n for t, n in released if now - 2.0 - 0.25 < t <= now - 2.0 + 0.25)
+        remaining -= granted
+        rate.observe(remaining, now)
+        n = rate.allowance(now)
+        rate.released(n, now)
+        released.append((now, n))
+        rate.held_back(now)  # a long line waits behind the window all along
+    assert rate.transit() == pytest.approx(2.0, abs=0.6)
+    assert rate.grant_rate() > 20  # four times what a window of min_window gives
+
+
+def line_report(ranks: list[int], *, horizon: int = 10**9, head: int = 512, **kw) -> LineReport:
+    line = Line()
+    for r in ranks:
+        line.join(r, 0.0, "a", now=0.0)
+    return LineReport(kw.pop("started", True), line.head(head), line.sketch(), horizon, **kw)
+
+
+EVENT = Event(1, "Crowd", "", 1000, 100)
+
+
+def test_one_watermark_releases_the_lowest_ranks_of_every_front() -> None:
+    coord = ReleaseCoordinator(min_window=4)
+    # Front b has reported first (nobody there yet): a's line alone may not run past
+    # b's horizon, the rank its next arrival would get.
+    coord.report("b", EVENT, line_report([], horizon=5), remaining=100, now=0.0)
+    alone = coord.report("a", EVENT, line_report([1, 4, 6, 9]), remaining=100, now=0.0)
+    assert alone.upto == 4  # 1 and 4: 6 and 9 wait, b may still show a 5
+    b = coord.report("b", EVENT, line_report([5, 7, 8], horizon=20), remaining=100, now=0.1)
+    assert b.upto == 6  # room for two more: 5 (b) and 6 (a), the lowest of both lines
+    full = coord.report("b", EVENT, line_report([7, 8], horizon=20), remaining=100, now=0.2)
+    assert full.upto == 6  # the window (4 in flight) is full until the shards grant
+    a = coord.report("a", EVENT, line_report([9]), remaining=98, now=1.0)  # 2 granted
+    assert a.upto == 8 and (a.direct, b.direct) == (0, 0)  # 7 and 8, both b's, before a's 9
+    assert [o.waiting for o in a.others] == [2] and b.others[0].marks == (1, 4, 6, 9)
+    assert coord.counts["released"] == 6
+
+
+def test_nothing_goes_before_every_front_has_started_nor_past_a_cut_head() -> None:
+    coord = ReleaseCoordinator(min_window=10)
+    coord.report("a", EVENT, line_report([-9, -3], started=False), remaining=50, now=0.0)
+    early = coord.report("b", EVENT, line_report([-5, 2]), remaining=50, now=0.0)
+    assert early.upto is None  # a's clock says the sale has not started yet
+    coord.report("a", EVENT, line_report([-9, -3]), remaining=50, now=0.1)
+    assert coord.events[EVENT.id].upto == 2  # -9, -5, -3, 2: one shuffled order
+    cut = line_report(list(range(10, 30)), head=3)  # 20 waiting, only 10, 11, 12 reported
+    assert cut.cut
+    coord.report("b", EVENT, line_report([]), remaining=50, now=5.0)
+    assert coord.report("a", EVENT, cut, remaining=50, now=6.0).upto == 12
+
+
+def test_straight_passes_only_while_nobody_waits_anywhere() -> None:
+    coord = ReleaseCoordinator(min_window=8)
+    quiet = coord.report("a", EVENT, line_report([], horizon=5), remaining=100, now=0.0)
+    assert quiet.direct == 8  # the window, for one front
+    other = coord.report("b", EVENT, line_report([]), remaining=100, now=0.0)
+    assert other.direct == 4  # shared by two fronts
+    # Someone waits at b, past a's horizon (a's clock is behind): not released yet ...
+    assert coord.report("b", EVENT, line_report([7]), remaining=100, now=0.1).upto is None
+    # ... so a sends nobody straight on.
+    busy = coord.report("a", EVENT, line_report([], direct=3, horizon=5), remaining=100, now=0.2)
+    assert busy.upto is None and busy.direct == 0
+    assert coord.counts["direct"] == 3
+    coord.forget("b")  # b's link closed: its line holds nobody up
+    assert coord.report("a", EVENT, line_report([]), remaining=100, now=0.3).direct > 0
+
+
+def test_sketches_place_a_rank_among_another_fronts_waiters() -> None:
+    line = Line()
+    for r in range(0, 3000, 3):  # 1,000 waiters
+        line.join(r, 0.0, "a", now=0.0)
+    sketch = line.sketch(marks=64)
+    assert sketch.waiting == 1000 and sketch.step == 16
+    for rank in (0, 1, 500, 1501, 2998, 5000):
+        truth = line.position(rank) - 1
+        assert abs(ahead_in(sketch, rank) - truth) <= sketch.step // 2
+    small = Line()
+    for r in (3, 8, 9):
+        small.join(r, 0.0, "a", now=0.0)
+    assert [ahead_in(small.sketch(), r) for r in (1, 4, 9, 10)] == [0, 1, 2, 3]  # exact
+    assert small.release_upto(8, now=1.0) == [3, 8] and small.head() == (9,)
+
+
+def test_line_reports_and_orders_round_trip_and_refuse_garbage() -> None:
+    report = line_report([3, 5], horizon=9, direct=2)
+    assert LineReport.from_wire(report.to_wire()) == report
+    orders = LineOrders(upto=5, direct=1, rate=12.5, others=(report.sketch,))
+    assert LineOrders.from_wire(orders.to_wire()) == orders
+    for bad in ({**report.to_wire(), "head": [5, 3]}, {**report.to_wire(), "direct": -1}):
+        with pytest.raises(ValueError):
+            LineReport.from_wire(bad)
+
+
 def test_proof_of_work_is_checked_once_for_its_visitor() -> None:
     assert leading_zero_bits(b"\x00\x0f") == 12 and leading_zero_bits(b"\x80") == 0
     signer = TokenSigner()
@@ -144,9 +246,11 @@ def test_queue_ticket_claims_round_trip_and_refuse_garbage() -> None:
 # -- the front, over TLS ------------------------------------------------------------
 
 
-async def front(cluster, **queue: object) -> RedirectServer:
-    """A front with the given waiting-room options (load-test limits: one address)."""
-    opts = {"tick": 0.05, "min_window": 1, "entries_per_address": None, **queue}
+async def front(cluster, min_window: int = 1, **queue: object) -> RedirectServer:
+    """A front with the given waiting-room options (load-test limits: one address)
+    and main's release window (``min_window``)."""
+    cluster.main.lines.min_window = min_window
+    opts = {"tick": 0.05, "entries_per_address": None, **queue}
     options = {**LOAD_TEST_FRONT_OPTIONS, "queue": QueueOptions(**opts)}
     cluster.redirect = RedirectServer(cluster.main, **options)
     await cluster.redirect.create_server(0)
@@ -237,6 +341,27 @@ async def test_reload_and_restart_keep_the_place_and_a_copy_is_refused(
         back = await enter(a, f"{url}?queue={first['queue']}")
         behind = await enter(b, f"{url}?queue={second['queue']}")
         assert (later["position"], back["position"], behind["position"]) == (1, 1, 2)
+
+
+async def test_a_released_waiter_is_sent_straight_to_a_shard(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Straight on", "", "10", 3)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, release_rate=0.001)  # nobody is released yet
+    await front(cluster)
+    url = f"{cluster.front}events/{event_id}"
+    async with WebClient(ca_context, timeout=20) as client:
+        _, _, entered = await client.admission(url)
+        assert entered["status"] == "queued" and "redirect" not in entered
+        await cluster.main.update_event(event_id, release_rate=None)
+        poll = cluster.front.rstrip("/") + entered["poll"]
+        async with client.session.get(poll, headers=JSON) as resp:  # held until released
+            released = await resp.json()
+        assert released["status"] == "released"
+        shard = f"https://127.0.0.1:{cluster.shards[0].https_port}"  # not the front again
+        assert released["redirect"].startswith(f"{shard}/?event={event_id}&token=")
+        outcome = await client.claim(released["redirect"])
+    assert outcome.kind == "ticket"
 
 
 async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_context) -> None:

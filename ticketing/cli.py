@@ -56,7 +56,6 @@ def cmd_front(args: argparse.Namespace) -> int:
     from .front.node import FrontServer
 
     options = _front_options(args)
-    options.pop("queue")  # the waiting room runs in the front inside main (for now)
 
     async def run() -> int:
         front = FrontServer(
@@ -64,6 +63,7 @@ def cmd_front(args: argparse.Namespace) -> int:
             mains=[_parse_address(spec) for spec in args.main or [DEFAULT_MAIN]],
             market_url=args.market,
             connect_timeout=args.connect_timeout,
+            key_path=Path(args.data) / f"{args.name}.signing.key" if args.data else None,
             **_heartbeats(args),
             **options,
         )
@@ -518,6 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address browsers reach this front on")
     p.add_argument("--port", type=int, default=8443, help="HTTPS port for browsers")
+    p.add_argument(
+        "--data",
+        help="keep this front's token key in DIR/NAME.signing.key: its queue tickets stay"
+        " good across a restart (default: a fresh key per process)",
+    )
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (the bench extra)")
     p.add_argument(
         "--connect-timeout",

@@ -262,7 +262,8 @@ class LocalCluster:
             market=f"https://{self.host}:{self.redirect.port}",
             host=self.host,
             port=port,
-            extra_args=[*lifted, *self.front_args],
+            # Its token key in the data folder: a restarted front keeps its queue tickets.
+            extra_args=[*lifted, "--data", str(self.data), *self.front_args],
         )
         self.front_processes.append(front)
         async with asyncio.timeout(10):  # routable only once main certified its key

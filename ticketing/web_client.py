@@ -171,7 +171,9 @@ class WebClient:
                 if released.get("status") != "released":
                     return outcome(released.get("status", "error"), released)
                 url = urljoin(url, released["location"])
-                continue
+                if not isinstance(released.get("redirect"), str):
+                    continue  # through the front's door
+                location = released["redirect"]  # straight to the shard, as the page does
             if location is None:
                 kind = body.get("status", "error") if status < 500 else "unavailable"
                 if kind in ("wait", "unavailable") and isinstance(body.get("location"), str):
@@ -244,12 +246,15 @@ class WebClient:
                     open_timeout=self.timeout,
                     max_size=1 << 16,
                     compression=None,
+                    proxy=None,  # as the aiohttp half: no proxy from the environment
                     local_addr=self.local_addr,
                 ) as ws:
                     opened = True
                     timings["connect"] = time.perf_counter() - t0
                     await ws.send(json.dumps({"type": "request"}))
                     msg = json.loads(await ws.recv())
+                    # The answer is in hand now; closing the socket comes after.
+                    timings["total"] = time.perf_counter() - t0
         except InvalidStatus as exc:
             return Outcome(
                 "refused",
@@ -266,7 +271,6 @@ class WebClient:
         except OSError as exc:  # refused, reset: the shard is gone (persistent: go back)
             message = {"message": f"wss failed: {exc!r}", "unreachable": True}
             return Outcome("error", message, timings=timings)
-        timings["total"] = time.perf_counter() - t0
         return Outcome(msg.get("type", "error"), msg, timings=timings)
 
 

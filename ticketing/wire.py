@@ -11,7 +11,9 @@
 - place tokens (:class:`Place`): a front signs a visitor's place in line for itself;
   admission and place tokens carry the first arrival (``ARRIVED``).
 - queue tickets (:class:`QueueTicket`): a visitor's entry in the waiting room, and
-  proof-of-work challenges (:class:`PowChallenge`), both signed by the front.
+  proof-of-work challenges (:class:`PowChallenge`), both signed by the front;
+- the cluster-wide line: a front's :class:`LineReport` (``FromFront.LINE``) and
+  main's :class:`LineOrders` in the reply (release up to a rank, straight passes).
 """
 
 from __future__ import annotations
@@ -60,6 +62,14 @@ class ToFront(StrEnum):
     KEYS = "keys"  # {"keys": {kid: hex}}: certified keys (for place tokens of other fronts)
     REVOKED = "revoked"  # {"sessions": [[sid, exp]]}: signed-out sessions
     PING = "ping"
+
+
+class FromFront(StrEnum):
+    """Commands a front sends to main (after its hello)."""
+
+    # {"events": {id: LineReport wire}} -> {"events": {id: LineOrders wire}}: every
+    # waiting-room tick, the front's lines; main answers what each may release.
+    LINE = "line"
 
 
 FRONT_HELLO_KEY = "token_key"  # the front's Ed25519 public key (hex) in its hello
@@ -283,7 +293,8 @@ class QueueTicket:
         return signer.sign(QUEUE, self.claims(), ttl)
 
     @classmethod
-    def verify(cls, verifier: TokenVerifier, token: str) -> QueueTicket:
+    def verify(cls, verifier: TokenVerifier | KeyRing, token: str) -> QueueTicket:
+        """The entry a ticket carries (any certified front's, with a :class:`KeyRing`)."""
         return cls.from_claims(verifier.verify(token, QUEUE))
 
 
@@ -328,6 +339,114 @@ class PowChallenge:
         """The challenge and its expiry (for the replay guard)."""
         c = verifier.verify(token, POW)
         return cls.from_claims(c), float(c["exp"])
+
+
+@dataclass(frozen=True)
+class LineSketch:
+    """The shape of one front's line, for other fronts' positions: ``waiting``
+    visitors, and the ranks at positions 0, ``step``, 2 ``step``... (``marks``)."""
+
+    waiting: int
+    step: int
+    marks: tuple[int, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.waiting, self.step, list(self.marks)]
+
+    @classmethod
+    def from_wire(cls, item: Any) -> LineSketch:
+        waiting, step, marks = item
+        if type(waiting) is not int or type(step) is not int or step < 1 or waiting < 0:
+            raise ValueError("a sketch needs waiting >= 0 and step >= 1")
+        return cls(waiting, step, _ints(marks))
+
+
+@dataclass(frozen=True)
+class LineReport:
+    """One front's line for one event, as main's release decision needs it.
+
+    ``head``: the lowest waiting ranks, ascending (at most ``LINE_HEAD``; fewer than
+    ``sketch.waiting`` means cut short); ``horizon``: no later entry on this front
+    gets a lower rank (its sequencer's next number); ``started``: the sale has
+    started on the front's clock; ``direct``: visitors it sent straight on since its
+    last report.
+    """
+
+    started: bool
+    head: tuple[int, ...]
+    sketch: LineSketch
+    horizon: int
+    direct: int = 0
+
+    @property
+    def cut(self) -> bool:
+        """The head is not the whole line: nothing past its last rank is known."""
+        return len(self.head) < self.sketch.waiting
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "head": list(self.head),
+            "sketch": self.sketch.to_wire(),
+            "horizon": self.horizon,
+            "direct": self.direct,
+        }
+
+    @classmethod
+    def from_wire(cls, item: dict[str, Any]) -> LineReport:
+        started, direct, horizon = item["started"], item["direct"], item["horizon"]
+        if type(started) is not bool or type(direct) is not int or direct < 0:
+            raise ValueError("started must be a bool and direct an integer >= 0")
+        if type(horizon) is not int:
+            raise ValueError("horizon must be an integer")
+        head = _ints(item["head"])
+        if list(head) != sorted(head) or len(head) > LINE_HEAD:
+            raise ValueError(f"head must be ascending, at most {LINE_HEAD} ranks")
+        return cls(started, head, LineSketch.from_wire(item["sketch"]), horizon, direct)
+
+
+LINE_HEAD = 512  # ranks of a line's head in a report: more than main releases per tick
+
+
+@dataclass(frozen=True)
+class LineOrders:
+    """Main's word to one front about one event's line.
+
+    ``upto``: release every waiting rank up to this one (None: none yet), the same
+    watermark for every front, so all lines move in one cluster-wide order;
+    ``direct``: visitors this front may send straight on until its next report
+    (0 while anyone waits anywhere); ``rate``: the cluster's release rate (for
+    ETAs); ``others``: the other fronts' lines (for positions).
+    """
+
+    upto: int | None = None
+    direct: int = 0
+    rate: float = 0.0
+    others: tuple[LineSketch, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "upto": self.upto,
+            "direct": self.direct,
+            "rate": self.rate,
+            "others": [o.to_wire() for o in self.others],
+        }
+
+    @classmethod
+    def from_wire(cls, item: dict[str, Any]) -> LineOrders:
+        upto, direct, rate = item["upto"], item["direct"], item["rate"]
+        if (upto is not None and type(upto) is not int) or type(direct) is not int:
+            raise ValueError("upto and direct must be integers")
+        if not _number(rate):
+            raise ValueError("rate must be a number")
+        others = tuple(LineSketch.from_wire(o) for o in item["others"])
+        return cls(upto, max(0, direct), float(rate), others)
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or any(type(v) is not int for v in value):
+        raise ValueError("expected a list of integers")
+    return tuple(value)
 
 
 def _number(value: object) -> bool:

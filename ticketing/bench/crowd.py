@@ -3,7 +3,8 @@
 R x S visitors arrive at a steady pace (the workers' ``rate`` mode: every visitor a
 fresh :class:`~ticketing.web_client.WebClient` that waits in line like the page)
 at a :class:`~ticketing.cluster.LocalCluster` (main + front in this process, K
-shard processes). Reported, from every visitor's own record: errors and timeouts,
+shard processes; with ``--fronts F``, F front processes the visitors are spread
+over, one line across them all). Reported, from every visitor's own record: errors and timeouts,
 the sale's checks (``check_sale``), the winners' median time-to-ticket against the
 time to the last ticket, first-come-first-served inversions, how true the shown
 position and ETA were, and the answers' timeline.
@@ -97,17 +98,27 @@ async def run_crowd(opts: Options) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": "crowd", "options": opts.public(), "machine": machine()}
     with DataDir(opts) as data:
         cluster = LocalCluster(
-            data, shard_names(opts.shards), shard_args=opts.loop_flag, load_test=True
+            data,
+            shard_names(opts.shards),
+            shard_args=opts.loop_flag,
+            load_test=True,
+            fronts=opts.fronts,
+            front_args=opts.loop_flag,
         )
         async with cluster:
             main = cluster.main
             assert main is not None
             event_id = await main.init_tickets("Flash crowd", "crowd", "25.00", opts.tickets)
             await main.distribute_tickets()
-            servers = {"main+front": os.getpid(), **{p.name: p.pid for p in cluster.processes}}
+            await cluster.fronts_in_sync()  # every front knows the event before GO
+            servers = {
+                "main" if opts.fronts else "main+front": os.getpid(),
+                **{f.name: f.pid for f in cluster.front_processes},
+                **{p.name: p.pid for p in cluster.processes},
+            }
             load = await drive_visits(
                 "crowd",
-                cluster.front_url,
+                cluster.front_urls,
                 cluster.keys / "ca.crt",
                 servers,
                 opts,
@@ -115,12 +126,11 @@ async def run_crowd(opts: Options) -> dict[str, Any]:
                 rate=opts.arrival_rate,
             )
             audit = (await main.audit(event_id)).as_dict()
-            assert cluster.redirect is not None
-            front = dict(cluster.redirect.queue.counts)
+            front = dict(main.lines.counts)  # every front's, as main released them
     visitors = load.pop("visitors")
     verdict = check_sale(load.pop("ticket_ids"), opts.tickets, audit, event_id)
     crowd = analyze_crowd(visitors)
-    crowd["front"] = front  # visitors sent on at once, entered in line, released
+    crowd["front"] = front  # visitors sent on at once, and released from the line
     out.update(load=load, audit=audit, verdict=verdict.as_dict(), crowd=crowd)
     out["visitors"] = visitors  # every visitor's record, for a closer look at the JSON
     problems = list(verdict.problems)

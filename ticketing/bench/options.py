@@ -100,8 +100,8 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
         "--fronts",
         type=int,
         default=0,
-        help="e2e: F front processes, and F 302 processes in the baseline (default 0: the"
-        " front inside main)",
+        help="e2e: F front processes, and F 302 processes in the baseline; crowd: F front"
+        " processes with one waiting room (default 0: the front inside main)",
     )
     p.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="N visitors")
     p.add_argument(

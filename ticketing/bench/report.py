@@ -380,6 +380,10 @@ def format_crowd(out: dict[str, Any]) -> str:
         ("sold-out answers", _fmt(load["sold_out"])),
         ("errors + timeouts", _fmt(load["errors"])),
         ("waited in line (visitors)", _fmt(w["queued_visitors"])),
+        (
+            "sent straight on / released",
+            f"{_fmt(c['front'].get('direct'))} / {_fmt(c['front'].get('released'))}",
+        ),
         ("winners' median time-to-ticket", s(c["winners_median_s"])),
         ("time to the last ticket", s(c["time_to_last_ticket_s"])),
         (
@@ -392,8 +396,10 @@ def format_crowd(out: dict[str, Any]) -> str:
     ]
     timeline = c["timeline"]
     lines = [
-        f"crowd: {o['shards']} shards, {o['tickets']} tickets, {o['arrival_rate']:g} arrivals/s"
-        f" for {o['duration']:g} s, {o['workers']} worker processes, {out['machine']['cpus']} CPUs",
+        f"crowd: {o['shards']} shards, {o.get('fronts') or 'no'} front processes"
+        f"{'' if o.get('fronts') else ' (the front inside main)'}, {o['tickets']} tickets,"
+        f" {o['arrival_rate']:g} arrivals/s for {o['duration']:g} s, {o['workers']} worker"
+        f" processes, {out['machine']['cpus']} CPUs",
         "",
         _table(rows),
         "",

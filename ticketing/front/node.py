@@ -17,6 +17,12 @@ front remembers the newest term it has seen and refuses a main with an older one
 main refuses it too; a newer main answering while the front is still on an older
 one's link replaces it. The decision is :func:`choose_main`, a plain function.
 
+The waiting room (``queue.py``) runs here as in main's embedded front: its queue
+tickets and proof-of-work challenges are signed with this front's key, and its
+lines go to main every tick over the link (``FromFront.LINE``), whose reply
+releases them in the cluster's one order. ``key_path``: keep the key in that file
+across restarts, so a restarted front's queue tickets (and places) stay good.
+
 The marketplace (``/app/``, ``/api/v1`` including its WebSocket, ``/admin/``) is
 proxied over HTTPS to main's own front (``market_url``, else the address the
 leading main announces in its hello, so it follows a failover), so browsers see
@@ -36,6 +42,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -44,11 +51,12 @@ from aiohttp import web
 from ..errors import CommandError, LinkClosed, PeerRejected
 from ..heartbeat import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from ..link import Commands, Handler, Link
+from ..main.server import load_signing_key
 from ..market.sessions import COOKIE_NAME
 from ..protocol import PROTOCOL_VERSION
 from ..tls import Credentials, PemSource, browser_server_context, check_peer, client_context
 from ..tokens import TokenSigner
-from ..wire import FRONT_HELLO_KEY, HelloRefused, ToFront
+from ..wire import FRONT_HELLO_KEY, FromFront, HelloRefused, LineOrders, LineReport, ToFront
 from .forwarding import CLIENT_HEADER, HOP_HEADERS, sign_client
 from .server import FrontDoor
 from .view import PushedView
@@ -87,6 +95,7 @@ class FrontServer(FrontDoor):
         *,
         mains: Sequence[tuple[str, int]] = (("127.0.0.1", 9000),),  # every main's link port
         market_url: str | None = None,  # main's own front (https://host:port); None: announced
+        key_path: str | os.PathLike[str] | None = None,  # the token key's file; None: fresh
         # Timeouts
         connect_timeout: float = 10.0,  # per main dialled; the others are dialled meanwhile
         reconnect_min: float = 0.1,
@@ -95,8 +104,10 @@ class FrontServer(FrontDoor):
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         **options: Any,
     ) -> None:
-        # A fresh key per process: main certifies it for as long as this link lives.
-        self.view = PushedView(TokenSigner(kid=name))
+        # Main certifies the key for as long as this link lives; kept in key_path, the
+        # same key comes back after a restart (its queue tickets count again).
+        key = load_signing_key(Path(key_path)) if key_path is not None else None
+        self.view = PushedView(TokenSigner(key, kid=name))
         super().__init__(self.view, **options)
         self.name = name
         self.mains = [(host, int(port)) for host, port in mains]
@@ -323,6 +334,21 @@ class FrontServer(FrontDoor):
             await link.close("link setup failed")
             raise
         return link, hello, based
+
+    async def _exchange_lines(self, reports: dict[int, LineReport]) -> dict[int, LineOrders] | None:
+        """The waiting room's lines to main over the link; None while it is down."""
+        link = self.link
+        if link is None or not self.linked.is_set():
+            return None
+        wire = {str(eid): r.to_wire() for eid, r in reports.items()}
+        try:
+            got = await link.request(
+                FromFront.LINE, {"events": wire}, timeout=self.heartbeat_timeout
+            )
+            return {int(eid): LineOrders.from_wire(o) for eid, o in got["events"].items()}
+        except (LinkClosed, CommandError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: waiting-room report failed: %s", self.name, exc)
+            return None
 
     async def _on_view(self, args: dict[str, Any]) -> dict[str, Any]:
         self.view.apply(args)

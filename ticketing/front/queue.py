@@ -1,51 +1,70 @@
-"""The waiting room on the front's HTTP port: the gate, the long-poll, the page.
+"""The waiting room on a front's HTTP port: the gate, the long-poll, the page.
 
+The same code runs in every front: main's embedded one and front processes.
 :meth:`QueueDoor.gate` runs first in the front's admission: a visitor goes straight
-on while nobody waits, the sale has started and the shards have room
-(:class:`~ticketing.front.waitroom.ReleaseRate`); otherwise it gets a signed queue
-ticket and ``{"status": "queued", "position", "eta_s", ...}`` (JSON) or the waiting
-page (``queue_page/``). The page and :class:`~ticketing.web_client.WebClient`
-long-poll ``GET /events/{id}/queue?token=...``: the answer comes when the visitor
+on while nobody waits anywhere, the sale has started and main gave this front room
+for it; otherwise it gets a queue ticket signed with this front's key and
+``{"status": "queued", "position", "eta_s", ...}`` (JSON) or the waiting page
+(``queue_page/``). The page and :class:`~ticketing.web_client.WebClient`
+long-poll ``GET /events/{id}/queue?queue=...``: the answer comes when the visitor
 is released, the event sells out, or after a while (sooner near the head) with the
-new position. A ticker releases the head of each line every ``tick`` seconds.
+new position.
 
-Refusals: a queue ticket of another visitor (copied to another browser) or not
-signed by us: 403. Proof of work (an event's ``pow_bits``): a new entry needs a
-solved challenge (``pow.py``), a wrong one is 403 with a fresh challenge. Live
-entries per client address are capped (429).
+Releasing: every ``tick`` the door reports its lines to main (``wire.LineReport``
+through its *uplink*: in-process for the embedded front, the front link for a
+front process) and main answers one cluster-wide watermark (``main/release.py``):
+the door releases its waiters ranked up to it, so all fronts release in one order.
+While main cannot be reached nobody is released or sent straight on; entries are
+still made (a place in line, not an error).
+
+Refusals: a queue ticket of another visitor (copied to another browser), or not
+signed by a certified front (a revoked front's): 403. Proof of work (an event's
+``pow_bits``): a new entry needs a solved challenge of this front (``pow.py``), a
+wrong one is 403 with a fresh challenge. Live entries per client address are
+capped (429).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import html
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from ..changes import Changes
 from ..errors import TokenError
 from ..ledger.records import Event
+from ..main.release import MIN_WINDOW, TARGET_DELAY
 from ..metrics import FrontMetrics
 from ..visitor import VISITOR_COOKIE, public_id, valid_visitor
-from ..wire import Place, QueueTicket
+from ..wire import LineOrders, LineReport, Place, QueueTicket
 from .pow import PowGate
-from .waitroom import ClockSequencer, Line, ReleaseRate, Sequencer, eta_seconds, prequeue_rank
-
-if TYPE_CHECKING:
-    from ..main.server import MainServer
+from .source import RoutingSource
+from .waitroom import ClockSequencer, Line, Sequencer, ahead_in, eta_seconds, prequeue_rank
 
 log = logging.getLogger("ticketing.queue")
 
 
 REFUSED = "this place in line is another browser's, or no longer valid: join the line again"
+
+# A door's lines to main, main's orders back (None: main cannot be reached now).
+Uplink = Callable[[dict[int, LineReport]], Awaitable[dict[int, LineOrders] | None]]
+_EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
+
+
+def event_of(info: dict[str, Any]) -> Event:
+    """An event's settings from its public fields (a front process's pushed view)."""
+    return Event(**{k: v for k, v in info.items() if k in _EVENT_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -53,15 +72,13 @@ class QueueOptions:
     """The waiting room's knobs (``RedirectServer(queue=...)``)."""
 
     enabled: bool = True
-    # Release rate (ReleaseRate): visitors in flight to the shards
-    min_window: int = 64
-    target_delay: float = 1.0
     # Timeouts
-    tick: float = 0.1  # seconds between releases
+    tick: float = 0.1  # seconds between reports to main (and releases)
     poll_timeout: float = 10.0  # the longest long-poll (under the keep-alive timeout)
     hold_eta: float = 20.0  # waiters due within this many seconds long-poll; others call back
     max_poll_gap: float = 60.0  # the longest a far-back waiter is told to wait between polls
     stale_after: float = 90.0  # a waiter silent that long has left (> max_poll_gap + slack)
+    first_word: float = 1.0  # an event's first visitor here waits this long for main's orders
     ticket_ttl: float = 12 * 3600.0  # a queue ticket's life (pre-queues can be long)
     # Limits
     entries_per_address: int | None = 50  # live entries per client address; None: no cap
@@ -84,30 +101,40 @@ def _page() -> str:
 
 
 class QueueDoor:
-    """Every event's line on one front, with its release rate and ticker."""
+    """Every event's line on one front, reported to main and released by its orders."""
 
     def __init__(
         self,
-        main: MainServer,
+        source: RoutingSource,
         options: QueueOptions | None = None,
         *,
+        uplink: Uplink,
         sequencer: Sequencer | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: FrontMetrics | None = None,
     ) -> None:
-        self.main = main
+        self.source = source
+        self.uplink = uplink
         self.metrics = metrics
         self.options = options or QueueOptions()
         self.sequencer = sequencer or ClockSequencer(clock)
         self.clock, self.monotonic = clock, monotonic
         self.lines: dict[int, Line] = {}
-        self.rates: dict[int, ReleaseRate] = {}
         self.events: dict[int, Event] = {}
+        self.orders: dict[int, LineOrders] = {}  # main's last word, per event
+        self.upto: dict[int, int] = {}  # the watermark released to (never goes back)
+        self._budget: dict[int, int] = {}  # straight passes left until the next orders
+        self._direct: dict[int, int] = {}  # straight passes not reported yet
         self._wakers: dict[tuple[int, int], asyncio.Future[None]] = {}
         self._pow: PowGate | None = None
-        self._verifier: Any = None
+        self._kick = asyncio.Event()  # a first visitor for an event: report now
+        self.changes = Changes()  # notified after every tick (main's orders applied)
+        self._asked: dict[int, float] = {}  # event -> until when visitors wait for orders
         self._last_prune = 0.0
+        # The front's admission for a released visitor: the shard URL with its token
+        # (None: not now, it goes through the front's door as any visitor).
+        self.admit: Callable[[web.Request, int, float], str | None] | None = None
         self.counts = {"direct": 0, "entered": 0, "released": 0}  # for the benchmark
 
     # -- wiring -------------------------------------------------------------------
@@ -131,56 +158,67 @@ class QueueDoor:
             if not fut.done():
                 fut.cancel()
 
-    def _keys(self) -> tuple[Any, PowGate]:
-        if self._pow is None:
-            assert self.main.signer
-            self._verifier = self.main.signer.verifier()
-            self._pow = PowGate(self.main.signer, self._verifier)
-        return self._verifier, self._pow
+    def _gate(self) -> PowGate:
+        if self._pow is None:  # this front's challenges only: a solution is used once here
+            signer = self.source.signer
+            self._pow = PowGate(signer, signer.verifier())
+        return self._pow
 
     def line(self, event_id: int) -> Line:
         if event_id not in self.lines:
             self.lines[event_id] = Line(stale_after=self.options.stale_after)
         return self.lines[event_id]
 
-    def rate(self, event: Event) -> ReleaseRate:
-        rate = self.rates.get(event.id)
-        if rate is None:
-            rate = self.rates[event.id] = ReleaseRate(
-                min_window=self.options.min_window, target_delay=self.options.target_delay
-            )
-            rate.observe(self.main.stock_view(event.id).remaining, self.monotonic())
-        rate.cap = event.release_rate
-        return rate
+    def _remaining(self, event_id: int) -> int:
+        return self.source.routes(event_id).view().remaining
+
+    def _passed(self, event_id: int, rank: int) -> bool:
+        """Main's watermark is past ``rank``: its turn has come (on any front)."""
+        upto = self.upto.get(event_id)
+        return upto is not None and rank <= upto
 
     # -- the gate -----------------------------------------------------------------
 
-    def gate(self, request: web.Request, event: Event, visitor: str) -> Pass | web.Response:
+    async def gate(self, request: web.Request, event: Event, visitor: str) -> Pass | web.Response:
         """Let the visitor (public id) on, or answer with its place in line."""
         if not self.options.enabled:
             return Pass()
         self.events[event.id] = event
+        line = self.line(event.id)
+        if event.id not in self.orders:
+            await self._first_word(event.id)
         now, mono = self.clock(), self.monotonic()
         started = event.sale_starts_at is None or now >= event.sale_starts_at
-        line, rate = self.line(event.id), self.rate(event)
         token = request.query.get("queue", "")
         if token:
             ticket = self._ticket(token, visitor, event.id)
             if ticket is None:
                 return self._refused(request, event, REFUSED)
-            if line.released(ticket.rank):
+            if line.released(ticket.rank) or self._passed(event.id, ticket.rank):
                 return Pass(ticket.issued)
             line.join(ticket.rank, ticket.issued, request.remote or "?", mono)
             return self._queued(request, event, ticket, token)
-        if self.main.stock_view(event.id).remaining == 0:
+        if self._remaining(event.id) == 0:
             return Pass()  # sold out: the front says so
         if self._has_place(request, visitor, event.id):
             return Pass()  # already through once (sent back by a shard, or told to wait)
-        if started and not len(line) and rate.allowance(mono, slack=rate.min_window) > 0:
-            rate.released(1, mono)
+        if started and not len(line) and self._budget.get(event.id, 0) > 0:
+            self._budget[event.id] -= 1
+            self._direct[event.id] = self._direct.get(event.id, 0) + 1
             self.counts["direct"] += 1
             return Pass()
         return self._enter(request, event, visitor, started)
+
+    async def _first_word(self, event_id: int) -> None:
+        """Wait (at most ``first_word`` seconds, once per event) for main's first
+        orders for an event new on this front: its first visitor in a quiet sale
+        goes straight on instead of into a line of one."""
+        deadline = self._asked.setdefault(event_id, self.monotonic() + self.options.first_word)
+        left = deadline - self.monotonic()
+        if left > 0:
+            self._kick.set()  # report now, not at the next tick
+            with contextlib.suppress(TimeoutError):
+                await self.changes.wait_for(lambda: event_id in self.orders, left)
 
     def _enter(
         self, request: web.Request, event: Event, visitor: str, started: bool
@@ -188,7 +226,7 @@ class QueueDoor:
         """A new entry, after the proof of work when the event asks for one."""
         line, address = self.line(event.id), request.remote or "?"
         if event.pow_bits > 0:
-            _, gate = self._keys()
+            gate = self._gate()
             challenge, solution = request.query.get("pow", ""), request.query.get("solution", "")
             if not gate.check(challenge, solution, visitor, event.id, event.pow_bits):
                 status = 403 if challenge else 200
@@ -203,28 +241,27 @@ class QueueDoor:
         seq = self.sequencer.next(event.id)
         rank = seq if started else prequeue_rank(event.prequeue_order, seq)
         ticket = QueueTicket(visitor, event.id, seq, rank, round(self.clock(), 3))
-        assert self.main.signer
-        token = ticket.sign(self.main.signer, self.options.ticket_ttl)
+        token = ticket.sign(self.source.signer, self.options.ticket_ttl)
         line.join(rank, ticket.issued, address, self.monotonic())
         self.counts["entered"] += 1
         return self._queued(request, event, ticket, token)
 
     def _has_place(self, request: web.Request, visitor: str, event_id: int) -> bool:
-        """A place token this front signed for this visitor and event (``wire.Place``)."""
+        """A place token a certified front signed for this visitor and event (``wire.Place``)."""
         token = request.query.get("place", "")
         if not token:
             return False
-        verifier, _ = self._keys()
         try:
-            held = Place.verify(verifier, token)
+            held = Place.verify(self.source.places, token)
         except TokenError:
             return False
         return held.visitor == visitor and held.event == event_id
 
     def _ticket(self, token: str, visitor: str, event_id: int) -> QueueTicket | None:
-        verifier, _ = self._keys()
+        """The visitor's entry, signed by any certified front (a reload may land on
+        another front); None for another visitor's, a forged or a revoked front's."""
         try:
-            ticket = QueueTicket.verify(verifier, token)
+            ticket = QueueTicket.verify(self.source.places, token)
         except TokenError:
             return None
         return ticket if ticket.visitor == visitor and ticket.event == event_id else None
@@ -233,7 +270,7 @@ class QueueDoor:
 
     def state(self, event: Event, ticket: QueueTicket, token: str) -> dict[str, Any]:
         """What the page and API clients see about one entry."""
-        line, rate = self.line(event.id), self.rate(event)
+        line = self.line(event.id)
         base = f"/events/{event.id}"
         out: dict[str, Any] = {
             "status": "queued",
@@ -242,20 +279,21 @@ class QueueDoor:
             "poll": f"{base}/queue?queue={token}",
             "event": {"id": event.id, "name": event.name},
         }
-        if line.released(ticket.rank):
+        if line.released(ticket.rank) or self._passed(event.id, ticket.rank):
             return dict(out, status="released")
-        if self.main.stock_view(event.id).remaining == 0:
+        if self._remaining(event.id) == 0:
             if self.metrics is not None:  # a waiter's final answer (released: the redirect's)
                 self.metrics.admissions.labels("sold_out").inc()
             return dict(out, status="sold_out")
         starts_in = 0.0 if event.sale_starts_at is None else event.sale_starts_at - self.clock()
-        speed = rate.expected_rate()
+        speed = self._speed(event)
+        waiting = len(line) + self._others_ahead(event.id, None)
         if starts_in > 0:  # pre-queue: the order is drawn at the start
             return dict(
                 out,
                 prequeue=True,
                 position=None,
-                waiting=len(line),
+                waiting=waiting,
                 starts_in_s=round(starts_in, 1),
                 sale_starts_at=event.sale_starts_at,
                 eta_s=round(starts_in, 1),
@@ -263,13 +301,13 @@ class QueueDoor:
                 # Call back shortly before the start, then hold a poll through it.
                 next_poll_s=self._gap(starts_in - self.options.poll_timeout / 2),
             )
-        position = line.position(ticket.rank)
+        position = line.position(ticket.rank) + self._others_ahead(event.id, ticket.rank)
         eta = eta_seconds(position - 1, speed)
         return dict(
             out,
             prequeue=False,
             position=position,
-            waiting=len(line),
+            waiting=waiting,
             eta_s=eta,
             release_rate=round(speed, 1),
             # Back before the turn can come even if the line moves twice as fast.
@@ -277,6 +315,30 @@ class QueueDoor:
             if eta <= self.options.hold_eta
             else self._gap((eta - self.options.hold_eta) / 2),
         )
+
+    def _others_ahead(self, event_id: int, rank: int | None) -> int:
+        """Waiters on the other fronts ranked below ``rank`` (None: all of them), from
+        their sketches in main's last orders, less those released since."""
+        orders = self.orders.get(event_id)
+        if orders is None or not orders.others:
+            return 0
+        upto = self.upto.get(event_id)
+        total = 0
+        for sketch in orders.others:
+            ahead = sketch.waiting if rank is None else ahead_in(sketch, rank)
+            if upto is not None:  # the sketch is older than the watermark
+                ahead -= min(ahead, ahead_in(sketch, upto + 1))
+            total += ahead
+        return total
+
+    def _speed(self, event: Event) -> float:
+        """The release rate an ETA assumes: main's measure for the whole cluster,
+        else (no word from main yet) the cap or main's first window per second."""
+        orders = self.orders.get(event.id)
+        if orders is not None and orders.rate > 0:
+            return orders.rate
+        fallback = MIN_WINDOW / TARGET_DELAY
+        return fallback if event.release_rate is None else min(fallback, event.release_rate)
 
     def _gap(self, seconds: float) -> float:
         """How long a waiter far from its turn waits before polling again (0: poll now).
@@ -295,8 +357,7 @@ class QueueDoor:
     def _challenge(
         self, request: web.Request, event: Event, visitor: str, status: int
     ) -> web.Response:
-        _, gate = self._keys()
-        challenge = gate.challenge(visitor, event.id, event.pow_bits)
+        challenge = self._gate().challenge(visitor, event.id, event.pow_bits)
         payload = {
             "status": "challenge",
             "challenge": challenge,
@@ -308,12 +369,16 @@ class QueueDoor:
             payload["errors"] = [{"message": "wrong or reused proof of work"}]
         return self._json_or_page(request, status, payload)
 
-    def _refused(self, request: web.Request, event: Event, message: str) -> web.Response:
+    def _refused(
+        self, request: web.Request, event: Event, message: str, *, page: bool = True
+    ) -> web.Response:
         payload = {
             "status": "refused",
             "errors": [{"message": message}],
             "location": f"/events/{event.id}",  # join the line afresh
         }
+        if not page:
+            return web.json_response(payload, status=403)
         return self._json_or_page(request, 403, payload)
 
     def _json_or_page(
@@ -343,20 +408,24 @@ class QueueDoor:
         """A waiter close to its turn: answer when released, sold out, or after
         ``poll_timeout`` with the new position; one far back: answer now, with
         ``next_poll_s`` (the long-poll is the cheap part only near the head)."""
-        event = await self.main.event(int(request.match_info["event_id"]))
-        if event is None:
-            raise web.HTTPNotFound()
+        info = await self.source.event_info(int(request.match_info["event_id"]))
+        if info is None:  # JSON, as every answer here: the page's script asks
+            return web.json_response(
+                {"status": "no_event", "errors": [{"message": "no such event"}]}, status=404
+            )
+        event = event_of(info)
         cookie = request.cookies.get(VISITOR_COOKIE, "")
         token = request.query.get("queue", "")
         ticket = self._ticket(token, public_id(cookie), event.id) if valid_visitor(cookie) else None
         if ticket is None:
-            return self._refused(request, event, REFUSED)
+            return self._refused(request, event, REFUSED, page=False)
         self.events[event.id] = event
         line = self.line(event.id)
-        line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
+        if not self._passed(event.id, ticket.rank):
+            line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
         first = self.state(event, ticket, token)
         if first["status"] != "queued" or first["next_poll_s"] > 0:
-            return self._closing(web.json_response(first), first)
+            return self._polled(request, event, ticket, first)
         if first["prequeue"]:  # wake at the start
             hold = min(self.options.poll_timeout, first["starts_in_s"] + self.options.tick)
         else:  # near the head: hear the release at once; the page counts the ETA down
@@ -373,8 +442,18 @@ class QueueDoor:
             if self._wakers.get(key) is fut and not fut.done():
                 del self._wakers[key]
         line.seen(ticket.rank, self.monotonic())
-        last = self.state(event, ticket, token)
-        return self._closing(web.json_response(last), last)
+        return self._polled(request, event, ticket, self.state(event, ticket, token))
+
+    def _polled(
+        self, request: web.Request, event: Event, ticket: QueueTicket, state: dict[str, Any]
+    ) -> web.Response:
+        """A long-poll's answer; released: with the shard to go to (``redirect``), so
+        the page goes straight there instead of back through the front first."""
+        if state["status"] == "released" and self.admit is not None:
+            where = self.admit(request, event.id, ticket.issued)
+            if where is not None:
+                state = dict(state, redirect=where)
+        return self._closing(web.json_response(state), state)
 
     async def handle_script(self, request: web.Request) -> web.Response:
         return web.Response(body=_file("queue.js"), content_type="text/javascript")
@@ -384,38 +463,75 @@ class QueueDoor:
     async def _run(self) -> None:
         while True:
             try:
-                self.tick()
+                await self.tick()
             except Exception:  # a bug here must not stop every line
                 log.exception("waiting room tick failed")
-            await asyncio.sleep(self.options.tick)
+            with contextlib.suppress(TimeoutError):  # a first visitor reports at once
+                await asyncio.wait_for(self._kick.wait(), self.options.tick)
+            self._kick.clear()
 
-    def tick(self) -> None:
-        """Release the head of each line as far as the shards have room (no I/O)."""
+    def report(self) -> dict[int, LineReport]:
+        """Every open line, as main's release decision needs it; sold-out events
+        hear "sold out" here instead (no I/O)."""
         now, mono = self.clock(), self.monotonic()
         prune = mono - self._last_prune >= 1.0
         if prune:
             self._last_prune = mono
+        reports: dict[int, LineReport] = {}
         for event_id, line in self.lines.items():
             event = self.events.get(event_id)
             if event is None:
                 continue
-            rate = self.rate(event)
-            remaining = self.main.stock_view(event_id).remaining
-            rate.observe(remaining, mono)
             if prune:
                 line.prune(mono)
             if self.metrics is not None:
                 self.metrics.waiting.labels(str(event_id)).set(len(line))
-            if remaining == 0:
+            if self._remaining(event_id) == 0:
                 self._wake(event_id, None)  # everyone hears "sold out" now
                 continue
-            if event.sale_starts_at is not None and now < event.sale_starts_at:
+            started = event.sale_starts_at is None or now >= event.sale_starts_at
+            reports[event_id] = LineReport(
+                started,
+                line.head(),
+                line.sketch(),
+                self.sequencer.horizon(event_id),
+                self._direct.get(event_id, 0),
+            )
+        return reports
+
+    def apply(self, reports: dict[int, LineReport], orders: dict[int, LineOrders] | None) -> None:
+        """Main's answer to ``reports``: release up to its watermark (no I/O).
+
+        None (main unreachable): nobody is released or sent straight on until it
+        answers again; the lines keep their places.
+        """
+        if orders is None:
+            self._budget.clear()
+            return
+        mono = self.monotonic()
+        for event_id, sent in reports.items():  # reported now; later passes go next time
+            self._direct[event_id] = self._direct.get(event_id, 0) - sent.direct
+        for event_id, got in orders.items():
+            line = self.lines.get(event_id)
+            if line is None:
                 continue
-            n = min(len(line), rate.allowance(mono))
-            if n:
-                rate.released(n, mono)
-                self.counts["released"] += n
-                self._wake(event_id, line.release(n, mono))
+            self.orders[event_id] = got
+            self._budget[event_id] = got.direct
+            old = self.upto.get(event_id)
+            if got.upto is not None and (old is None or got.upto > old):
+                self.upto[event_id] = got.upto  # a new main may start lower: keep ours
+            if event_id in self.upto:
+                released = line.release_upto(self.upto[event_id], mono)
+                if released:
+                    self.counts["released"] += len(released)
+                    self._wake(event_id, released)
+
+    async def tick(self) -> None:
+        """Report the lines to main and release what it says."""
+        reports = self.report()
+        if reports:
+            self.apply(reports, await self.uplink(reports))
+        self.changes.notify()
 
     def _wake(self, event_id: int, ranks: list[int] | None) -> None:
         """Answer the long-polls of ``ranks`` (None: all of the event's) now."""

@@ -38,6 +38,7 @@ from ..edge import FRONT_LIMITS, ConnectionGate, EdgeLimits
 from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
 from ..logs import add_secret
+from ..main.release import line_orders
 from ..main.server import MainServer
 from ..main.stock import Route
 from ..metrics import FrontMetrics
@@ -45,12 +46,12 @@ from ..operator import operator_token_from_env
 from ..ratelimit import Rate, RateLimiter, retry_after
 from ..tls import browser_server_context
 from ..visitor import VISITOR_COOKIE, public_id, set_visitor_cookie, valid_visitor
-from ..wire import Admission, Place
+from ..wire import Admission, LineOrders, LineReport, Place
 from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 from .dashboard import mount_dashboard
 from .forwarding import forwarded_client
 from .observe import metrics_handler, observe_middleware
-from .queue import Pass, QueueDoor, QueueOptions
+from .queue import QueueDoor, QueueOptions, event_of
 from .source import MainSource, RoutingSource
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ class FrontDoor:
         ssl_context: ssl.SSLContext | None = None,
         # The origin browsers use (e.g. "https://tickets.example"); default: the bound one
         public_origin: str | None = None,
+        # The waiting room (front/queue.py); its lines are released by main's orders
+        queue: QueueOptions | None = None,
     ) -> None:
         self.source = source
         self.token_ttl = token_ttl
@@ -182,7 +185,9 @@ class FrontDoor:
             ]
         )
         self.market: Market | None = None  # the marketplace, when mounted in this process
-        self.queue: QueueDoor | None = None  # the waiting room (the embedded front's)
+        self.queue = QueueDoor(source, queue, uplink=self._exchange_lines, metrics=self.metrics)
+        self.queue.admit = self._admit_released
+        self.queue.mount(self.app)  # /events/{id}/queue, the long-poll
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -254,11 +259,9 @@ class FrontDoor:
         """This front's series (the embedded front adds main's)."""
         return self.metrics.exposition()
 
-    async def _waiting_room(
-        self, request: web.Request, event_id: int, visitor: str
-    ) -> Pass | web.StreamResponse | None:
-        """The waiting room's word on this visitor: let on (a :class:`Pass`), or its
-        answer (queued, challenged, refused); None where there is no waiting room."""
+    async def _exchange_lines(self, reports: dict[int, LineReport]) -> dict[int, LineOrders] | None:
+        """The waiting room's uplink: these lines to main, main's orders back (None:
+        main cannot be reached now). The subclass knows where main is."""
         return None
 
     async def _admit(self, request: web.Request, event_id: int) -> web.StreamResponse:
@@ -281,7 +284,8 @@ class FrontDoor:
             )
             limited.headers["Retry-After"] = retry_after(wait)
             return limited
-        gate = await self._waiting_room(request, event_id, public_id(visitor))
+        # The waiting room's word first: let on (a Pass), or queued, challenged, refused.
+        gate = await self.queue.gate(request, event_of(event), public_id(visitor))
         if isinstance(gate, web.StreamResponse):  # queued, or refused by the waiting room
             if fresh:
                 set_visitor_cookie(gate, visitor)
@@ -289,7 +293,7 @@ class FrontDoor:
         info = {"event": event}
         resp: web.StreamResponse
         place, arrived = self._place(request, visitor, event_id)
-        if gate is not None and gate.arrived is not None:
+        if gate.arrived is not None:
             arrived = min(arrived, gate.arrived)  # the queue entry is the arrival
         routes = self.source.routes(event_id)
         # The one place where "admit this visitor now or not" is decided.
@@ -345,7 +349,7 @@ class FrontDoor:
         held = Place(public_id(visitor), event_id, place, arrived)
         return held.sign(self.source.signer, self.place_ttl)
 
-    def _redirect(
+    def _shard_location(
         self,
         request: web.Request,
         visitor: str,
@@ -353,8 +357,8 @@ class FrontDoor:
         shard: Route,
         arrived: float,
         place: str,
-        info: dict[str, Any],
-    ) -> web.StreamResponse:
+    ) -> str:
+        """The shard's page with a fresh admission token and the visitor's place."""
         admission = Admission.new(
             public_id(visitor),  # never the cookie itself: the URL can leak
             shard.name,
@@ -369,11 +373,42 @@ class FrontDoor:
             f"{shard.https_url}/?event={event_id}&token={token}"
             f"&place={self._place_token(visitor, event_id, place, arrived)}"
         )
+        return location
+
+    def _redirect(
+        self,
+        request: web.Request,
+        visitor: str,
+        event_id: int,
+        shard: Route,
+        arrived: float,
+        place: str,
+        info: dict[str, Any],
+    ) -> web.StreamResponse:
+        location = self._shard_location(request, visitor, event_id, shard, arrived, place)
         return web.json_response(
             {"status": "redirect", "location": location, **info},
             status=302,
             headers={"Location": location},
         )
+
+    def _admit_released(self, request: web.Request, event_id: int, arrived: float) -> str | None:
+        """Where a visitor the waiting room just released goes: a shard's URL with its
+        admission (the same decision as the door's), or None to come through the door."""
+        visitor = request.cookies.get(VISITOR_COOKIE, "")
+        if not valid_visitor(visitor):
+            return None
+        place = secrets.token_urlsafe(12)
+        routes = self.source.routes(event_id)
+        ahead = self.waiting.ahead(place, arrived, time.monotonic())
+        shard = (
+            routes.pick()
+            if choose_answer(routes.view(), waiting_ahead=ahead) is Answer.REDIRECT
+            else None
+        )
+        if shard is None:
+            return None
+        return self._shard_location(request, visitor, event_id, shard, arrived, place)
 
     def _admit_unknown(self, request: web.Request, event_id: int | None = None) -> web.Response:
         """Main is away and this front does not know the event yet: come back shortly."""
@@ -477,13 +512,10 @@ class RedirectServer(FrontDoor):
         *,
         setup: Callable[[web.Application], None] | None = None,
         marketplace: bool = True,
-        queue: QueueOptions | None = None,  # the waiting room (front/queue.py)
         **options: Any,
     ) -> None:
         super().__init__(MainSource(main), **options)
         self.main = main
-        self.queue: QueueDoor = QueueDoor(main, queue, metrics=self.metrics)
-        self.queue.mount(self.app)  # /events/{id}/queue, the long-poll
         # First: behind a front process, the visitor's address comes signed by the front.
         self.app.middlewares.insert(0, forwarded_client(lambda: main.front_ring))
         mount_dashboard(self.app, main, lambda: self.operator_token)  # /admin/
@@ -497,12 +529,8 @@ class RedirectServer(FrontDoor):
     async def _start(self) -> None:
         await self.main.start()
 
-    async def _waiting_room(
-        self, request: web.Request, event_id: int, visitor: str
-    ) -> Pass | web.StreamResponse | None:
-        event = await self.main.event(event_id)
-        assert self.queue is not None and event is not None  # _admit found it
-        return self.queue.gate(request, event, visitor)
+    async def _exchange_lines(self, reports: dict[int, LineReport]) -> dict[int, LineOrders] | None:
+        return await line_orders(self.main, self.main.name, reports)  # in this process
 
     def _tls_context(self) -> ssl.SSLContext:
         assert self.main.credentials

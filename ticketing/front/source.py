@@ -54,7 +54,8 @@ class MainSource:
 
     def __init__(self, main: MainServer) -> None:
         self.main = main
-        self._places: TokenVerifier | None = None
+        self._places: KeyRing | None = None
+        self._certified: dict[str, str] | None = None  # the front keys _places holds
 
     @property
     def linked(self) -> bool:
@@ -66,9 +67,13 @@ class MainSource:
         return self.main.signer
 
     @property
-    def places(self) -> TokenVerifier:
+    def places(self) -> KeyRing:
+        """Main's key and every certified front's (a place or queue ticket of any)."""
         if self._places is None:
-            self._places = self.signer.verifier()
+            self._places = KeyRing(self.signer.verifier())
+        if self._certified is not self.main.front_keys:  # certify_fronts replaces it
+            self._certified = self.main.front_keys
+            self._places.replace(self._certified)
         return self._places
 
     async def latest_event(self) -> int | None:

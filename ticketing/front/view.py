@@ -26,6 +26,7 @@ class PushedView:
         self._signer = signer
         self.events: dict[int, EventRoutes] = {}
         self.keys = KeyRing()  # certified fronts' keys, for place tokens of any front
+        self.set_keys({})  # ours, even before main has certified it
         self.sessions: SessionVerifier | None = None  # main's key, from its hello
         self.updated = 0.0  # monotonic time of the last change main pushed
         self._linked = False
@@ -57,7 +58,11 @@ class PushedView:
         self.updated = time.monotonic()
 
     def set_keys(self, keys: dict[str, str]) -> None:
-        self.keys.replace(keys)
+        """Main's certified keys, and always our own: our tickets and places stay good
+        here while main is away (a queue ticket lives for hours)."""
+        assert self._signer.kid is not None
+        own = self._signer.public_key_bytes.hex()
+        self.keys.replace({**keys, self._signer.kid: own})
 
     def revoke(self, sessions: list[list[Any]]) -> None:
         if self.sessions is not None:

@@ -1,20 +1,22 @@
-"""The waiting room's rules, without I/O: arrival numbers, the line, the release rate.
+"""The waiting room's rules, without I/O: arrival numbers, the line, its shape.
 
-A flash crowd arrives faster than the shards can serve it. The front lets visitors
-through at the rate the shards take them (:class:`ReleaseRate`) and gives everyone
-beyond that an entry in a per-event :class:`Line`, released strictly in order of
-rank. Entries travel in signed queue tickets (``wire.QueueTicket``), so a place
-survives a reload and a front restart: a ticket the line does not know (the front
-restarted) is put back at its rank.
+A flash crowd arrives faster than the shards can serve it. The front gives every
+visitor beyond what the shards take an entry in a per-event :class:`Line`,
+released strictly in order of rank up to the watermark main sets for the whole
+cluster (``main/release.py``). Entries travel in signed queue tickets
+(``wire.QueueTicket``), so a place survives a reload and a front restart: a ticket
+the line does not know (the front restarted, or the visitor came to another
+front) is put back at its rank.
 
-Order across fronts (issue 11 makes fronts separate processes): ranks come from a
-:class:`Sequencer`. :class:`ClockSequencer` (the default) numbers arrivals by the
-front's wall clock in microseconds, strictly increasing on each front, so fronts
-agree on arrival order to within their clock skew (NTP on a LAN: well under 10 ms)
-with no round trip and nothing to lose on a restart. :class:`LeasedSequencer`
-takes blocks of numbers from a central counter (main's) for hosts whose clocks
-cannot be trusted; its tolerance is one block's lifetime. Either plugs in behind
-the same one-method interface.
+Order across fronts: ranks come from a :class:`Sequencer`. :class:`ClockSequencer`
+(the default) numbers arrivals by the front's wall clock in microseconds,
+strictly increasing on each front, so fronts agree on arrival order to within
+their clock skew (NTP on a LAN: well under 10 ms) with no round trip and nothing
+to lose on a restart. :class:`LeasedSequencer` takes blocks of numbers from a
+central counter (main's) for hosts whose clocks cannot be trusted; its tolerance
+is one block's lifetime. Either plugs in behind the same one-method interface.
+A front knows its own line exactly and the others' from their sketches
+(``wire.LineSketch``, :func:`ahead_in`), so a shown position counts every front.
 
 Pre-queue: before an event's sale start, entries get a random rank below every
 number a sequencer hands out (or their arrival number, in ``arrival`` order), so at
@@ -25,20 +27,27 @@ arrival order; the draw is signed into the ticket, hence stable across restarts.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..wire import LINE_HEAD, LineSketch
+
 PREQUEUE_SPAN = 1 << 52  # pre-queue ranks are in [-SPAN, 0): ahead of every sequence number
+SKETCH_MARKS = 128  # ranks in a line's sketch: other fronts' positions are off by < len/256
 
 
 class Sequencer(Protocol):
     """Hands out arrival numbers for an event, increasing across the cluster."""
 
     def next(self, event: int) -> int: ...
+
+    def horizon(self, event: int) -> int:
+        """No later ``next`` is below this (main releases nothing at or past it)."""
+        ...
 
 
 @dataclass
@@ -49,8 +58,11 @@ class ClockSequencer:
     _last: int = 0
 
     def next(self, event: int) -> int:
-        self._last = max(self._last + 1, int(self.clock() * 1_000_000))
+        self._last = self.horizon(event)
         return self._last
+
+    def horizon(self, event: int) -> int:
+        return max(self._last + 1, int(self.clock() * 1_000_000))
 
 
 @dataclass
@@ -70,13 +82,21 @@ class LeasedSequencer:
     _blocks: dict[int, tuple[float, range, int]] = field(default_factory=dict)
 
     def next(self, event: int) -> int:
+        at, numbers, used = self._block(event)
+        self._blocks[event] = (at, numbers, used + 1)
+        return numbers[used]
+
+    def horizon(self, event: int) -> int:
+        _, numbers, used = self._block(event)
+        return numbers[used]
+
+    def _block(self, event: int) -> tuple[float, range, int]:
+        """The event's live block, leasing a fresh one when it is used up or too old."""
         now = self.clock()
         got = self._blocks.get(event)
         if got is None or got[2] >= len(got[1]) or now - got[0] > self.block_ttl:
-            got = (now, self.lease(event, self.block), 0)
-        at, numbers, used = got
-        self._blocks[event] = (at, numbers, used + 1)
-        return numbers[used]
+            got = self._blocks[event] = (now, self.lease(event, self.block), 0)
+        return got
 
 
 def prequeue_rank(order: str, seq: int, rng: random.Random | None = None) -> int:
@@ -154,6 +174,19 @@ class Line:
             self._released[rank] = now
         return out
 
+    def release_upto(self, upto: int, now: float) -> list[int]:
+        """Let every waiter ranked ``upto`` or lower through (main's watermark)."""
+        return self.release(bisect.bisect_right(self._order, upto), now)
+
+    def head(self, n: int = LINE_HEAD) -> tuple[int, ...]:
+        """The ``n`` lowest waiting ranks, ascending."""
+        return tuple(self._order[:n])
+
+    def sketch(self, marks: int = SKETCH_MARKS) -> LineSketch:
+        """The line's shape for other fronts: every ``step``-th rank."""
+        step = max(1, math.ceil(len(self._order) / marks))
+        return LineSketch(len(self._order), step, tuple(self._order[::step]))
+
     def prune(self, now: float) -> list[int]:
         """Drop waiters gone silent and old releases; returns the dropped waiters."""
         gone = [r for r, w in self._waiters.items() if now - w.seen > self.stale_after]
@@ -176,93 +209,18 @@ class Line:
             del self._per_address[waiter.address]
 
 
-@dataclass
-class ReleaseRate:
-    """How many visitors may go to the shards now, measured from main's grants.
+def ahead_in(sketch: LineSketch, rank: int) -> int:
+    """About how many waiters of the sketched line are ranked below ``rank``.
 
-    A window of visitors *in flight* (let through in the last ``flight_window``
-    seconds, minus tickets granted in that time): it is ``target_delay`` seconds of
-    the measured grant rate, at least ``min_window``, so the shards' queues stay
-    about ``target_delay`` long, and never more than the tickets left. ``cap``: at
-    most that many per second (an event's configured ``release_rate``). Times are
-    monotonic seconds.
+    Exact while the line is no longer than its marks (``step`` 1); else the middle
+    of what the marks allow, off by at most ``step / 2``.
     """
-
-    cap: float | None = None
-    min_window: int = 64
-    target_delay: float = 1.0
-    flight_window: float = 5.0  # a released visitor who never came stops counting then
-    _releases: deque[tuple[float, int]] = field(default_factory=deque)
-    _grants: deque[tuple[float, int]] = field(default_factory=deque)
-    _remaining: int | None = None
-    _budget: float = 0.0  # the cap's token bucket
-    _last: float | None = None
-
-    def observe(self, remaining: int, now: float) -> None:
-        """Main's count of unsold tickets now: the drop since last time was granted."""
-        if self._remaining is not None and remaining < self._remaining:
-            self._grants.append((now, self._remaining - remaining))
-        self._remaining = remaining
-        if self.cap is not None and self._last is not None:
-            self._budget = min(max(1.0, self.cap), self._budget + (now - self._last) * self.cap)
-        self._last = now
-        self._expire(now)
-
-    def allowance(self, now: float, *, slack: int = 0) -> int:
-        """Visitors that may go now (0 while the window is full or the cap spent).
-
-        Never more in flight than the tickets left (plus ``slack``): at the end of a
-        sale a visitor let through should find a ticket, not lose it to a later
-        arrival on a luckier shard. Releases from the line use no slack; a visitor
-        arriving at an empty line gets ``min_window`` of it (a few admissions that
-        are never used, as in a quiet sale, must not start a line).
-        """
-        self._expire(now)
-        in_flight = max(0, _total(self._releases) - _total(self._grants))
-        window = max(self.min_window, round(self.grant_rate() * self.target_delay))
-        room = max(0, window - in_flight)
-        if self._remaining is not None:
-            room = min(room, max(0, self._remaining + slack - in_flight))
-        if self.cap is not None:
-            room = min(room, int(self._budget))
-        return room
-
-    def released(self, n: int, now: float) -> None:
-        if n > 0:
-            self._releases.append((now, n))
-            self._budget = max(0.0, self._budget - n)
-
-    def grant_rate(self) -> float:
-        return _rate(self._grants, self.flight_window)
-
-    def release_rate(self) -> float:
-        """Visitors let through per second, lately: the waiting page's ETA divides by it."""
-        return _rate(self._releases, self.flight_window)
-
-    def expected_rate(self) -> float:
-        """The rate an ETA assumes: measured, else the cap, else the window per delay."""
-        measured = self.release_rate()
-        if measured > 0:
-            return measured if self.cap is None else min(measured, self.cap)
-        fallback = self.min_window / self.target_delay
-        return fallback if self.cap is None else min(fallback, self.cap)
-
-    def _expire(self, now: float) -> None:
-        for log in (self._releases, self._grants):
-            while log and now - log[0][0] > self.flight_window:
-                log.popleft()
-
-
-def _total(log: deque[tuple[float, int]]) -> int:
-    return sum(n for _, n in log)
-
-
-def _rate(log: deque[tuple[float, int]], window: float) -> float:
-    """Events per second over the log's span (at least 1 s, at most ``window``)."""
-    if not log:
-        return 0.0
-    span = max(1.0, min(window, log[-1][0] - log[0][0]))
-    return _total(log) / span
+    below = bisect.bisect_left(sketch.marks, rank)  # marks ranked below
+    if below == 0:
+        return 0
+    low = (below - 1) * sketch.step + 1  # that mark and everyone before it
+    high = min(below * sketch.step, sketch.waiting)  # everyone before the next mark
+    return (low + high) // 2
 
 
 def eta_seconds(ahead: int, rate: float) -> float:

@@ -31,6 +31,11 @@ sale nearly every tick changes some count, and a push per front per tick was a
 good part of main's CPU per ticket. The pusher looks when main wakes it (a sale,
 a stock move, a link up or down, an event changed) and every 0.5 s regardless.
 Signed-out sessions go the same way.
+
+**The waiting rooms.** Each front reports its lines every waiting-room tick
+(``FromFront.LINE``); the reply is main's release order for them
+(``release.py``: one watermark for every front), so the fronts' lines move as one.
+A front that unlinks no longer holds anyone up.
 """
 
 from __future__ import annotations
@@ -46,13 +51,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import CommandError, LinkClosed, PeerRejected
+from ..ledger.records import Event
 from ..link import Commands, Link
 from ..listener import LinkListener, accept_tls
 from ..protocol import PROTOCOL_VERSION
 from ..tls import Credentials, server_context
 from ..tokens import TokenSigner
-from ..wire import FRONT_HELLO_KEY, HelloRefused, ToFront
-from .stock import EventRoutes
+from ..wire import FRONT_HELLO_KEY, FromFront, HelloRefused, LineReport, ToFront
+from .release import ReleaseCoordinator, line_orders
+from .stock import EventRoutes, StockView
 
 log = logging.getLogger("ticketing.main.fronts")
 
@@ -77,7 +84,10 @@ class _Main(Protocol):
     heartbeat_interval: float
     heartbeat_timeout: float
     sale_listeners: list[Callable[[list[dict[str, Any]]], Any]]
+    lines: ReleaseCoordinator
 
+    async def event(self, event_id: int) -> Event | None: ...
+    def stock_view(self, event_id: int) -> StockView: ...
     async def event_infos(self) -> dict[int, dict[str, Any]]: ...
     def routes(self, event_id: int, info: dict[str, Any] | None = None) -> EventRoutes: ...
     async def certify_fronts(self, keys: dict[str, str]) -> None: ...
@@ -187,7 +197,11 @@ class FrontHub:
             heartbeat_timeout=m.heartbeat_timeout,
         )
         link.commands = self.commands.extended(
-            {"hello": lambda args: self._on_hello(link, args), ToFront.PING: _pong}
+            {
+                "hello": lambda args: self._on_hello(link, args),
+                ToFront.PING: _pong,
+                FromFront.LINE: lambda args: self._on_line(link, args),
+            }
         )
         link.start()
         await link.answered_hello(self.handshake_timeout)
@@ -236,6 +250,18 @@ class FrontHub:
             "revoked": await self.main.revoked_sessions(),
         }
 
+    async def _on_line(self, link: Link, args: dict[str, Any]) -> dict[str, Any]:
+        """A front's lines: main's release orders for them, in the reply."""
+        fl = self.fronts.get(link.peer.name)
+        if fl is None or fl.link is not link:
+            raise CommandError(FromFront.LINE, "unlinked", "hello first")
+        try:
+            reports = {int(eid): LineReport.from_wire(r) for eid, r in args["events"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CommandError(FromFront.LINE, "malformed", str(exc)) from exc
+        orders = await line_orders(self.main, fl.name, reports)
+        return {"events": {str(eid): o.to_wire() for eid, o in orders.items()}}
+
     async def _opened(self, fl: FrontLink) -> None:
         """Once its hello is answered it gets pushes, and the others learn its key."""
         await fl.link.opened.wait()
@@ -247,6 +273,7 @@ class FrontHub:
         if self.fronts.get(fl.name) is not fl:
             return  # replaced by a newer link: that one's key stays
         del self.fronts[fl.name]
+        self.main.lines.forget(fl.name)
         log.warning("front %s unlinked (%s); its key is revoked", fl.name, fl.link.close_reason)
         await self.main.certify_fronts(self._keys())
         await self._send_keys()

@@ -44,6 +44,7 @@ from ..tokens import KeyRing, TokenSigner
 from ..wire import Sale, ToMain, ToShard, grant
 from .fronts import FrontHub
 from .leader import Lease
+from .release import ReleaseCoordinator
 from .stock import EventRoutes, Route, StockView
 
 log = logging.getLogger("ticketing.main")
@@ -178,6 +179,7 @@ class MainServer:
         self.front_ring = KeyRing()  # the same keys, to check what fronts sign for main
         self.fronts: FrontHub | None = None  # serve_fronts() starts it
         self.market_url: str | None = None  # main's own front, announced to front processes
+        self.lines = ReleaseCoordinator()  # every front's waiting room, one release order
         self.metrics = MainMetrics()  # this server's own registry (in-process tests run many)
 
     # -- configuration -----------------------------------------------------------
