@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import ssl
 import time
 
 import aiohttp
@@ -433,6 +434,42 @@ async def test_queue_ticket_is_bound_to_the_visitor_cookie(make_cluster, ca_cont
 
 
 # -- the edge: TLS handshakes first come, first served --------------------------------
+
+
+async def test_a_trickling_gate_takes_one_handshake_at_a_time_and_times_nobody_out() -> None:
+    """The decision alone (no sockets): slots while trickling, and the overdue rule."""
+    from ticketing.edge import ConnectionGate, EdgeLimits
+
+    class Waiting:
+        def __init__(self, queued_at: float) -> None:
+            self.queued_at, self.started = queued_at, False
+
+        def start(self) -> None:
+            self.started = True
+
+    limits = EdgeLimits(max_handshaking=8, handshake_timeout=10.0)
+    gate = ConnectionGate("test", ssl.create_default_context(), limits)
+    crowded = [False]
+    gate.trickle = lambda: crowded[0]
+    gate._handshaking = {object(): time.monotonic()}  # type: ignore[dict-item]
+    assert gate._handshake_slot()  # 1 of 8 slots taken
+    crowded[0] = True
+    assert not gate._handshake_slot()  # one at a time now
+    old, new = Waiting(time.monotonic() - 6.0), Waiting(time.monotonic())
+    gate._waiting.extend([old, new])  # type: ignore[list-item]
+    gate._start_waiting()
+    assert old.started and not new.started  # waited half its timeout: goes anyway
+    crowded[0] = False
+    gate._start_waiting()
+    assert new.started
+    gate.close()
+
+
+def test_the_line_is_full_when_it_covers_every_ticket_left() -> None:
+    coord = ReleaseCoordinator(min_window=1)
+    assert not coord.report("a", EVENT, line_report([1, 2, 3]), remaining=5, now=0.0).full
+    # One released and in flight, three more waiting: four of four tickets spoken for.
+    assert coord.report("a", EVENT, line_report([2, 3, 4]), remaining=4, now=0.1).full
 
 
 async def test_handshakes_wait_their_turn_but_silent_sockets_hold_no_slot(keys, ca_context) -> None:

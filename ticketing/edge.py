@@ -14,7 +14,9 @@ on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, w
   3,000 handshakes on one event loop otherwise interleaves them all, so the first
   arrival finishes about as late as the last (issue 12's convoy). A handshake that
   has not finished ``handshake_stall`` seconds after it started stops counting, so
-  silent clients cannot hold the queue up;
+  silent clients cannot hold the queue up. While ``trickle`` says so (a front whose
+  waiting room's line already covers every ticket left) it runs one at a time,
+  except for sockets that have waited half their ``handshake_timeout``;
 - closes a connection whose first request has not finished its headers
   ``header_timeout`` after the handshake (slow-header clients hold no slot for long;
   aiohttp's keep-alive timeout and websockets' ``open_timeout`` cover later requests);
@@ -71,6 +73,8 @@ class EdgeLimits:
     log_interval: float = 10.0
 
 
+TRICKLE_HANDSHAKES = 1  # handshakes at once while a gate trickles (ConnectionGate.trickle)
+
 # The defaults: a front's connections are short (a redirect, API calls); a shard
 # holds every waiting browser's WSS (5,000 idle within ~250 MiB is the target).
 FRONT_LIMITS = EdgeLimits(max_connections=4096, max_per_address=256, max_handshaking=32)
@@ -121,6 +125,7 @@ class _Gatekeeper(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None  # until TLS starts
         self.address = "?"
         self.queued = False
+        self.queued_at = 0.0  # when it began to wait for a slot (monotonic)
         self._early: list[bytes] = []  # the ClientHello, until TLS starts
         self._timer: asyncio.TimerHandle | None = None
 
@@ -148,7 +153,7 @@ class _Gatekeeper(asyncio.Protocol):
         if self.gate._handshake_slot():
             self.start()
         else:
-            self.queued = True
+            self.queued, self.queued_at = True, time.monotonic()
             self.transport.pause_reading()
             self.gate._queue(self)
 
@@ -311,6 +316,9 @@ class ConnectionGate:
         self._handshaking: dict[_CappedSSLProtocol, float] = {}
         self._waiting: deque[_Gatekeeper] = deque()
         self._recheck: asyncio.TimerHandle | None = None
+        # True: take new handshakes one at a time (a front whose waiting room's line
+        # covers every ticket left: the CPU goes to the visitors ahead).
+        self.trickle: Callable[[], bool] | None = None
         install_accept_log_filter(self.limits.log_interval)
 
     @property
@@ -356,9 +364,19 @@ class ConnectionGate:
         self._log.log(logging.WARNING, "refused", "%s: refusing connections: %s", self.name, why)
         return False
 
+    def _trickling(self) -> bool:
+        return self.trickle is not None and self.trickle()
+
+    def _cap(self) -> int | None:
+        """Handshakes at once now: ``max_handshaking``, or one while ``trickle`` says so."""
+        cap = self.limits.max_handshaking
+        if self._trickling():
+            return TRICKLE_HANDSHAKES if cap is None else min(cap, TRICKLE_HANDSHAKES)
+        return cap
+
     def _handshake_slot(self) -> bool:
         """Whether a new handshake may start now (stalled ones no longer count)."""
-        cap = self.limits.max_handshaking
+        cap = self._cap()
         if cap is None:
             return True
         if len(self._handshaking) >= cap:
@@ -387,8 +405,13 @@ class ConnectionGate:
             self._start_waiting()
 
     def _start_waiting(self) -> None:
-        cap = self.limits.max_handshaking
-        while self._waiting and (cap is None or len(self._handshaking) < cap):
+        cap = self._cap()
+        # While trickling, a socket waiting half its handshake_timeout goes anyway:
+        # a trickle delays new visitors, it must not time them out.
+        overdue = time.monotonic() - self.limits.handshake_timeout / 2 if self._trickling() else 0
+        while self._waiting and (
+            cap is None or len(self._handshaking) < cap or self._waiting[0].queued_at < overdue
+        ):
             self._waiting.popleft().start()
         if self._waiting:
             self._schedule_recheck()

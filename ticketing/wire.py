@@ -423,6 +423,7 @@ class LineOrders:
     direct: int = 0
     rate: float = 0.0
     others: tuple[LineSketch, ...] = ()
+    full: bool = False  # the visitors in line and in flight cover every ticket left
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -430,6 +431,7 @@ class LineOrders:
             "direct": self.direct,
             "rate": self.rate,
             "others": [o.to_wire() for o in self.others],
+            "full": self.full,
         }
 
     @classmethod
@@ -440,7 +442,7 @@ class LineOrders:
         if not _number(rate):
             raise ValueError("rate must be a number")
         others = tuple(LineSketch.from_wire(o) for o in item["others"])
-        return cls(upto, max(0, direct), float(rate), others)
+        return cls(upto, max(0, direct), float(rate), others, item.get("full") is True)
 
 
 def _ints(value: Any) -> tuple[int, ...]:

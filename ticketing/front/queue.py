@@ -123,6 +123,7 @@ class QueueDoor:
         self.lines: dict[int, Line] = {}
         self.events: dict[int, Event] = {}
         self.orders: dict[int, LineOrders] = {}  # main's last word, per event
+        self.crowded = False  # a line covers every ticket left: new handshakes trickle
         self.upto: dict[int, int] = {}  # the watermark released to (never goes back)
         self._budget: dict[int, int] = {}  # straight passes left until the next orders
         self._direct: dict[int, int] = {}  # straight passes not reported yet
@@ -507,6 +508,7 @@ class QueueDoor:
         """
         if orders is None:
             self._budget.clear()
+            self.crowded = False
             return
         mono = self.monotonic()
         for event_id, sent in reports.items():  # reported now; later passes go next time
@@ -525,6 +527,10 @@ class QueueDoor:
                 if released:
                     self.counts["released"] += len(released)
                     self._wake(event_id, released)
+        # Every ticket left is spoken for by the line: a new arrival can only get one
+        # if someone ahead leaves, so its TLS handshake waits (ConnectionGate.trickle)
+        # and the CPU goes to the visitors ahead of it.
+        self.crowded = any(self.orders[e].full for e in reports if e in self.orders)
 
     async def tick(self) -> None:
         """Report the lines to main and release what it says."""

@@ -206,6 +206,7 @@ class FrontDoor:
         )
         await self.runner.setup()
         self.gate = ConnectionGate("front", ctx, self.limits)
+        self.gate.trickle = lambda: self.queue.crowded
         site = GatedSite(self.runner, host, port, self.gate, backlog=4096)
         await site.start()
         self.port = site.port

@@ -247,11 +247,13 @@ class ReleaseCoordinator:
             # Nobody waits anywhere: a share of the room for visitors at an empty line.
             room = rate.allowance(now, slack=rate.min_window)
             direct = math.ceil(room / len(fresh)) if room > 0 else 0
+        waiting = sum(r.sketch.waiting for r in fresh.values())
         return LineOrders(
             upto=state.upto,
             direct=direct,
             rate=round(rate.expected_rate(), 2),
             others=tuple(r.sketch for name, r in fresh.items() if name != front),
+            full=0 < remaining <= waiting + rate.in_flight(),
         )
 
     def forget(self, front: str) -> None:
