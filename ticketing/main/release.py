@@ -41,6 +41,7 @@ from .stock import StockView
 # The release window (ReleaseRate): visitors in flight to the shards
 MIN_WINDOW = 64
 TARGET_DELAY = 1.0  # seconds of the measured grant rate
+PATIENCE = 5.0  # seconds: at least this long a released visitor is taken to be on its way
 TRANSIT_MEMORY = 10.0  # seconds: the transit estimate is the least latency seen that long
 REPORT_STALE = 3.0  # seconds: a front silent that long has no line here any more
 
@@ -87,14 +88,15 @@ class ReleaseRate:
         self._last = now
         self._expire(now)
 
-    def allowance(self, now: float, *, slack: int = 0) -> int:
+    def allowance(self, now: float, *, lenient: bool = False) -> int:
         """Visitors that may go now (0 while the window is full or the cap spent).
 
-        Never more in flight than the tickets left (plus ``slack``): at the end of a
-        sale a visitor let through should find a ticket, not lose it to a later
-        arrival on a luckier shard. Releases from the line use no slack; a visitor
-        arriving at an empty line gets ``min_window`` of it (a few admissions that
-        are never used, as in a quiet sale, must not start a line).
+        Never more in flight than the tickets left: at the end of a sale a visitor
+        let through should find a ticket, not lose it to a later arrival on a luckier
+        shard. ``lenient`` (a visitor at an empty line): visitors released longer ago
+        than ``patience`` and still not granted are taken for gone (a few admissions
+        never used, as in a quiet sale, must not start a line), without letting
+        more go than tickets left while the visitors just released are on their way.
         """
         self._expire(now)
         in_flight = self.in_flight()
@@ -103,13 +105,23 @@ class ReleaseRate:
         )
         room = max(0, window - in_flight)
         if self._remaining is not None:
-            room = min(room, max(0, self._remaining + slack - in_flight))
+            counted = in_flight
+            if lenient:
+                counted = min(in_flight, self._released_since(now - self.patience()))
+            room = min(room, max(0, self._remaining - counted))
         if self.cap is not None:
             room = min(room, int(self._budget))
         return room
 
     def in_flight(self) -> int:
         return max(0, _total(self._releases) - _total(self._grants))
+
+    def patience(self) -> float:
+        """How long a released visitor is expected on its way at most (then: gone)."""
+        return max(PATIENCE, 2 * (self.target_delay + self.transit()))
+
+    def _released_since(self, since: float) -> int:
+        return sum(n for t, n in self._releases if t >= since)
 
     def held_back(self, now: float) -> None:
         """Visitors wait because the window is full: a sample of the latency."""
@@ -245,7 +257,7 @@ class ReleaseCoordinator:
         direct = 0
         if started and not any(self._waiting(r, state.upto) for r in fresh.values()):
             # Nobody waits anywhere: a share of the room for visitors at an empty line.
-            room = rate.allowance(now, slack=rate.min_window)
+            room = rate.allowance(now, lenient=True)
             direct = math.ceil(room / len(fresh)) if room > 0 else 0
         waiting = sum(r.sketch.waiting for r in fresh.values())
         return LineOrders(
