@@ -79,6 +79,9 @@ class QueueOptions:
     max_poll_gap: float = 60.0  # the longest a far-back waiter is told to wait between polls
     stale_after: float = 90.0  # a waiter silent that long has left (> max_poll_gap + slack)
     first_word: float = 1.0  # an event's first visitor here waits this long for main's orders
+    # The edge takes new TLS handshakes one at a time while a line covers every ticket
+    # left: the sale ends sooner, at some cost in order (README, Waiting room)
+    trickle: bool = False
     ticket_ttl: float = 12 * 3600.0  # a queue ticket's life (pre-queues can be long)
     # Limits
     entries_per_address: int | None = 50  # live entries per client address; None: no cap
@@ -530,7 +533,9 @@ class QueueDoor:
         # Every ticket left is spoken for by the line: a new arrival can only get one
         # if someone ahead leaves, so its TLS handshake waits (ConnectionGate.trickle)
         # and the CPU goes to the visitors ahead of it.
-        self.crowded = any(self.orders[e].full for e in reports if e in self.orders)
+        self.crowded = self.options.trickle and any(
+            self.orders[e].full for e in reports if e in self.orders
+        )
 
     async def tick(self) -> None:
         """Report the lines to main and release what it says."""
