@@ -8,6 +8,7 @@ shuffled at the start then FIFO, proof of work required when enabled.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import secrets
 import ssl
@@ -32,7 +33,7 @@ from ticketing.front.waitroom import (
 )
 from ticketing.ledger.records import Event
 from ticketing.main.release import ReleaseCoordinator, ReleaseRate
-from ticketing.tokens import TokenSigner
+from ticketing.tokens import TokenSigner, peek_claims
 from ticketing.visitor import public_id
 from ticketing.web_client import WebClient
 from ticketing.wire import LineOrders, LineReport, QueueTicket
@@ -83,6 +84,19 @@ def test_prequeue_ranks_sit_ahead_of_every_sequence_number() -> None:
     assert all(-PREQUEUE_SPAN <= r < 0 for r in shuffled) and len(set(shuffled)) == 3
     in_order = [prequeue_rank("arrival", n) for n in numbers]
     assert in_order == sorted(in_order) and max(in_order) < min(shuffled)
+
+
+def test_clock_ranks_keep_the_arrival_but_never_go_below_a_reported_horizon() -> None:
+    now = [1000.0]
+    seq = ClockSequencer(clock=lambda: now[0], max_age=2.0)
+    came = seq.next(1, at=999.5)  # its ClientHello came half a second ago
+    assert came == 999_500_000 and seq.next(1, at=999.5) == came + 1  # unique
+    # A hello from 999.8 is still unranked: the horizon waits for it, not for ever.
+    assert seq.horizon(1, oldest=999.8) == 999_800_000
+    assert seq.horizon(1, oldest=990.0) == 999_800_000  # older than max_age: no further back
+    now[0] = 1010.0
+    assert seq.horizon(1, oldest=990.0) == 1_008_000_000  # now - max_age
+    assert seq.next(1, at=999.9) == 1_008_000_000  # a late stamp: at the horizon, not below
 
 
 def test_leased_blocks_expire_so_fronts_agree_within_their_lifetime() -> None:
@@ -373,6 +387,44 @@ async def test_a_released_waiter_is_sent_straight_to_a_shard(make_cluster, ca_co
         assert released["redirect"].startswith(f"{shard}/?event={event_id}&token=")
         outcome = await client.claim(released["redirect"])
     assert outcome.kind == "ticket"
+
+
+async def test_a_visitor_is_ranked_by_its_hello_not_by_its_request(
+    make_cluster, ca_context
+) -> None:
+    """The first request on a connection takes the ClientHello's time; later ones not."""
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Hello first", "", "10", 5)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, release_rate=0.001)  # everyone queues
+    redirect = await front(cluster)
+    request = (
+        f"GET /events/{event_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n"
+    ).encode()
+
+    async def enter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(
+                b":"
+            )[1]
+        )
+        body = json.loads(await reader.readexactly(length))
+        return int(peek_claims(body["queue"])["r"])
+
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", redirect.port, ssl=ca_context, server_hostname="localhost"
+    )
+    try:
+        before_first = int(time.time() * 1_000_000)  # the handshake is over by now
+        first = await enter(reader, writer)
+        before_second = int(time.time() * 1_000_000)
+        second = await enter(reader, writer)  # the same connection, a visitor of its own
+    finally:
+        writer.close()
+    assert first < before_first  # ranked when its hello came
+    assert second >= before_second  # a later request on it is not an early arrival
 
 
 async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_context) -> None:

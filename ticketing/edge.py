@@ -17,6 +17,10 @@ on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, w
   silent clients cannot hold the queue up. While ``trickle`` says so (a front whose
   waiting room's line already covers every ticket left) it runs one at a time,
   except for sockets that have waited half their ``handshake_timeout``;
+- stamps each connection with the wall-clock time its ClientHello came; the first
+  request on it takes the stamp (:func:`claim_arrival`), so a front ranks a visitor
+  in its waiting room by when it came, not by when its handshake's turn did, and
+  :meth:`ConnectionGate.oldest_unclaimed` says how far back a stamp can still come;
 - closes a connection whose first request has not finished its headers
   ``header_timeout`` after the handshake (slow-header clients hold no slot for long;
   aiohttp's keep-alive timeout and websockets' ``open_timeout`` cover later requests);
@@ -98,17 +102,29 @@ class _CappedSSLProtocol(asyncio.sslproto.SSLProtocol):
         )
         self._gate = gate
         self._address = address
+        self.arrival: _Arrival | None = None  # its ClientHello's (claim_arrival)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         try:
             super().connection_lost(exc)
         finally:
+            if self.arrival is not None:
+                self.arrival.done = True
             self._gate._handshake_over(self)
             self._gate._release(self, self._address)
 
     def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
         self._gate._handshake_over(self)
         super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
+
+
+@dataclass(eq=False)
+class _Arrival:
+    """When a connection's ClientHello came (unix s); ``done`` once its first request
+    took it (or it closed without one)."""
+
+    at: float
+    done: bool = False
 
 
 class _Gatekeeper(asyncio.Protocol):
@@ -126,6 +142,7 @@ class _Gatekeeper(asyncio.Protocol):
         self.address = "?"
         self.queued = False
         self.queued_at = 0.0  # when it began to wait for a slot (monotonic)
+        self.arrival: _Arrival | None = None  # when its ClientHello came
         self._early: list[bytes] = []  # the ClientHello, until TLS starts
         self._timer: asyncio.TimerHandle | None = None
 
@@ -147,6 +164,8 @@ class _Gatekeeper(asyncio.Protocol):
         """The ClientHello (a few hundred bytes): start TLS now, or queue for a slot."""
         if self.transport is None:
             return
+        if self.arrival is None:
+            self.arrival = self.gate._hello()
         self._early.append(data)
         if self.queued:
             return
@@ -163,6 +182,7 @@ class _Gatekeeper(asyncio.Protocol):
         transport, self.transport, self.queued = self.transport, None, False
         app = _HeaderDeadline(self.gate.limits.header_timeout, self.make_app())
         tls = _CappedSSLProtocol(self.gate, self.address, app)
+        tls.arrival = self.arrival
         self.gate._handover(self, tls)
         if self._timer is not None:
             self._timer.cancel()
@@ -181,9 +201,24 @@ class _Gatekeeper(asyncio.Protocol):
             self._timer = None
         if self.transport is not None:
             self.transport = None
+            if self.arrival is not None:
+                self.arrival.done = True
             if self.queued:
                 self.gate._unqueue(self)
             self.gate._release(self, self.address)
+
+
+def claim_arrival(transport: object) -> float | None:
+    """When the connection under ``transport`` (a request's) sent its ClientHello,
+    unix s, for its first request only (None after, and for a connection that did
+    not come through a gate): a reload minutes later on a kept-alive connection is
+    not an early arrival."""
+    tls = getattr(transport, "_ssl_protocol", None)  # asyncio's TLS app transport
+    arrival = tls.arrival if isinstance(tls, _CappedSSLProtocol) else None
+    if arrival is None or arrival.done:
+        return None
+    arrival.done = True
+    return arrival.at
 
 
 class _HeaderDeadline(asyncio.Protocol):
@@ -315,6 +350,7 @@ class ConnectionGate:
         # Handshakes in progress (since when) and sockets waiting for a slot, in order.
         self._handshaking: dict[_CappedSSLProtocol, float] = {}
         self._waiting: deque[_Gatekeeper] = deque()
+        self._hellos: deque[_Arrival] = deque()  # ClientHellos not yet claimed, in order
         self._recheck: asyncio.TimerHandle | None = None
         # True: take new handshakes one at a time (a front whose waiting room's line
         # covers every ticket left: the CPU goes to the visitors ahead).
@@ -327,6 +363,19 @@ class ConnectionGate:
 
     def addresses(self) -> int:
         return len(self._per_address)
+
+    def oldest_unclaimed(self) -> float | None:
+        """The earliest ClientHello (unix s) whose connection has not had a request yet:
+        no :func:`claim_arrival` to come here can return an earlier time."""
+        hellos = self._hellos
+        while hellos and hellos[0].done:
+            hellos.popleft()
+        return hellos[0].at if hellos else None
+
+    def _hello(self) -> _Arrival:
+        arrival = _Arrival(time.time())
+        self._hellos.append(arrival)  # in the order they came
+        return arrival
 
     def protocol_factory(
         self, make_app: Callable[[], asyncio.Protocol]

@@ -34,7 +34,8 @@ import html
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -56,6 +57,10 @@ log = logging.getLogger("ticketing.queue")
 
 
 REFUSED = "this place in line is another browser's, or no longer valid: join the line again"
+
+# When the visitor's connection sent its ClientHello (edge.claim_arrival), on the first
+# request of a connection: its rank in line, and its arrival claim.
+ARRIVED_AT = web.RequestKey("arrived_at", float)
 
 # A door's lines to main, main's orders back (None: main cannot be reached now).
 Uplink = Callable[[dict[int, LineReport]], Awaitable[dict[int, LineOrders] | None]]
@@ -139,6 +144,10 @@ class QueueDoor:
         # The front's admission for a released visitor: the shard URL with its token
         # (None: not now, it goes through the front's door as any visitor).
         self.admit: Callable[[web.Request, int, float], str | None] | None = None
+        # The earliest ClientHello whose connection has had no request yet
+        # (ConnectionGate.oldest_unclaimed), and those of first requests in progress.
+        self.pending: Callable[[], float | None] | None = None
+        self._arriving: Counter[float] = Counter()
         self.counts = {"direct": 0, "entered": 0, "released": 0}  # for the benchmark
 
     # -- wiring -------------------------------------------------------------------
@@ -173,6 +182,31 @@ class QueueDoor:
             self.lines[event_id] = Line(stale_after=self.options.stale_after)
         return self.lines[event_id]
 
+    @contextlib.contextmanager
+    def arriving(self, stamp: float) -> Iterator[None]:
+        """A request that may rank a visitor at ``stamp`` is being answered: the
+        horizon reported to main stays at or below it meanwhile."""
+        self._arriving[stamp] += 1
+        try:
+            yield
+        finally:
+            self._arriving[stamp] -= 1
+            if not self._arriving[stamp]:
+                del self._arriving[stamp]
+
+    def _came_before(self, stamp: float | None) -> bool:
+        """Someone who came earlier than ``stamp`` is not ranked yet (its handshake
+        or request is under way): going straight on would pass it, so join the line."""
+        if stamp is None:
+            return False
+        oldest = None if self.pending is None else self.pending()
+        return (oldest is not None and oldest < stamp) or any(s < stamp for s in self._arriving)
+
+    def _oldest_arrival(self) -> float | None:
+        """The earliest time a visitor not ranked yet may still be ranked at."""
+        stamps = [*self._arriving, *(() if self.pending is None else [self.pending()])]
+        return min((s for s in stamps if s is not None), default=None)
+
     def _remaining(self, event_id: int) -> int:
         return self.source.routes(event_id).view().remaining
 
@@ -206,7 +240,12 @@ class QueueDoor:
             return Pass()  # sold out: the front says so
         if self._has_place(request, visitor, event.id):
             return Pass()  # already through once (sent back by a shard, or told to wait)
-        if started and not len(line) and self._budget.get(event.id, 0) > 0:
+        if (
+            started
+            and not len(line)
+            and self._budget.get(event.id, 0) > 0
+            and not self._came_before(request.get(ARRIVED_AT))
+        ):
             self._budget[event.id] -= 1
             self._direct[event.id] = self._direct.get(event.id, 0) + 1
             self.counts["direct"] += 1
@@ -242,7 +281,7 @@ class QueueDoor:
             )
             resp.headers["Retry-After"] = "30"
             return resp
-        seq = self.sequencer.next(event.id)
+        seq = self.sequencer.next(event.id, request.get(ARRIVED_AT))
         rank = seq if started else prequeue_rank(event.prequeue_order, seq)
         ticket = QueueTicket(visitor, event.id, seq, rank, round(self.clock(), 3))
         token = ticket.sign(self.source.signer, self.options.ticket_ttl)
@@ -482,6 +521,7 @@ class QueueDoor:
         if prune:
             self._last_prune = mono
         reports: dict[int, LineReport] = {}
+        oldest = self._oldest_arrival()
         for event_id, line in self.lines.items():
             event = self.events.get(event_id)
             if event is None:
@@ -498,7 +538,7 @@ class QueueDoor:
                 started,
                 line.head(),
                 line.sketch(),
-                self.sequencer.horizon(event_id),
+                self.sequencer.horizon(event_id, oldest),
                 self._direct.get(event_id, 0),
             )
         return reports

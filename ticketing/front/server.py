@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Self
 from aiohttp import web
 
 from ..csrf import PUBLIC_ORIGINS
-from ..edge import FRONT_LIMITS, ConnectionGate, EdgeLimits
+from ..edge import FRONT_LIMITS, ConnectionGate, EdgeLimits, claim_arrival
 from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
 from ..logs import add_secret
@@ -51,7 +51,7 @@ from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 from .dashboard import mount_dashboard
 from .forwarding import forwarded_client
 from .observe import metrics_handler, observe_middleware
-from .queue import QueueDoor, QueueOptions, event_of
+from .queue import ARRIVED_AT, QueueDoor, QueueOptions, event_of
 from .source import MainSource, RoutingSource
 
 if TYPE_CHECKING:
@@ -63,7 +63,11 @@ log = logging.getLogger("ticketing.redirect")
 # carrier puts many real buyers behind one address, hence the generous burst.
 ADMISSIONS_PER_ADDRESS = Rate(burst=30, per_second=0.5)
 ADMISSIONS_PER_VISITOR = Rate(burst=5, per_second=0.1)
-KEEPALIVE_TIMEOUT = 15.0  # an idle keep-alive connection (or slow later headers) is closed
+KEEPALIVE_TIMEOUT = 15.0
+ADMISSION_ROUTES = (
+    "admission-latest",
+    "admission",
+)  # where a visitor may join a line  # an idle keep-alive connection (or slow later headers) is closed
 
 
 def origin_of(host: str, port: int) -> str:
@@ -172,14 +176,17 @@ class FrontDoor:
         self.operator_token = operator_token_from_env()  # guards /metrics
         add_secret(self.operator_token)
         self.app = web.Application(
-            client_max_size=64 * 1024, middlewares=[observe_middleware(self.metrics)]
+            client_max_size=64 * 1024,
+            middlewares=[self._claim_arrival, observe_middleware(self.metrics)],
         )
         self.app[PUBLIC_ORIGINS] = [self.public_origin] if self.public_origin else []
         self.app.on_response_prepare.append(_add_security_headers)
         self.app.add_routes(
             [
-                web.get("/", self.handle_root),
-                web.get("/events/{event_id:[0-9]{1,12}}", self.handle_event),
+                web.get("/", self.handle_root, name=ADMISSION_ROUTES[0]),
+                web.get(
+                    "/events/{event_id:[0-9]{1,12}}", self.handle_event, name=ADMISSION_ROUTES[1]
+                ),
                 web.get("/health", self.handle_health),
                 web.get("/metrics", metrics_handler(self._exposition, lambda: self.operator_token)),
             ]
@@ -194,6 +201,19 @@ class FrontDoor:
     def _tls_context(self) -> ssl.SSLContext:
         raise NotImplementedError  # the subclass knows its certificate
 
+    @web.middleware
+    async def _claim_arrival(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The first request on a connection takes its ClientHello's time (edge.py);
+        the waiting room counts it as still to be ranked until the answer."""
+        arrived = claim_arrival(request.transport)
+        if arrived is None:
+            return await handler(request)
+        request[ARRIVED_AT] = arrived
+        if request.match_info.route.name not in ADMISSION_ROUTES:
+            return await handler(request)  # ranks nobody (a poll, the marketplace)
+        with self.queue.arriving(arrived):
+            return await handler(request)
+
     async def _start(self) -> None:
         """Runs before the port opens (the subclass's own start-up)."""
 
@@ -207,6 +227,7 @@ class FrontDoor:
         await self.runner.setup()
         self.gate = ConnectionGate("front", ctx, self.limits)
         self.gate.trickle = lambda: self.queue.crowded
+        self.queue.pending = self.gate.oldest_unclaimed
         site = GatedSite(self.runner, host, port, self.gate, backlog=4096)
         await site.start()
         self.port = site.port
@@ -343,7 +364,8 @@ class FrontDoor:
                 held = None
             if held is not None and held.visitor == public_id(visitor) and held.event == event_id:
                 return held.nonce, held.arrived
-        return secrets.token_urlsafe(12), round(time.time(), 3)
+        # A new arrival: when its connection said hello (a handshake's wait is not late).
+        return secrets.token_urlsafe(12), round(request.get(ARRIVED_AT) or time.time(), 3)
 
     def _place_token(self, visitor: str, event_id: int, place: str, arrived: float) -> str:
         # The visitor's public id: the place token rides in URLs too.
