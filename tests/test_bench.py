@@ -204,6 +204,14 @@ def test_idle_waiting_small_run(tmp_path: Path) -> None:
     assert r["front_rss_mb_held"] > 0 and "waiting visitors within 1 GiB" in proc.stdout
 
 
+def test_rank_inversions_count_refusals_ranked_before_a_winner() -> None:
+    from ticketing.bench.crowd import rank_inversions
+
+    queue = [[1, 0, 1, 0, 1], [2, 0, 2, 0, 2], [3, 0, 3, 0, 3], None]
+    assert rank_inversions(["ticket", "ticket", "sold_out", "ticket"], queue) == 0
+    assert rank_inversions(["sold_out", "ticket", "ticket", "sold_out"], queue) == 1
+
+
 def test_waiting_accuracy_compares_with_who_was_really_ahead() -> None:
     from ticketing.bench.crowd import waiting_accuracy
 

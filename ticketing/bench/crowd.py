@@ -63,6 +63,15 @@ def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
     }
 
 
+def rank_inversions(kinds: Sequence[str], queue: Sequence[list[float] | None]) -> int:
+    """Visitors in line refused while one ranked after them got a ticket: the order
+    as the fronts saw arrivals (their ClientHellos), without the load generator's
+    own delay between stamping a visitor's arrival and its first byte on the wire."""
+    ranked = [(q[0], k == "ticket") for k, q in zip(kinds, queue, strict=True) if q]
+    top = max((r for r, won in ranked if won), default=None)
+    return 0 if top is None else sum(1 for r, won in ranked if not won and r < top)
+
+
 def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
     """The crowd's figures from every visitor's record (plain function)."""
     kinds, ends, arrivals = visitors["kinds"], visitors["ends"], visitors["arrivals"]
@@ -88,6 +97,7 @@ def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
         "fcfs_inversions": inv,
         "fcfs_inversions_share": round(inv / len(kinds), 4) if kinds else 0.0,
         "fcfs_inversions_beyond_jitter": beyond,
+        "rank_inversions": rank_inversions(kinds, visitors["queue"]),
         "waiting": waiting_accuracy(visitors["queue"]),
         "timeline": answer_timeline(t0, arrivals, ends, kinds),
     }

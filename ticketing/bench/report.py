@@ -393,6 +393,7 @@ def format_crowd(out: dict[str, Any]) -> str:
         ("ETA error p50 / p95", f"{s(w['eta_error_s_p50'])} / {s(w['eta_error_s_p95'])}"),
         ("FCFS inversions", f"{c['fcfs_inversions']} ({100 * c['fcfs_inversions_share']:.2f} %)"),
         ("  beyond 10 ms of the last winner", _fmt(c["fcfs_inversions_beyond_jitter"])),
+        ("  in the fronts' order (ranks)", _fmt(c.get("rank_inversions"))),
     ]
     timeline = c["timeline"]
     lines = [
