@@ -214,8 +214,10 @@ class WebClient:
         while body.get("status") == "queued":
             seen.append((clock.elapsed(), body.get("position"), float(body.get("eta_s", 0.0))))
             pause = float(body.get("next_poll_s", 0.0))  # far back: call back later
-            if clock.elapsed() + pause >= self.timeout:
+            left = self.timeout - clock.elapsed()
+            if left <= 0:
                 return None
+            pause = min(pause, max(0.0, left - 1.0))  # a last look before giving up
             await asyncio.sleep(pause)
             try:
                 async with self.session.get(poll, headers={"Accept": "application/json"}) as resp:

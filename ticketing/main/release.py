@@ -88,15 +88,15 @@ class ReleaseRate:
         self._last = now
         self._expire(now)
 
-    def allowance(self, now: float, *, lenient: bool = False) -> int:
+    def allowance(self, now: float) -> int:
         """Visitors that may go now (0 while the window is full or the cap spent).
 
-        Never more in flight than the tickets left: at the end of a sale a visitor
+        Never more on their way than the tickets left: at the end of a sale a visitor
         let through should find a ticket, not lose it to a later arrival on a luckier
-        shard. ``lenient`` (a visitor at an empty line): visitors released longer ago
-        than ``patience`` and still not granted are taken for gone (a few admissions
-        never used, as in a quiet sale, must not start a line), without letting
-        more go than tickets left while the visitors just released are on their way.
+        shard. A visitor released longer ago than ``patience`` and still not granted
+        is taken for gone there (it still counts in the window for
+        ``flight_window``): visitors who never come for their turn, as in a quiet
+        sale or when a waiter gave up, must not hold the last tickets for long.
         """
         self._expire(now)
         in_flight = self.in_flight()
@@ -105,10 +105,8 @@ class ReleaseRate:
         )
         room = max(0, window - in_flight)
         if self._remaining is not None:
-            counted = in_flight
-            if lenient:
-                counted = min(in_flight, self._released_since(now - self.patience()))
-            room = min(room, max(0, self._remaining - counted))
+            on_the_way = min(in_flight, self._released_since(now - self.patience()))
+            room = min(room, max(0, self._remaining - on_the_way))
         if self.cap is not None:
             room = min(room, int(self._budget))
         return room
@@ -257,7 +255,7 @@ class ReleaseCoordinator:
         direct = 0
         if started and not any(self._waiting(r, state.upto) for r in fresh.values()):
             # Nobody waits anywhere: a share of the room for visitors at an empty line.
-            room = rate.allowance(now, lenient=True)
+            room = rate.allowance(now)
             direct = math.ceil(room / len(fresh)) if room > 0 else 0
         waiting = sum(r.sketch.waiting for r in fresh.values())
         return LineOrders(
