@@ -20,7 +20,8 @@ on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, w
 - stamps each connection with the wall-clock time its ClientHello came; the first
   request on it takes the stamp (:func:`claim_arrival`), so a front ranks a visitor
   in its waiting room by when it came, not by when its handshake's turn did, and
-  :meth:`ConnectionGate.oldest_unclaimed` says how far back a stamp can still come;
+  :meth:`ConnectionGate.oldest_unclaimed` says how far back a stamp can still come
+  and :meth:`ConnectionGate.unclaimed` which;
 - closes a connection whose first request has not finished its headers
   ``header_timeout`` after the handshake (slow-header clients hold no slot for long;
   aiohttp's keep-alive timeout and websockets' ``open_timeout`` cover later requests);
@@ -365,12 +366,16 @@ class ConnectionGate:
         return len(self._per_address)
 
     def oldest_unclaimed(self) -> float | None:
-        """The earliest ClientHello (unix s) whose connection has not had a request yet:
-        no :func:`claim_arrival` to come here can return an earlier time."""
+        """The earliest ClientHello (unix s) whose connection has had no request yet:
+        no :func:`claim_arrival` to come here can return an earlier time (O(1) mostly)."""
         hellos = self._hellos
         while hellos and hellos[0].done:
             hellos.popleft()
         return hellos[0].at if hellos else None
+
+    def unclaimed(self) -> list[float]:
+        """Every such ClientHello (unix s, ascending): O(connections handshaking)."""
+        return [a.at for a in self._hellos if not a.done]
 
     def _hello(self) -> _Arrival:
         arrival = _Arrival(time.time())

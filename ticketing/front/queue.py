@@ -27,6 +27,7 @@ capped (429).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -38,7 +39,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -61,10 +62,20 @@ REFUSED = "this place in line is another browser's, or no longer valid: join the
 # When the visitor's connection sent its ClientHello (edge.claim_arrival), on the first
 # request of a connection: its rank in line, and its arrival claim.
 ARRIVED_AT = web.RequestKey("arrived_at", float)
+_UNRANKED = web.RequestKey("unranked", bool)  # ARRIVED_AT still counts as to come
 
 # A door's lines to main, main's orders back (None: main cannot be reached now).
 Uplink = Callable[[dict[int, LineReport]], Awaitable[dict[int, LineOrders] | None]]
 _EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
+UNRANKED_FRESH = 0.01  # s: positions count handshakes under way as seen this recently
+
+
+class Arrivals(Protocol):
+    """The edge's ClientHellos whose connection has had no request yet
+    (:class:`~ticketing.edge.ConnectionGate`): visitors who came and are not ranked."""
+
+    def oldest_unclaimed(self) -> float | None: ...
+    def unclaimed(self) -> list[float]: ...
 
 
 def event_of(info: dict[str, Any]) -> Event:
@@ -144,10 +155,12 @@ class QueueDoor:
         # The front's admission for a released visitor: the shard URL with its token
         # (None: not now, it goes through the front's door as any visitor).
         self.admit: Callable[[web.Request, int, float], str | None] | None = None
-        # The earliest ClientHello whose connection has had no request yet
-        # (ConnectionGate.oldest_unclaimed), and those of first requests in progress.
-        self.pending: Callable[[], float | None] | None = None
+        # The ClientHellos whose connection has had no request yet (the front's
+        # ConnectionGate), besides those of first requests in progress (_arriving).
+        self.pending: Arrivals | None = None
         self._arriving: Counter[float] = Counter()
+        self._unranked_at = -1.0  # when _unranked_ranks was read (time.monotonic)
+        self._unranked_ranks: list[int] = []
         self.counts = {"direct": 0, "entered": 0, "released": 0}  # for the benchmark
 
     # -- wiring -------------------------------------------------------------------
@@ -183,13 +196,22 @@ class QueueDoor:
         return self.lines[event_id]
 
     @contextlib.contextmanager
-    def arriving(self, stamp: float) -> Iterator[None]:
-        """A request that may rank a visitor at ``stamp`` is being answered: the
-        horizon reported to main stays at or below it meanwhile."""
+    def arriving(self, request: web.Request, stamp: float) -> Iterator[None]:
+        """A request that may rank a visitor at ``stamp`` is being answered: until the
+        gate has placed it, the horizon reported to main stays at or below ``stamp``
+        and others count it where it will stand."""
         self._arriving[stamp] += 1
+        request[_UNRANKED] = True
         try:
             yield
         finally:
+            self._placed(request)
+
+    def _placed(self, request: web.Request) -> None:
+        """The gate has decided about this request's visitor (no await from here)."""
+        stamp = request.get(ARRIVED_AT)
+        if request.get(_UNRANKED) and stamp is not None:
+            request[_UNRANKED] = False
             self._arriving[stamp] -= 1
             if not self._arriving[stamp]:
                 del self._arriving[stamp]
@@ -197,15 +219,25 @@ class QueueDoor:
     def _came_before(self, stamp: float | None) -> bool:
         """Someone who came earlier than ``stamp`` is not ranked yet (its handshake
         or request is under way): going straight on would pass it, so join the line."""
-        if stamp is None:
-            return False
-        oldest = None if self.pending is None else self.pending()
-        return (oldest is not None and oldest < stamp) or any(s < stamp for s in self._arriving)
+        oldest = self._oldest_arrival()
+        return stamp is not None and oldest is not None and oldest < stamp
 
     def _oldest_arrival(self) -> float | None:
         """The earliest time a visitor not ranked yet may still be ranked at."""
-        stamps = [*self._arriving, *(() if self.pending is None else [self.pending()])]
-        return min((s for s in stamps if s is not None), default=None)
+        edge = None if self.pending is None else self.pending.oldest_unclaimed()
+        return min((*self._arriving, *(() if edge is None else (edge,))), default=None)
+
+    def _unranked(self) -> list[int]:
+        """Ranks (µs, ascending) of visitors who came and are not ranked yet (their
+        ClientHello is in, their first request not answered): they will stand ahead
+        of those who came later. Kept for ``UNRANKED_FRESH`` (real time): a crowd
+        has thousands of handshakes under way and an answer per arrival."""
+        mono = time.monotonic()
+        if mono - self._unranked_at >= UNRANKED_FRESH:
+            edge = self.pending.unclaimed() if self.pending is not None else []
+            stamps = sorted([*self._arriving, *edge])
+            self._unranked_at, self._unranked_ranks = mono, [int(s * 1e6) for s in stamps]
+        return self._unranked_ranks
 
     def _remaining(self, event_id: int) -> int:
         return self.source.routes(event_id).view().remaining
@@ -225,6 +257,9 @@ class QueueDoor:
         line = self.line(event.id)
         if event.id not in self.orders:
             await self._first_word(event.id)
+        # From here on no await: this visitor is placed now, in line or straight on.
+        came_before = self._came_before(request.get(ARRIVED_AT))
+        self._placed(request)
         now, mono = self.clock(), self.monotonic()
         started = event.sale_starts_at is None or now >= event.sale_starts_at
         token = request.query.get("queue", "")
@@ -240,12 +275,7 @@ class QueueDoor:
             return Pass()  # sold out: the front says so
         if self._has_place(request, visitor, event.id):
             return Pass()  # already through once (sent back by a shard, or told to wait)
-        if (
-            started
-            and not len(line)
-            and self._budget.get(event.id, 0) > 0
-            and not self._came_before(request.get(ARRIVED_AT))
-        ):
+        if started and not len(line) and self._budget.get(event.id, 0) > 0 and not came_before:
             self._budget[event.id] -= 1
             self._direct[event.id] = self._direct.get(event.id, 0) + 1
             self.counts["direct"] += 1
@@ -330,7 +360,8 @@ class QueueDoor:
             return dict(out, status="sold_out")
         starts_in = 0.0 if event.sale_starts_at is None else event.sale_starts_at - self.clock()
         speed = self._speed(event)
-        waiting = len(line) + self._others_ahead(event.id, None)
+        unranked = self._unranked()  # they came earlier: they will be ahead
+        waiting = len(line) + len(unranked) + self._others_ahead(event.id, None)
         if starts_in > 0:  # pre-queue: the order is drawn at the start
             return dict(
                 out,
@@ -344,7 +375,11 @@ class QueueDoor:
                 # Call back shortly before the start, then hold a poll through it.
                 next_poll_s=self._gap(starts_in - self.options.poll_timeout / 2),
             )
-        position = line.position(ticket.rank) + self._others_ahead(event.id, ticket.rank)
+        position = (
+            line.position(ticket.rank)
+            + bisect.bisect_left(unranked, ticket.rank)
+            + self._others_ahead(event.id, ticket.rank)
+        )
         eta = eta_seconds(position - 1, speed)
         return dict(
             out,

@@ -211,7 +211,7 @@ class FrontDoor:
         request[ARRIVED_AT] = arrived
         if request.match_info.route.name not in ADMISSION_ROUTES:
             return await handler(request)  # ranks nobody (a poll, the marketplace)
-        with self.queue.arriving(arrived):
+        with self.queue.arriving(request, arrived):
             return await handler(request)
 
     async def _start(self) -> None:
@@ -227,7 +227,7 @@ class FrontDoor:
         await self.runner.setup()
         self.gate = ConnectionGate("front", ctx, self.limits)
         self.gate.trickle = lambda: self.queue.crowded
-        self.queue.pending = self.gate.oldest_unclaimed
+        self.queue.pending = self.gate
         site = GatedSite(self.runner, host, port, self.gate, backlog=4096)
         await site.start()
         self.port = site.port
