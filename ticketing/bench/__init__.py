@@ -14,8 +14,10 @@ time (``--max-seconds``):
     processes, the same certificates, clients, concurrency and process layout).
     With ``--fronts F`` the visitors go through F front processes (each worker takes
     them in turn) and the baseline has F 302 processes; the table then has each
-    process's CPU per ticket and a projected ceiling for ``--cores`` cores
-    (``projection.py``: arithmetic on the measurement, labelled as such). The sale is
+    process's CPU per ticket over the load phase (GO to the last answer: start-up
+    excluded), main's fixed load measured for 2 s before GO with nothing sold, and a
+    projected ceiling for ``--cores`` cores (``projection.py``: arithmetic on the
+    measurement, labelled as such). The sale is
     checked: nothing oversold, every granted id distinct, every granted
     ticket committed in main's ledger, and an exact audit (:func:`check_sale`); the
     exit code is 1 when a check fails.
