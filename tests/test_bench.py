@@ -193,14 +193,15 @@ def test_crowd_mode_small_run_through_the_waiting_room(tmp_path: Path) -> None:
     assert "median / last ticket" in proc.stdout and "position error" in proc.stdout
 
 
-def test_idle_waiting_small_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fronts, front", [("0", "main+front"), ("1", "front-1")])
+def test_idle_waiting_small_run(tmp_path: Path, fronts: str, front: str) -> None:
     proc, out = run_bench(
-        "--mode", "idle", "--waiting", "60", "--max-seconds", "30", "--quiet",
-        "--json", str(tmp_path / "waiting.json"),
+        "--mode", "idle", "--waiting", "60", "--fronts", fronts, "--max-seconds", "30",
+        "--quiet", "--json", str(tmp_path / "waiting.json"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = out["waiting"]
-    assert out["ok"] and r["in_line"] == 60 and r["failed"] == 0
+    assert out["ok"] and r["in_line"] == 60 and r["failed"] == 0 and r["front"] == front
     assert r["front_rss_mb_held"] > 0 and "waiting visitors within 1 GiB" in proc.stdout
 
 

@@ -19,6 +19,7 @@ from statistics import median
 from typing import Any
 
 from ..cluster import LocalCluster, shard_names
+from ..front.queue import QueueOptions
 from ..process import raise_fd_limit
 from .checks import check_sale, percentile
 from .fault import answer_timeline, inversions
@@ -107,13 +108,16 @@ async def run_crowd(opts: Options) -> dict[str, Any]:
     raise_fd_limit()
     out: dict[str, Any] = {"mode": "crowd", "options": opts.public(), "machine": machine()}
     with DataDir(opts) as data:
+        trickle = opts.queue_trickle
         cluster = LocalCluster(
             data,
             shard_names(opts.shards),
             shard_args=opts.loop_flag,
             load_test=True,
             fronts=opts.fronts,
-            front_args=opts.loop_flag,
+            front_args=[*opts.loop_flag, "--queue-trickle", "on" if trickle else "off"],
+            # The embedded front (--fronts 0): the load test's waiting room, trickling or not.
+            redirect_options={"queue": QueueOptions(entries_per_address=None, trickle=trickle)},
         )
         async with cluster:
             main = cluster.main

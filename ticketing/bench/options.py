@@ -71,6 +71,7 @@ class Options:
     fault: str | None = None
     arrival_rate: float = DEFAULT_ARRIVAL_RATE
     duration: float = DEFAULT_DURATION
+    queue_trickle: bool = False  # crowd: the fronts' --queue-trickle
     fault_at: float | None = None  # seconds after the first arrival (default: 40 % in)
     fault_seconds: float | None = None  # partition/main down for this long
     standby: bool = False  # kill-main: a standby main takes over (PostgreSQL ledger, fronts)
@@ -170,6 +171,13 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
         default=DEFAULT_DURATION,
         help="fault and crowd: seconds of arrivals",
     )
+    p.add_argument(
+        "--queue-trickle",
+        choices=["on", "off"],
+        default="off",
+        help="crowd: the fronts take new TLS handshakes one at a time while the line covers"
+        " every ticket left (front --queue-trickle; default off)",
+    )
     p.add_argument("--fault-at", type=float, help="fault: seconds in (default: 40 %% of duration)")
     p.add_argument(
         "--fault-seconds",
@@ -249,6 +257,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         fault=args.fault,
         arrival_rate=rate,
         duration=args.duration,
+        queue_trickle=args.queue_trickle == "on",
         fault_at=args.fault_at,
         fault_seconds=args.fault_seconds,
         standby=args.standby,

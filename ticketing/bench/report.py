@@ -248,6 +248,10 @@ def format_idle(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _front_name(name: str | None) -> str:
+    return "main's process" if name in (None, "main+front") else f"its own process, {name}"
+
+
 def _format_waiting(out: dict[str, Any]) -> str:
     r = out["waiting"]
     rows = [
@@ -263,7 +267,8 @@ def _format_waiting(out: dict[str, Any]) -> str:
     ]
     met = "met" if r["target_met"] else "MISSED"
     lines = [
-        f"idle --waiting: 1 front (main's process), {'uvloop' if out['options']['uvloop'] else 'asyncio'}",
+        f"idle --waiting: 1 front ({_front_name(r.get('front'))}),"
+        f" {'uvloop' if out['options']['uvloop'] else 'asyncio'}",
         "",
         _table(rows),
         "",
@@ -400,7 +405,8 @@ def format_crowd(out: dict[str, Any]) -> str:
         f"crowd: {o['shards']} shards, {o.get('fronts') or 'no'} front processes"
         f"{'' if o.get('fronts') else ' (the front inside main)'}, {o['tickets']} tickets,"
         f" {o['arrival_rate']:g} arrivals/s for {o['duration']:g} s, {o['workers']} worker"
-        f" processes, {out['machine']['cpus']} CPUs",
+        f" processes, {out['machine']['cpus']} CPUs"
+        f"{', handshakes trickle once the line is full' if o.get('queue_trickle') else ''}",
         "",
         _table(rows),
         "",
