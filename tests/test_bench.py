@@ -297,3 +297,13 @@ def test_e2e_with_a_front_process(tmp_path: Path) -> None:
     fixed = t["main_fixed"]  # measured before GO, with nothing sold
     assert fixed["links"] == 2 and fixed["cpu_ms_per_s"] > 0 and fixed["us_per_ticket"] > 0
     assert t["load_seconds"] > 0 and "main's CPU per ticket" in proc.stdout
+
+
+def test_hello_lag_is_the_fronts_stamp_less_the_arrival() -> None:
+    from ticketing.bench.crowd import hello_lag
+
+    # Arrivals at 10 and 11 s (monotonic); wall = monotonic + 1000; hellos 0.5 and 2 s later.
+    queue = [[1_010_500_000, 0, 1, 0, 0], None, [1_013_000_000, 0, 2, 0, 0]]
+    lag = hello_lag([10.0, 10.5, 11.0], queue, 1000.0)
+    assert lag == {"p50": 0.5, "p95": 2.0}
+    assert hello_lag([10.0], [None], 1000.0) == {"p50": None, "p95": None}

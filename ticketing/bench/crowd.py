@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from collections.abc import Sequence
 from statistics import median
 from typing import Any
@@ -28,6 +29,12 @@ from .options import TARGET_FCFS_INVERSIONS, TARGET_MEDIAN_SHARE, Options
 from .workspace import DataDir, machine
 
 JITTER = 0.01  # seconds: arrivals closer than this are not told apart (see analyze_crowd)
+
+
+def stat(values: Sequence[float], p: float, digits: int) -> float | None:
+    """The ``p``-th percentile, rounded (None: no values)."""
+    v = percentile(values, p)
+    return None if v is None else round(v, digits)
 
 
 def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
@@ -49,10 +56,6 @@ def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
         rel_err.append(abs(position - truth) / truth)
         eta_err.append(abs(eta - (released_at - shown_at)))
 
-    def stat(values: list[float], p: float, digits: int) -> float | None:
-        v = percentile(values, p)
-        return None if v is None else round(v, digits)
-
     return {
         "queued_visitors": len(rows),
         "position_error_p50": stat(pos_err, 50, 1),  # visitors: |shown - true|
@@ -73,8 +76,21 @@ def rank_inversions(kinds: Sequence[str], queue: Sequence[list[float] | None]) -
     return 0 if top is None else sum(1 for r, won in ranked if not won and r < top)
 
 
-def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
-    """The crowd's figures from every visitor's record (plain function)."""
+def hello_lag(
+    arrivals: Sequence[float], queue: Sequence[list[float] | None], offset: float
+) -> dict[str, float | None]:
+    """Seconds from a queued visitor's arrival (the load generator's monotonic stamp)
+    to its rank (the front's wall-clock stamp of its ClientHello, µs; ``offset``: wall
+    minus monotonic time on this host): the load generator's delay before its first
+    byte plus the front's before reading it. An upper bound: a rank is never below a
+    horizon already reported, so an old stamp's rank is later than the stamp."""
+    lags = [q[0] / 1e6 - offset - a for a, q in zip(arrivals, queue, strict=True) if q]
+    return {"p50": stat(lags, 50, 3), "p95": stat(lags, 95, 3)}
+
+
+def analyze_crowd(visitors: dict[str, Any], clock_offset: float | None = None) -> dict[str, Any]:
+    """The crowd's figures from every visitor's record (plain function); with
+    ``clock_offset`` (wall minus monotonic seconds here) the lag to the fronts' stamps."""
     kinds, ends, arrivals = visitors["kinds"], visitors["ends"], visitors["arrivals"]
     t0 = min(arrivals, default=visitors["t0"])
     waits = [
@@ -99,6 +115,9 @@ def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
         "fcfs_inversions_share": round(inv / len(kinds), 4) if kinds else 0.0,
         "fcfs_inversions_beyond_jitter": beyond,
         "rank_inversions": rank_inversions(kinds, visitors["queue"]),
+        "hello_lag_s": None
+        if clock_offset is None
+        else hello_lag(arrivals, visitors["queue"], clock_offset),
         "waiting": waiting_accuracy(visitors["queue"]),
         "timeline": answer_timeline(t0, arrivals, ends, kinds),
     }
@@ -143,7 +162,7 @@ async def run_crowd(opts: Options) -> dict[str, Any]:
             front = dict(main.lines.counts)  # every front's, as main released them
     visitors = load.pop("visitors")
     verdict = check_sale(load.pop("ticket_ids"), opts.tickets, audit, event_id)
-    crowd = analyze_crowd(visitors)
+    crowd = analyze_crowd(visitors, time.time() - time.monotonic())
     crowd["front"] = front  # visitors sent on at once, and released from the line
     out.update(load=load, audit=audit, verdict=verdict.as_dict(), crowd=crowd)
     out["visitors"] = visitors  # every visitor's record, for a closer look at the JSON

@@ -248,6 +248,12 @@ def format_idle(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _lag(lag: dict[str, float | None] | None) -> str:
+    if not lag or lag["p50"] is None or lag["p95"] is None:
+        return "-"
+    return f"{lag['p50']:.2f} s / {lag['p95']:.2f} s"
+
+
 def _front_name(name: str | None) -> str:
     return "main's process" if name in (None, "main+front") else f"its own process, {name}"
 
@@ -399,6 +405,7 @@ def format_crowd(out: dict[str, Any]) -> str:
         ("FCFS inversions", f"{c['fcfs_inversions']} ({100 * c['fcfs_inversions_share']:.2f} %)"),
         ("  beyond 10 ms of the last winner", _fmt(c["fcfs_inversions_beyond_jitter"])),
         ("  in the fronts' order (ranks)", _fmt(c.get("rank_inversions"))),
+        ("arrival to the front's stamp p50 / p95", _lag(c.get("hello_lag_s"))),
     ]
     timeline = c["timeline"]
     lines = [
