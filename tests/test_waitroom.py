@@ -236,11 +236,14 @@ def test_sketches_place_a_rank_among_another_fronts_waiters() -> None:
 
 
 def test_line_reports_and_orders_round_trip_and_refuse_garbage() -> None:
-    report = line_report([3, 5], horizon=9, direct=2)
+    report = line_report([3, 5], horizon=9, direct=2, arriving=4)
     assert LineReport.from_wire(report.to_wire()) == report
+    older = {k: v for k, v in report.to_wire().items() if k != "arriving"}
+    assert LineReport.from_wire(older).arriving == 0  # a front that does not say
     orders = LineOrders(upto=5, direct=1, rate=12.5, others=(report.sketch,))
     assert LineOrders.from_wire(orders.to_wire()) == orders
-    for bad in ({**report.to_wire(), "head": [5, 3]}, {**report.to_wire(), "direct": -1}):
+    wire = report.to_wire()
+    for bad in ({**wire, "head": [5, 3]}, {**wire, "direct": -1}, {**wire, "arriving": -1}):
         with pytest.raises(ValueError):
             LineReport.from_wire(bad)
 
@@ -511,30 +514,34 @@ async def test_queue_ticket_is_bound_to_the_visitor_cookie(make_cluster, ca_cont
 # -- the edge: TLS handshakes first come, first served --------------------------------
 
 
-async def test_a_trickling_gate_takes_one_handshake_at_a_time_and_times_nobody_out() -> None:
-    """The decision alone (no sockets): slots while trickling, and the overdue rule."""
-    from ticketing.edge import ConnectionGate, EdgeLimits
+async def test_a_trickling_gate_takes_later_hellos_one_at_a_time_and_times_nobody_out() -> None:
+    """The decision alone (no sockets): slots while trickling, those who came before
+    the line was full, and the overdue rule."""
+    from ticketing.edge import ConnectionGate, EdgeLimits, _Arrival
 
     class Waiting:
-        def __init__(self, queued_at: float) -> None:
-            self.queued_at, self.started = queued_at, False
+        def __init__(self, queued_at: float, hello: float) -> None:
+            self.queued_at, self.arrival, self.started = queued_at, _Arrival(hello), False
 
         def start(self) -> None:
             self.started = True
 
     limits = EdgeLimits(max_handshaking=8, handshake_timeout=10.0)
     gate = ConnectionGate("test", ssl.create_default_context(), limits)
-    crowded = [False]
-    gate.trickle = lambda: crowded[0]
+    since: list[float | None] = [None]
+    gate.trickle = lambda: since[0]
     gate._handshaking = {object(): time.monotonic()}  # type: ignore[dict-item]
-    assert gate._handshake_slot()  # 1 of 8 slots taken
-    crowded[0] = True
-    assert not gate._handshake_slot()  # one at a time now
-    old, new = Waiting(time.monotonic() - 6.0), Waiting(time.monotonic())
-    gate._waiting.extend([old, new])  # type: ignore[list-item]
+    assert gate._handshake_slot(_Arrival(100.0))  # 1 of 8 slots taken
+    since[0] = 50.0  # full since 50: a hello at 100 comes one at a time
+    assert not gate._handshake_slot(_Arrival(100.0))
+    assert gate._handshake_slot(_Arrival(40.0))  # came before: counted in the line
+    mono = time.monotonic()
+    early, old, new = Waiting(mono, 49.0), Waiting(mono - 6.0, 51.0), Waiting(mono, 52.0)
+    gate._waiting.extend([early, old, new])  # type: ignore[list-item]
     gate._start_waiting()
+    assert early.started  # all the slots it wants
     assert old.started and not new.started  # waited half its timeout: goes anyway
-    crowded[0] = False
+    since[0] = None
     gate._start_waiting()
     assert new.started
     gate.close()
@@ -545,6 +552,9 @@ def test_the_line_is_full_when_it_covers_every_ticket_left() -> None:
     assert not coord.report("a", EVENT, line_report([1, 2, 3]), remaining=5, now=0.0).full
     # One released and in flight, three more waiting: four of four tickets spoken for.
     assert coord.report("a", EVENT, line_report([2, 3, 4]), remaining=4, now=0.1).full
+    # Another front: two in line, two still handshaking; with the four above: eight of nine.
+    assert not coord.report("b", EVENT, line_report([7, 8]), remaining=9, now=0.2).full
+    assert coord.report("b", EVENT, line_report([7, 8], arriving=2), remaining=9, now=0.3).full
 
 
 async def test_handshakes_wait_their_turn_but_silent_sockets_hold_no_slot(keys, ca_context) -> None:

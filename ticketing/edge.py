@@ -14,9 +14,10 @@ on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, w
   3,000 handshakes on one event loop otherwise interleaves them all, so the first
   arrival finishes about as late as the last (issue 12's convoy). A handshake that
   has not finished ``handshake_stall`` seconds after it started stops counting, so
-  silent clients cannot hold the queue up. While ``trickle`` says so (a front whose
-  waiting room's line already covers every ticket left) it runs one at a time,
-  except for sockets that have waited half their ``handshake_timeout``;
+  silent clients cannot hold the queue up. Sockets whose ClientHello came at or
+  after the time ``trickle`` gives (a front whose waiting room's line already covers
+  every ticket left, counting those who came before) run one at a time, except
+  those that have waited half their ``handshake_timeout``;
 - stamps each connection with the wall-clock time its ClientHello came; the first
   request on it takes the stamp (:func:`claim_arrival`), so a front ranks a visitor
   in its waiting room by when it came, not by when its handshake's turn did, and
@@ -170,7 +171,7 @@ class _Gatekeeper(asyncio.Protocol):
         self._early.append(data)
         if self.queued:
             return
-        if self.gate._handshake_slot():
+        if self.gate._handshake_slot(self.arrival):
             self.start()
         else:
             self.queued, self.queued_at = True, time.monotonic()
@@ -353,9 +354,10 @@ class ConnectionGate:
         self._waiting: deque[_Gatekeeper] = deque()
         self._hellos: deque[_Arrival] = deque()  # ClientHellos not yet claimed, in order
         self._recheck: asyncio.TimerHandle | None = None
-        # True: take new handshakes one at a time (a front whose waiting room's line
-        # covers every ticket left: the CPU goes to the visitors ahead).
-        self.trickle: Callable[[], bool] | None = None
+        # The wall-clock time from which ClientHellos are handshaked one at a time (a
+        # front whose waiting room's line covers every ticket left: the CPU goes to the
+        # visitors who came before); None: none are.
+        self.trickle: Callable[[], float | None] | None = None
         install_accept_log_filter(self.limits.log_interval)
 
     @property
@@ -418,19 +420,21 @@ class ConnectionGate:
         self._log.log(logging.WARNING, "refused", "%s: refusing connections: %s", self.name, why)
         return False
 
-    def _trickling(self) -> bool:
-        return self.trickle is not None and self.trickle()
+    def _trickles(self, arrival: _Arrival | None) -> bool:
+        """This socket came when ``trickle`` says the line was already full."""
+        since = None if self.trickle is None else self.trickle()
+        return since is not None and (arrival is None or arrival.at >= since)
 
-    def _cap(self) -> int | None:
-        """Handshakes at once now: ``max_handshaking``, or one while ``trickle`` says so."""
+    def _cap(self, arrival: _Arrival | None) -> int | None:
+        """Handshakes at once for this socket: ``max_handshaking``, or one if it trickles."""
         cap = self.limits.max_handshaking
-        if self._trickling():
+        if self._trickles(arrival):
             return TRICKLE_HANDSHAKES if cap is None else min(cap, TRICKLE_HANDSHAKES)
         return cap
 
-    def _handshake_slot(self) -> bool:
+    def _handshake_slot(self, arrival: _Arrival | None) -> bool:
         """Whether a new handshake may start now (stalled ones no longer count)."""
-        cap = self._cap()
+        cap = self._cap(arrival)
         if cap is None:
             return True
         if len(self._handshaking) >= cap:
@@ -459,13 +463,15 @@ class ConnectionGate:
             self._start_waiting()
 
     def _start_waiting(self) -> None:
-        cap = self._cap()
-        # While trickling, a socket waiting half its handshake_timeout goes anyway:
-        # a trickle delays new visitors, it must not time them out.
-        overdue = time.monotonic() - self.limits.handshake_timeout / 2 if self._trickling() else 0
-        while self._waiting and (
-            cap is None or len(self._handshaking) < cap or self._waiting[0].queued_at < overdue
-        ):
+        overdue = time.monotonic() - self.limits.handshake_timeout / 2
+        while self._waiting:  # in arrival order: the first that must wait stops the rest
+            head = self._waiting[0]
+            cap = self._cap(head.arrival)
+            # A trickled socket waiting half its handshake_timeout goes anyway: a
+            # trickle delays new visitors, it must not time them out.
+            late = head.queued_at < overdue and self._trickles(head.arrival)
+            if cap is not None and len(self._handshaking) >= cap and not late:
+                break
             self._waiting.popleft().start()
         if self._waiting:
             self._schedule_recheck()

@@ -142,7 +142,10 @@ class QueueDoor:
         self.lines: dict[int, Line] = {}
         self.events: dict[int, Event] = {}
         self.orders: dict[int, LineOrders] = {}  # main's last word, per event
-        self.crowded = False  # a line covers every ticket left: new handshakes trickle
+        # Since when (unix s) the lines cover every ticket left: ClientHellos from
+        # then on trickle (ConnectionGate.trickle); None: not crowded, or no trickle.
+        self.crowded_since: float | None = None
+        self._reported_at = 0.0  # the wall-clock time of the last report
         self.upto: dict[int, int] = {}  # the watermark released to (never goes back)
         self._budget: dict[int, int] = {}  # straight passes left until the next orders
         self._direct: dict[int, int] = {}  # straight passes not reported yet
@@ -557,6 +560,10 @@ class QueueDoor:
             self._last_prune = mono
         reports: dict[int, LineReport] = {}
         oldest = self._oldest_arrival()
+        # The edge does not know the event: every open line counts them (over-counts
+        # only while several events sell at once on one front).
+        arriving = len(self._unranked())
+        self._reported_at = now
         for event_id, line in self.lines.items():
             event = self.events.get(event_id)
             if event is None:
@@ -575,6 +582,7 @@ class QueueDoor:
                 line.sketch(),
                 self.sequencer.horizon(event_id, oldest),
                 self._direct.get(event_id, 0),
+                arriving,
             )
         return reports
 
@@ -586,7 +594,7 @@ class QueueDoor:
         """
         if orders is None:
             self._budget.clear()
-            self.crowded = False
+            self.crowded_since = None
             return
         mono = self.monotonic()
         for event_id, sent in reports.items():  # reported now; later passes go next time
@@ -605,12 +613,16 @@ class QueueDoor:
                 if released:
                     self.counts["released"] += len(released)
                     self._wake(event_id, released)
-        # Every ticket left is spoken for by the line: a new arrival can only get one
-        # if someone ahead leaves, so its TLS handshake waits (ConnectionGate.trickle)
-        # and the CPU goes to the visitors ahead of it.
-        self.crowded = self.options.trickle and any(
+        # Every ticket left is spoken for by those who came before the report: a
+        # later arrival can only get one if someone ahead leaves, so its TLS
+        # handshake waits (ConnectionGate.trickle) and the CPU goes to those ahead.
+        full = self.options.trickle and any(
             self.orders[e].full for e in reports if e in self.orders
         )
+        if not full:
+            self.crowded_since = None
+        elif self.crowded_since is None:
+            self.crowded_since = self._reported_at
 
     async def tick(self) -> None:
         """Report the lines to main and release what it says."""

@@ -226,7 +226,7 @@ class FrontDoor:
         )
         await self.runner.setup()
         self.gate = ConnectionGate("front", ctx, self.limits)
-        self.gate.trickle = lambda: self.queue.crowded
+        self.gate.trickle = lambda: self.queue.crowded_since
         self.queue.pending = self.gate
         site = GatedSite(self.runner, host, port, self.gate, backlog=4096)
         await site.start()

@@ -257,7 +257,8 @@ class ReleaseCoordinator:
             # Nobody waits anywhere: a share of the room for visitors at an empty line.
             room = rate.allowance(now)
             direct = math.ceil(room / len(fresh)) if room > 0 else 0
-        waiting = sum(r.sketch.waiting for r in fresh.values())
+        # Those still handshaking count too: they came before anyone who comes now.
+        waiting = sum(r.sketch.waiting + r.arriving for r in fresh.values())
         return LineOrders(
             upto=state.upto,
             direct=direct,
