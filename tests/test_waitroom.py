@@ -340,6 +340,28 @@ async def test_an_over_capacity_crowd_goes_through_in_fifo_order(make_cluster, c
     assert audit.exact and audit.held == 12
 
 
+async def test_an_arrival_below_a_watermark_already_given_goes_on_and_is_counted(
+    make_cluster, ca_context
+) -> None:
+    """Main gave a watermark before this front's first report (another front's horizon
+    bounded it): a new arrival ranked below it has had its turn, and main hears of it."""
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Late door", "", "10", 5)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, release_rate=0.001)  # nobody goes on by itself
+    redirect = await front(cluster)
+    door = redirect.queue
+    async with session(ca_context) as s:
+        assert (await enter(s, f"{cluster.front}events/{event_id}"))["status"] == "queued"
+        door.upto[event_id] = int((time.time() + 3600) * 1_000_000)  # as if given
+        async with s.get(
+            f"{cluster.front}events/{event_id}", headers=JSON, allow_redirects=False
+        ) as resp:
+            assert resp.status == 302  # a new entry, ranked below it
+    assert door.counts["direct"] == 1
+    await door.changes.wait_for(lambda: cluster.main.lines.counts["direct"] == 1, 5.0)
+
+
 async def test_reload_and_restart_keep_the_place_and_a_copy_is_refused(
     make_cluster, ca_context
 ) -> None:

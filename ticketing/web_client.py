@@ -160,7 +160,8 @@ class WebClient:
                 return outcome("error", {"message": f"redirect failed: {exc!r}"})
             clock.answered()
             timings.setdefault("redirect", clock.elapsed())
-            if location is None and body.get("status") in ("queued", "challenge"):
+            # "released": the turn came as the visitor entered (the page goes on too).
+            if location is None and body.get("status") in ("queued", "challenge", "released"):
                 if body["status"] == "challenge":  # the page's script does this
                     url = urljoin(url, body["location"] + solve(body["challenge"], body["bits"]))
                     continue

@@ -279,7 +279,7 @@ class QueueDoor:
             return Pass()  # already through once (sent back by a shard, or told to wait)
         if started and not len(line) and self._budget.get(event.id, 0) > 0 and not came_before:
             self._budget[event.id] -= 1
-            self._direct[event.id] = self._direct.get(event.id, 0) + 1
+            self._sent_on(event.id, 1)
             self.counts["direct"] += 1
             return Pass()
         return self._enter(request, event, visitor, started)
@@ -297,8 +297,9 @@ class QueueDoor:
 
     def _enter(
         self, request: web.Request, event: Event, visitor: str, started: bool
-    ) -> web.Response:
-        """A new entry, after the proof of work when the event asks for one."""
+    ) -> Pass | web.Response:
+        """A new entry, after the proof of work when the event asks for one (a Pass:
+        its turn has come already)."""
         line, address = self.line(event.id), request.remote or "?"
         if event.pow_bits > 0:
             gate = self._gate()
@@ -315,11 +316,21 @@ class QueueDoor:
             return resp
         seq = self.sequencer.next(event.id, request.get(ARRIVED_AT))
         rank = seq if started else prequeue_rank(event.prequeue_order, seq)
+        if started and self._passed(event.id, rank):
+            # Below a watermark main gave before this front's first report (another
+            # front's horizon bounded it): its turn has come; main counts it sent on.
+            self._sent_on(event.id, 1)
+            self.counts["direct"] += 1
+            return Pass()
         ticket = QueueTicket(visitor, event.id, seq, rank, round(self.clock(), 3))
         token = ticket.sign(self.source.signer, self.options.ticket_ttl)
         line.join(rank, ticket.issued, address, self.monotonic())
         self.counts["entered"] += 1
         return self._queued(request, event, ticket, token)
+
+    def _sent_on(self, event_id: int, n: int) -> None:
+        """``n`` visitors go on that main has not counted: the next report says so."""
+        self._direct[event_id] = self._direct.get(event_id, 0) + n
 
     def _has_place(self, request: web.Request, visitor: str, event_id: int) -> bool:
         """A place token a certified front signed for this visitor and event (``wire.Place``)."""
@@ -611,6 +622,12 @@ class QueueDoor:
                 if released:
                     self.counts["released"] += len(released)
                     self._wake(event_id, released)
+                    # Joined since the report, below the watermark: main did not
+                    # count them (it releases what the reports show).
+                    shown = set(reports[event_id].head) if event_id in reports else set()
+                    late = sum(1 for r in released if r not in shown)
+                    if late:
+                        self._sent_on(event_id, late)
         # Every ticket left is spoken for by those who came before the report: a
         # later arrival can only get one if someone ahead leaves, so its TLS
         # handshake waits (ConnectionGate.trickle) and the CPU goes to those ahead.
