@@ -193,15 +193,24 @@ def test_crowd_mode_small_run_through_the_waiting_room(tmp_path: Path) -> None:
     assert "median / last ticket" in proc.stdout and "position error" in proc.stdout
 
 
-def test_idle_waiting_small_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fronts, front", [("0", "main+front"), ("1", "front-1")])
+def test_idle_waiting_small_run(tmp_path: Path, fronts: str, front: str) -> None:
     proc, out = run_bench(
-        "--mode", "idle", "--waiting", "60", "--max-seconds", "30", "--quiet",
-        "--json", str(tmp_path / "waiting.json"),
+        "--mode", "idle", "--waiting", "60", "--fronts", fronts, "--max-seconds", "30",
+        "--quiet", "--json", str(tmp_path / "waiting.json"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = out["waiting"]
-    assert out["ok"] and r["in_line"] == 60 and r["failed"] == 0
+    assert out["ok"] and r["in_line"] == 60 and r["failed"] == 0 and r["front"] == front
     assert r["front_rss_mb_held"] > 0 and "waiting visitors within 1 GiB" in proc.stdout
+
+
+def test_rank_inversions_count_refusals_ranked_before_a_winner() -> None:
+    from ticketing.bench.crowd import rank_inversions
+
+    queue = [[1, 0, 1, 0, 1], [2, 0, 2, 0, 2], [3, 0, 3, 0, 3], None]
+    assert rank_inversions(["ticket", "ticket", "sold_out", "ticket"], queue) == 0
+    assert rank_inversions(["sold_out", "ticket", "ticket", "sold_out"], queue) == 1
 
 
 def test_waiting_accuracy_compares_with_who_was_really_ahead() -> None:
@@ -317,3 +326,13 @@ def test_e2e_with_a_front_process(tmp_path: Path) -> None:
     fixed = t["main_fixed"]  # measured before GO, with nothing sold
     assert fixed["links"] == 2 and fixed["cpu_ms_per_s"] > 0 and fixed["us_per_ticket"] > 0
     assert t["load_seconds"] > 0 and "main's CPU per ticket" in proc.stdout
+
+
+def test_hello_lag_is_the_fronts_stamp_less_the_arrival() -> None:
+    from ticketing.bench.crowd import hello_lag
+
+    # Arrivals at 10 and 11 s (monotonic); wall = monotonic + 1000; hellos 0.5 and 2 s later.
+    queue = [[1_010_500_000, 0, 1, 0, 0], None, [1_013_000_000, 0, 2, 0, 0]]
+    lag = hello_lag([10.0, 10.5, 11.0], queue, 1000.0)
+    assert lag == {"p50": 0.5, "p95": 2.0}
+    assert hello_lag([10.0], [None], 1000.0) == {"p50": None, "p95": None}

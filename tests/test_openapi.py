@@ -1,4 +1,5 @@
-"""The OpenAPI description of /api/v1: complete, served, and true (schemathesis on a live cluster)."""
+"""The OpenAPI description of /api/v1 and the front door's JSON answers: complete, served,
+and true (schemathesis on a live cluster)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ pytestmark = pytest.mark.timeout(90)
 
 OPERATOR = "openapi-operator-0123456789"
 METHODS = {"get", "post", "put", "patch", "delete"}
-# WebSocket upgrades are not plain HTTP: described, not fuzzed.
-NOT_FUZZED = {("GET", "/api/v1/ws")}
+# WebSocket upgrades are not plain HTTP, and admissions redirect to a shard's page:
+# described, not fuzzed.
+NOT_FUZZED = {("GET", "/api/v1/ws"), ("GET", "/"), ("GET", "/events/{event_id}")}
+# The front door's routes that are pages, scripts or text, not JSON answers.
+NOT_JSON = ("/app", "/admin", "/queue/queue.js", "/metrics")
 EXAMPLES = 15  # per operation and mode: ~28 operations, a few seconds in all
 
 CHECKS = [
@@ -45,11 +49,12 @@ def described() -> set[tuple[str, str]]:
 
 
 def routed(app: aiohttp.web.Application) -> set[tuple[str, str]]:
-    """Every (method, path) the app answers under /api/v1, with ``{id}`` for id patterns."""
+    """Every (method, path) the app answers with JSON (``/api/v1`` and the front door),
+    with ``{name}`` for patterns."""
     out = set()
     for route in app.router.routes():
         path = route.resource.canonical if route.resource else ""
-        if route.method == "HEAD" or not path.startswith("/api/v1"):
+        if route.method in ("HEAD", "*") or path.startswith(NOT_JSON):
             continue
         out.add((route.method, re.sub(r"\{(\w+)(:[^}]*)?\}", r"{\1}", path)))
     return out
@@ -59,9 +64,18 @@ async def test_every_api_route_is_described_and_nothing_else(make_cluster) -> No
     shop = await open_shop(make_cluster)
     assert shop.cluster.redirect
     routes = routed(shop.cluster.redirect.app)
-    assert len(routes) >= 25
+    assert len(routes) >= 29 and ("GET", "/events/{event_id}/queue") in routes
     assert routes - described() == set(), "routes missing from the description"
     assert described() - routes == set(), "described but not routed"
+
+
+def test_a_front_process_answers_the_described_front_door() -> None:
+    """A front process serves the same door (its marketplace is proxied, not routed)."""
+    from ticketing.front.node import FrontServer
+
+    door = routed(FrontServer("front-1").app)
+    assert door == {(m, p) for m, p in described() if not p.startswith("/api/v1")}
+    assert ("GET", "/events/{event_id}/queue") in door
 
 
 async def test_the_description_is_served_and_valid_openapi_3_1(make_cluster, ca_context) -> None:

@@ -8,8 +8,10 @@ shuffled at the start then FIFO, proof of work required when enabled.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import secrets
+import ssl
 import time
 
 import aiohttp
@@ -31,7 +33,7 @@ from ticketing.front.waitroom import (
 )
 from ticketing.ledger.records import Event
 from ticketing.main.release import ReleaseCoordinator, ReleaseRate
-from ticketing.tokens import TokenSigner
+from ticketing.tokens import TokenSigner, peek_claims
 from ticketing.visitor import public_id
 from ticketing.web_client import WebClient
 from ticketing.wire import LineOrders, LineReport, QueueTicket
@@ -84,6 +86,19 @@ def test_prequeue_ranks_sit_ahead_of_every_sequence_number() -> None:
     assert in_order == sorted(in_order) and max(in_order) < min(shuffled)
 
 
+def test_clock_ranks_keep_the_arrival_but_never_go_below_a_reported_horizon() -> None:
+    now = [1000.0]
+    seq = ClockSequencer(clock=lambda: now[0], max_age=2.0)
+    came = seq.next(1, at=999.5)  # its ClientHello came half a second ago
+    assert came == 999_500_000 and seq.next(1, at=999.5) == came + 1  # unique
+    # A hello from 999.8 is still unranked: the horizon waits for it, not for ever.
+    assert seq.horizon(1, oldest=999.8) == 999_800_000
+    assert seq.horizon(1, oldest=990.0) == 999_800_000  # older than max_age: no further back
+    now[0] = 1010.0
+    assert seq.horizon(1, oldest=990.0) == 1_008_000_000  # now - max_age
+    assert seq.next(1, at=999.9) == 1_008_000_000  # a late stamp: at the horizon, not below
+
+
 def test_leased_blocks_expire_so_fronts_agree_within_their_lifetime() -> None:
     counter = iter(range(0, 10_000, 4))
     leases: list[range] = []
@@ -118,6 +133,33 @@ def test_release_rate_follows_the_grants_and_respects_a_cap() -> None:
     capped.observe(1000, 0.0)
     capped.observe(1000, 1.0)
     assert capped.allowance(1.0) == 5 and capped.expected_rate() == 5.0
+
+
+def test_the_window_covers_the_transit_so_a_slow_path_does_not_starve_the_shards() -> None:
+    """Every released visitor takes 2 s to reach a shard and get a ticket: a window of
+    one second of grants would stay at min_window (5 grants/s for ever)."""
+    rate = ReleaseRate(min_window=10, target_delay=1.0)
+    remaining, released = 10_000, []  # (when, how many)
+    for step in range(40):
+        now = step * 0.5
+        granted = sum(n for t, n in released if now - 2.0 - 0.25 < t <= now - 2.0 + 0.25)
+        remaining -= granted
+        rate.observe(remaining, now)
+        n = rate.allowance(now)
+        rate.released(n, now)
+        released.append((now, n))
+        rate.held_back(now)  # a long line waits behind the window all along
+    assert rate.transit() == pytest.approx(2.0, abs=0.6)
+    assert rate.grant_rate() > 20  # four times what a window of min_window gives
+
+
+def test_never_more_on_their_way_than_tickets_left_but_no_shows_lapse() -> None:
+    rate = ReleaseRate(min_window=64)
+    rate.observe(5, 0.0)
+    rate.released(5, 0.0)  # the last five tickets' visitors are on their way
+    assert rate.allowance(1.0) == 0 and rate.in_flight() == 5
+    rate.observe(5, 10.0)  # ten seconds on, none has come: taken for gone
+    assert rate.allowance(10.0) == 5 and rate.in_flight() == 5  # (still in the window)
 
 
 def line_report(ranks: list[int], *, horizon: int = 10**9, head: int = 512, **kw) -> LineReport:
@@ -193,11 +235,14 @@ def test_sketches_place_a_rank_among_another_fronts_waiters() -> None:
 
 
 def test_line_reports_and_orders_round_trip_and_refuse_garbage() -> None:
-    report = line_report([3, 5], horizon=9, direct=2)
+    report = line_report([3, 5], horizon=9, direct=2, arriving=4)
     assert LineReport.from_wire(report.to_wire()) == report
+    older = {k: v for k, v in report.to_wire().items() if k != "arriving"}
+    assert LineReport.from_wire(older).arriving == 0  # a front that does not say
     orders = LineOrders(upto=5, direct=1, rate=12.5, others=(report.sketch,))
     assert LineOrders.from_wire(orders.to_wire()) == orders
-    for bad in ({**report.to_wire(), "head": [5, 3]}, {**report.to_wire(), "direct": -1}):
+    wire = report.to_wire()
+    for bad in ({**wire, "head": [5, 3]}, {**wire, "direct": -1}, {**wire, "arriving": -1}):
         with pytest.raises(ValueError):
             LineReport.from_wire(bad)
 
@@ -295,6 +340,28 @@ async def test_an_over_capacity_crowd_goes_through_in_fifo_order(make_cluster, c
     assert audit.exact and audit.held == 12
 
 
+async def test_an_arrival_below_a_watermark_already_given_goes_on_and_is_counted(
+    make_cluster, ca_context
+) -> None:
+    """Main gave a watermark before this front's first report (another front's horizon
+    bounded it): a new arrival ranked below it has had its turn, and main hears of it."""
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Late door", "", "10", 5)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, release_rate=0.001)  # nobody goes on by itself
+    redirect = await front(cluster)
+    door = redirect.queue
+    async with session(ca_context) as s:
+        assert (await enter(s, f"{cluster.front}events/{event_id}"))["status"] == "queued"
+        door.upto[event_id] = int((time.time() + 3600) * 1_000_000)  # as if given
+        async with s.get(
+            f"{cluster.front}events/{event_id}", headers=JSON, allow_redirects=False
+        ) as resp:
+            assert resp.status == 302  # a new entry, ranked below it
+    assert door.counts["direct"] == 1
+    await door.changes.wait_for(lambda: cluster.main.lines.counts["direct"] == 1, 5.0)
+
+
 async def test_reload_and_restart_keep_the_place_and_a_copy_is_refused(
     make_cluster, ca_context
 ) -> None:
@@ -323,6 +390,65 @@ async def test_reload_and_restart_keep_the_place_and_a_copy_is_refused(
         back = await enter(a, f"{url}?queue={first['queue']}")
         behind = await enter(b, f"{url}?queue={second['queue']}")
         assert (later["position"], back["position"], behind["position"]) == (1, 1, 2)
+
+
+async def test_a_released_waiter_is_sent_straight_to_a_shard(make_cluster, ca_context) -> None:
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Straight on", "", "10", 3)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, release_rate=0.001)  # nobody is released yet
+    await front(cluster)
+    url = f"{cluster.front}events/{event_id}"
+    async with WebClient(ca_context, timeout=20) as client:
+        _, _, entered = await client.admission(url)
+        assert entered["status"] == "queued" and "redirect" not in entered
+        await cluster.main.update_event(event_id, release_rate=None)
+        poll = cluster.front.rstrip("/") + entered["poll"]
+        async with client.session.get(poll, headers=JSON) as resp:  # held until released
+            released = await resp.json()
+        assert released["status"] == "released"
+        shard = f"https://127.0.0.1:{cluster.shards[0].https_port}"  # not the front again
+        assert released["redirect"].startswith(f"{shard}/?event={event_id}&token=")
+        outcome = await client.claim(released["redirect"])
+    assert outcome.kind == "ticket"
+
+
+async def test_a_visitor_is_ranked_by_its_hello_not_by_its_request(
+    make_cluster, ca_context
+) -> None:
+    """The first request on a connection takes the ClientHello's time; later ones not."""
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Hello first", "", "10", 5)
+    await cluster.main.distribute_tickets()
+    await cluster.main.update_event(event_id, release_rate=0.001)  # everyone queues
+    redirect = await front(cluster)
+    request = (
+        f"GET /events/{event_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n"
+    ).encode()
+
+    async def enter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(
+                b":"
+            )[1]
+        )
+        body = json.loads(await reader.readexactly(length))
+        return int(peek_claims(body["queue"])["r"])
+
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", redirect.port, ssl=ca_context, server_hostname="localhost"
+    )
+    try:
+        before_first = int(time.time() * 1_000_000)  # the handshake is over by now
+        first = await enter(reader, writer)
+        before_second = int(time.time() * 1_000_000)
+        second = await enter(reader, writer)  # the same connection, a visitor of its own
+    finally:
+        writer.close()
+    assert first < before_first  # ranked when its hello came
+    assert second >= before_second  # a later request on it is not an early arrival
 
 
 async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_context) -> None:
@@ -394,6 +520,49 @@ async def test_queue_ticket_is_bound_to_the_visitor_cookie(make_cluster, ca_cont
 
 
 # -- the edge: TLS handshakes first come, first served --------------------------------
+
+
+async def test_a_trickling_gate_takes_later_hellos_one_at_a_time_and_times_nobody_out() -> None:
+    """The decision alone (no sockets): slots while trickling, those who came before
+    the line was full, and the overdue rule."""
+    from ticketing.edge import ConnectionGate, EdgeLimits, _Arrival
+
+    class Waiting:
+        def __init__(self, queued_at: float, hello: float) -> None:
+            self.queued_at, self.arrival, self.started = queued_at, _Arrival(hello), False
+
+        def start(self) -> None:
+            self.started = True
+
+    limits = EdgeLimits(max_handshaking=8, handshake_timeout=10.0)
+    gate = ConnectionGate("test", ssl.create_default_context(), limits)
+    since: list[float | None] = [None]
+    gate.trickle = lambda: since[0]
+    gate._handshaking = {object(): time.monotonic()}  # type: ignore[dict-item]
+    assert gate._handshake_slot(_Arrival(100.0))  # 1 of 8 slots taken
+    since[0] = 50.0  # full since 50: a hello at 100 comes one at a time
+    assert not gate._handshake_slot(_Arrival(100.0))
+    assert gate._handshake_slot(_Arrival(40.0))  # came before: counted in the line
+    mono = time.monotonic()
+    early, old, new = Waiting(mono, 49.0), Waiting(mono - 6.0, 51.0), Waiting(mono, 52.0)
+    gate._waiting.extend([early, old, new])  # type: ignore[list-item]
+    gate._start_waiting()
+    assert early.started  # all the slots it wants
+    assert old.started and not new.started  # waited half its timeout: goes anyway
+    since[0] = None
+    gate._start_waiting()
+    assert new.started
+    gate.close()
+
+
+def test_the_line_is_full_when_it_covers_every_ticket_left() -> None:
+    coord = ReleaseCoordinator(min_window=1)
+    assert not coord.report("a", EVENT, line_report([1, 2, 3]), remaining=5, now=0.0).full
+    # One released and in flight, three more waiting: four of four tickets spoken for.
+    assert coord.report("a", EVENT, line_report([2, 3, 4]), remaining=4, now=0.1).full
+    # Another front: two in line, two still handshaking; with the four above: eight of nine.
+    assert not coord.report("b", EVENT, line_report([7, 8]), remaining=9, now=0.2).full
+    assert coord.report("b", EVENT, line_report([7, 8], arriving=2), remaining=9, now=0.3).full
 
 
 async def test_handshakes_wait_their_turn_but_silent_sockets_hold_no_slot(keys, ca_context) -> None:

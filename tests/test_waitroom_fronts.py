@@ -148,6 +148,10 @@ async def test_a_revoked_fronts_tickets_are_refused_and_its_restart_brings_them_
             _, entered = await ask(s, url(a, event_id, query))
             token = entered["queue"]
             assert entered["status"] == "queued" and peek_claims(token)["kid"] == "front-1"
+            rank = peek_claims(token)["r"]  # b knows a's line as it is now (one tick on)
+            await ticks(
+                [b], lambda: [o.marks for o in b.queue.orders[event_id].others] == [(rank,)]
+            )
             status, there = await ask(s, url(b, event_id, f"queue={token}"))
             assert status == 200 and there["position"] == 1  # a certified front's ticket
             await a.close()  # its link closes: main revokes its key everywhere

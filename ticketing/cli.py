@@ -371,6 +371,7 @@ def _front_options(args: argparse.Namespace) -> dict[str, Any]:
     opts["queue"] = QueueOptions(
         enabled=args.waiting_room == "on",
         entries_per_address=None if per_address == "off" else int(per_address),
+        trickle=args.queue_trickle == "on",
     )
     return opts
 
@@ -396,6 +397,13 @@ def _front_parser_options(p: argparse.ArgumentParser) -> None:
         default="50",
         metavar="N",
         help="live queue entries per client address, or off (default 50)",
+    )
+    g.add_argument(
+        "--queue-trickle",
+        choices=["on", "off"],
+        default="off",
+        help="take new TLS handshakes one at a time while the line covers every ticket left"
+        " (default off)",
     )
     p.add_argument(
         "--public-origin",

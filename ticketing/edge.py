@@ -14,7 +14,15 @@ on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, w
   3,000 handshakes on one event loop otherwise interleaves them all, so the first
   arrival finishes about as late as the last (issue 12's convoy). A handshake that
   has not finished ``handshake_stall`` seconds after it started stops counting, so
-  silent clients cannot hold the queue up;
+  silent clients cannot hold the queue up. Sockets whose ClientHello came at or
+  after the time ``trickle`` gives (a front whose waiting room's line already covers
+  every ticket left, counting those who came before) run one at a time, except
+  those that have waited half their ``handshake_timeout``;
+- stamps each connection with the wall-clock time its ClientHello came; the first
+  request on it takes the stamp (:func:`claim_arrival`), so a front ranks a visitor
+  in its waiting room by when it came, not by when its handshake's turn did, and
+  :meth:`ConnectionGate.oldest_unclaimed` says how far back a stamp can still come
+  and :meth:`ConnectionGate.unclaimed` which;
 - closes a connection whose first request has not finished its headers
   ``header_timeout`` after the handshake (slow-header clients hold no slot for long;
   aiohttp's keep-alive timeout and websockets' ``open_timeout`` cover later requests);
@@ -71,6 +79,8 @@ class EdgeLimits:
     log_interval: float = 10.0
 
 
+TRICKLE_HANDSHAKES = 1  # handshakes at once while a gate trickles (ConnectionGate.trickle)
+
 # The defaults: a front's connections are short (a redirect, API calls); a shard
 # holds every waiting browser's WSS (5,000 idle within ~250 MiB is the target).
 FRONT_LIMITS = EdgeLimits(max_connections=4096, max_per_address=256, max_handshaking=32)
@@ -94,17 +104,29 @@ class _CappedSSLProtocol(asyncio.sslproto.SSLProtocol):
         )
         self._gate = gate
         self._address = address
+        self.arrival: _Arrival | None = None  # its ClientHello's (claim_arrival)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         try:
             super().connection_lost(exc)
         finally:
+            if self.arrival is not None:
+                self.arrival.done = True
             self._gate._handshake_over(self)
             self._gate._release(self, self._address)
 
     def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
         self._gate._handshake_over(self)
         super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
+
+
+@dataclass(eq=False)
+class _Arrival:
+    """When a connection's ClientHello came (unix s); ``done`` once its first request
+    took it (or it closed without one)."""
+
+    at: float
+    done: bool = False
 
 
 class _Gatekeeper(asyncio.Protocol):
@@ -121,6 +143,8 @@ class _Gatekeeper(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None  # until TLS starts
         self.address = "?"
         self.queued = False
+        self.queued_at = 0.0  # when it began to wait for a slot (monotonic)
+        self.arrival: _Arrival | None = None  # when its ClientHello came
         self._early: list[bytes] = []  # the ClientHello, until TLS starts
         self._timer: asyncio.TimerHandle | None = None
 
@@ -142,13 +166,15 @@ class _Gatekeeper(asyncio.Protocol):
         """The ClientHello (a few hundred bytes): start TLS now, or queue for a slot."""
         if self.transport is None:
             return
+        if self.arrival is None:
+            self.arrival = self.gate._hello()
         self._early.append(data)
         if self.queued:
             return
-        if self.gate._handshake_slot():
+        if self.gate._handshake_slot(self.arrival):
             self.start()
         else:
-            self.queued = True
+            self.queued, self.queued_at = True, time.monotonic()
             self.transport.pause_reading()
             self.gate._queue(self)
 
@@ -158,6 +184,7 @@ class _Gatekeeper(asyncio.Protocol):
         transport, self.transport, self.queued = self.transport, None, False
         app = _HeaderDeadline(self.gate.limits.header_timeout, self.make_app())
         tls = _CappedSSLProtocol(self.gate, self.address, app)
+        tls.arrival = self.arrival
         self.gate._handover(self, tls)
         if self._timer is not None:
             self._timer.cancel()
@@ -176,9 +203,24 @@ class _Gatekeeper(asyncio.Protocol):
             self._timer = None
         if self.transport is not None:
             self.transport = None
+            if self.arrival is not None:
+                self.arrival.done = True
             if self.queued:
                 self.gate._unqueue(self)
             self.gate._release(self, self.address)
+
+
+def claim_arrival(transport: object) -> float | None:
+    """When the connection under ``transport`` (a request's) sent its ClientHello,
+    unix s, for its first request only (None after, and for a connection that did
+    not come through a gate): a reload minutes later on a kept-alive connection is
+    not an early arrival."""
+    tls = getattr(transport, "_ssl_protocol", None)  # asyncio's TLS app transport
+    arrival = tls.arrival if isinstance(tls, _CappedSSLProtocol) else None
+    if arrival is None or arrival.done:
+        return None
+    arrival.done = True
+    return arrival.at
 
 
 class _HeaderDeadline(asyncio.Protocol):
@@ -310,7 +352,12 @@ class ConnectionGate:
         # Handshakes in progress (since when) and sockets waiting for a slot, in order.
         self._handshaking: dict[_CappedSSLProtocol, float] = {}
         self._waiting: deque[_Gatekeeper] = deque()
+        self._hellos: deque[_Arrival] = deque()  # ClientHellos not yet claimed, in order
         self._recheck: asyncio.TimerHandle | None = None
+        # The wall-clock time from which ClientHellos are handshaked one at a time (a
+        # front whose waiting room's line covers every ticket left: the CPU goes to the
+        # visitors who came before); None: none are.
+        self.trickle: Callable[[], float | None] | None = None
         install_accept_log_filter(self.limits.log_interval)
 
     @property
@@ -319,6 +366,23 @@ class ConnectionGate:
 
     def addresses(self) -> int:
         return len(self._per_address)
+
+    def oldest_unclaimed(self) -> float | None:
+        """The earliest ClientHello (unix s) whose connection has had no request yet:
+        no :func:`claim_arrival` to come here can return an earlier time (O(1) mostly)."""
+        hellos = self._hellos
+        while hellos and hellos[0].done:
+            hellos.popleft()
+        return hellos[0].at if hellos else None
+
+    def unclaimed(self) -> list[float]:
+        """Every such ClientHello (unix s, ascending): O(connections handshaking)."""
+        return [a.at for a in self._hellos if not a.done]
+
+    def _hello(self) -> _Arrival:
+        arrival = _Arrival(time.time())
+        self._hellos.append(arrival)  # in the order they came
+        return arrival
 
     def protocol_factory(
         self, make_app: Callable[[], asyncio.Protocol]
@@ -356,9 +420,21 @@ class ConnectionGate:
         self._log.log(logging.WARNING, "refused", "%s: refusing connections: %s", self.name, why)
         return False
 
-    def _handshake_slot(self) -> bool:
-        """Whether a new handshake may start now (stalled ones no longer count)."""
+    def _trickles(self, arrival: _Arrival | None) -> bool:
+        """This socket came when ``trickle`` says the line was already full."""
+        since = None if self.trickle is None else self.trickle()
+        return since is not None and (arrival is None or arrival.at >= since)
+
+    def _cap(self, arrival: _Arrival | None) -> int | None:
+        """Handshakes at once for this socket: ``max_handshaking``, or one if it trickles."""
         cap = self.limits.max_handshaking
+        if self._trickles(arrival):
+            return TRICKLE_HANDSHAKES if cap is None else min(cap, TRICKLE_HANDSHAKES)
+        return cap
+
+    def _handshake_slot(self, arrival: _Arrival | None) -> bool:
+        """Whether a new handshake may start now (stalled ones no longer count)."""
+        cap = self._cap(arrival)
         if cap is None:
             return True
         if len(self._handshaking) >= cap:
@@ -387,8 +463,15 @@ class ConnectionGate:
             self._start_waiting()
 
     def _start_waiting(self) -> None:
-        cap = self.limits.max_handshaking
-        while self._waiting and (cap is None or len(self._handshaking) < cap):
+        overdue = time.monotonic() - self.limits.handshake_timeout / 2
+        while self._waiting:  # in arrival order: the first that must wait stops the rest
+            head = self._waiting[0]
+            cap = self._cap(head.arrival)
+            # A trickled socket waiting half its handshake_timeout goes anyway: a
+            # trickle delays new visitors, it must not time them out.
+            late = head.queued_at < overdue and self._trickles(head.arrival)
+            if cap is not None and len(self._handshaking) >= cap and not late:
+                break
             self._waiting.popleft().start()
         if self._waiting:
             self._schedule_recheck()

@@ -160,7 +160,8 @@ class WebClient:
                 return outcome("error", {"message": f"redirect failed: {exc!r}"})
             clock.answered()
             timings.setdefault("redirect", clock.elapsed())
-            if location is None and body.get("status") in ("queued", "challenge"):
+            # "released": the turn came as the visitor entered (the page goes on too).
+            if location is None and body.get("status") in ("queued", "challenge", "released"):
                 if body["status"] == "challenge":  # the page's script does this
                     url = urljoin(url, body["location"] + solve(body["challenge"], body["bits"]))
                     continue
@@ -171,7 +172,9 @@ class WebClient:
                 if released.get("status") != "released":
                     return outcome(released.get("status", "error"), released)
                 url = urljoin(url, released["location"])
-                continue
+                if not isinstance(released.get("redirect"), str):
+                    continue  # through the front's door
+                location = released["redirect"]  # straight to the shard, as the page does
             if location is None:
                 kind = body.get("status", "error") if status < 500 else "unavailable"
                 if kind in ("wait", "unavailable") and isinstance(body.get("location"), str):
@@ -212,8 +215,10 @@ class WebClient:
         while body.get("status") == "queued":
             seen.append((clock.elapsed(), body.get("position"), float(body.get("eta_s", 0.0))))
             pause = float(body.get("next_poll_s", 0.0))  # far back: call back later
-            if clock.elapsed() + pause >= self.timeout:
+            left = self.timeout - clock.elapsed()
+            if left <= 0:
                 return None
+            pause = min(pause, max(0.0, left - 1.0))  # a last look before giving up
             await asyncio.sleep(pause)
             try:
                 async with self.session.get(poll, headers={"Accept": "application/json"}) as resp:
@@ -244,12 +249,15 @@ class WebClient:
                     open_timeout=self.timeout,
                     max_size=1 << 16,
                     compression=None,
+                    proxy=None,  # as the aiohttp half: no proxy from the environment
                     local_addr=self.local_addr,
                 ) as ws:
                     opened = True
                     timings["connect"] = time.perf_counter() - t0
                     await ws.send(json.dumps({"type": "request"}))
                     msg = json.loads(await ws.recv())
+                    # The answer is in hand now; closing the socket comes after.
+                    timings["total"] = time.perf_counter() - t0
         except InvalidStatus as exc:
             return Outcome(
                 "refused",
@@ -266,7 +274,6 @@ class WebClient:
         except OSError as exc:  # refused, reset: the shard is gone (persistent: go back)
             message = {"message": f"wss failed: {exc!r}", "unreachable": True}
             return Outcome("error", message, timings=timings)
-        timings["total"] = time.perf_counter() - t0
         return Outcome(msg.get("type", "error"), msg, timings=timings)
 
 

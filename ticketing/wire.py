@@ -369,7 +369,8 @@ class LineReport:
     ``sketch.waiting`` means cut short); ``horizon``: no later entry on this front
     gets a lower rank (its sequencer's next number); ``started``: the sale has
     started on the front's clock; ``direct``: visitors it sent straight on since its
-    last report.
+    last report; ``arriving``: visitors whose ClientHello is in and who are not
+    placed yet (they will stand ahead of anyone who comes later).
     """
 
     started: bool
@@ -377,6 +378,7 @@ class LineReport:
     sketch: LineSketch
     horizon: int
     direct: int = 0
+    arriving: int = 0
 
     @property
     def cut(self) -> bool:
@@ -390,19 +392,24 @@ class LineReport:
             "sketch": self.sketch.to_wire(),
             "horizon": self.horizon,
             "direct": self.direct,
+            "arriving": self.arriving,
         }
 
     @classmethod
     def from_wire(cls, item: dict[str, Any]) -> LineReport:
         started, direct, horizon = item["started"], item["direct"], item["horizon"]
+        arriving = item.get("arriving", 0)  # a front of an older version does not say
         if type(started) is not bool or type(direct) is not int or direct < 0:
             raise ValueError("started must be a bool and direct an integer >= 0")
+        if type(arriving) is not int or arriving < 0:
+            raise ValueError("arriving must be an integer >= 0")
         if type(horizon) is not int:
             raise ValueError("horizon must be an integer")
         head = _ints(item["head"])
         if list(head) != sorted(head) or len(head) > LINE_HEAD:
             raise ValueError(f"head must be ascending, at most {LINE_HEAD} ranks")
-        return cls(started, head, LineSketch.from_wire(item["sketch"]), horizon, direct)
+        sketch = LineSketch.from_wire(item["sketch"])
+        return cls(started, head, sketch, horizon, direct, arriving)
 
 
 LINE_HEAD = 512  # ranks of a line's head in a report: more than main releases per tick
@@ -423,6 +430,7 @@ class LineOrders:
     direct: int = 0
     rate: float = 0.0
     others: tuple[LineSketch, ...] = ()
+    full: bool = False  # the visitors in line and in flight cover every ticket left
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -430,6 +438,7 @@ class LineOrders:
             "direct": self.direct,
             "rate": self.rate,
             "others": [o.to_wire() for o in self.others],
+            "full": self.full,
         }
 
     @classmethod
@@ -440,7 +449,7 @@ class LineOrders:
         if not _number(rate):
             raise ValueError("rate must be a number")
         others = tuple(LineSketch.from_wire(o) for o in item["others"])
-        return cls(upto, max(0, direct), float(rate), others)
+        return cls(upto, max(0, direct), float(rate), others, item.get("full") is True)
 
 
 def _ints(value: Any) -> tuple[int, ...]:

@@ -3,7 +3,8 @@
 R x S visitors arrive at a steady pace (the workers' ``rate`` mode: every visitor a
 fresh :class:`~ticketing.web_client.WebClient` that waits in line like the page)
 at a :class:`~ticketing.cluster.LocalCluster` (main + front in this process, K
-shard processes). Reported, from every visitor's own record: errors and timeouts,
+shard processes; with ``--fronts F``, F front processes the visitors are spread
+over, one line across them all). Reported, from every visitor's own record: errors and timeouts,
 the sale's checks (``check_sale``), the winners' median time-to-ticket against the
 time to the last ticket, first-come-first-served inversions, how true the shown
 position and ETA were, and the answers' timeline.
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from collections.abc import Sequence
 from statistics import median
 from typing import Any
 
 from ..cluster import LocalCluster, shard_names
+from ..front.queue import QueueOptions
 from ..process import raise_fd_limit
 from .checks import check_sale, percentile
 from .fault import answer_timeline, inversions
@@ -26,6 +29,12 @@ from .options import TARGET_FCFS_INVERSIONS, TARGET_MEDIAN_SHARE, Options
 from .workspace import DataDir, machine
 
 JITTER = 0.01  # seconds: arrivals closer than this are not told apart (see analyze_crowd)
+
+
+def stat(values: Sequence[float], p: float, digits: int) -> float | None:
+    """The ``p``-th percentile, rounded (None: no values)."""
+    v = percentile(values, p)
+    return None if v is None else round(v, digits)
 
 
 def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
@@ -47,10 +56,6 @@ def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
         rel_err.append(abs(position - truth) / truth)
         eta_err.append(abs(eta - (released_at - shown_at)))
 
-    def stat(values: list[float], p: float, digits: int) -> float | None:
-        v = percentile(values, p)
-        return None if v is None else round(v, digits)
-
     return {
         "queued_visitors": len(rows),
         "position_error_p50": stat(pos_err, 50, 1),  # visitors: |shown - true|
@@ -62,8 +67,30 @@ def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
     }
 
 
-def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
-    """The crowd's figures from every visitor's record (plain function)."""
+def rank_inversions(kinds: Sequence[str], queue: Sequence[list[float] | None]) -> int:
+    """Visitors in line refused while one ranked after them got a ticket: the order
+    as the fronts saw arrivals (their ClientHellos), without the load generator's
+    own delay between stamping a visitor's arrival and its first byte on the wire."""
+    ranked = [(q[0], k == "ticket") for k, q in zip(kinds, queue, strict=True) if q]
+    top = max((r for r, won in ranked if won), default=None)
+    return 0 if top is None else sum(1 for r, won in ranked if not won and r < top)
+
+
+def hello_lag(
+    arrivals: Sequence[float], queue: Sequence[list[float] | None], offset: float
+) -> dict[str, float | None]:
+    """Seconds from a queued visitor's arrival (the load generator's monotonic stamp)
+    to its rank (the front's wall-clock stamp of its ClientHello, µs; ``offset``: wall
+    minus monotonic time on this host): the load generator's delay before its first
+    byte plus the front's before reading it. An upper bound: a rank is never below a
+    horizon already reported, so an old stamp's rank is later than the stamp."""
+    lags = [q[0] / 1e6 - offset - a for a, q in zip(arrivals, queue, strict=True) if q]
+    return {"p50": stat(lags, 50, 3), "p95": stat(lags, 95, 3)}
+
+
+def analyze_crowd(visitors: dict[str, Any], clock_offset: float | None = None) -> dict[str, Any]:
+    """The crowd's figures from every visitor's record (plain function); with
+    ``clock_offset`` (wall minus monotonic seconds here) the lag to the fronts' stamps."""
     kinds, ends, arrivals = visitors["kinds"], visitors["ends"], visitors["arrivals"]
     t0 = min(arrivals, default=visitors["t0"])
     waits = [
@@ -87,6 +114,10 @@ def analyze_crowd(visitors: dict[str, Any]) -> dict[str, Any]:
         "fcfs_inversions": inv,
         "fcfs_inversions_share": round(inv / len(kinds), 4) if kinds else 0.0,
         "fcfs_inversions_beyond_jitter": beyond,
+        "rank_inversions": rank_inversions(kinds, visitors["queue"]),
+        "hello_lag_s": None
+        if clock_offset is None
+        else hello_lag(arrivals, visitors["queue"], clock_offset),
         "waiting": waiting_accuracy(visitors["queue"]),
         "timeline": answer_timeline(t0, arrivals, ends, kinds),
     }
@@ -96,18 +127,31 @@ async def run_crowd(opts: Options) -> dict[str, Any]:
     raise_fd_limit()
     out: dict[str, Any] = {"mode": "crowd", "options": opts.public(), "machine": machine()}
     with DataDir(opts) as data:
+        trickle = opts.queue_trickle
         cluster = LocalCluster(
-            data, shard_names(opts.shards), shard_args=opts.loop_flag, load_test=True
+            data,
+            shard_names(opts.shards),
+            shard_args=opts.loop_flag,
+            load_test=True,
+            fronts=opts.fronts,
+            front_args=[*opts.loop_flag, "--queue-trickle", "on" if trickle else "off"],
+            # The embedded front (--fronts 0): the load test's waiting room, trickling or not.
+            redirect_options={"queue": QueueOptions(entries_per_address=None, trickle=trickle)},
         )
         async with cluster:
             main = cluster.main
             assert main is not None
             event_id = await main.init_tickets("Flash crowd", "crowd", "25.00", opts.tickets)
             await main.distribute_tickets()
-            servers = {"main+front": os.getpid(), **{p.name: p.pid for p in cluster.processes}}
+            await cluster.fronts_in_sync()  # every front knows the event before GO
+            servers = {
+                "main" if opts.fronts else "main+front": os.getpid(),
+                **{f.name: f.pid for f in cluster.front_processes},
+                **{p.name: p.pid for p in cluster.processes},
+            }
             load = await drive_visits(
                 "crowd",
-                cluster.front_url,
+                cluster.front_urls,
                 cluster.keys / "ca.crt",
                 servers,
                 opts,
@@ -115,12 +159,11 @@ async def run_crowd(opts: Options) -> dict[str, Any]:
                 rate=opts.arrival_rate,
             )
             audit = (await main.audit(event_id)).as_dict()
-            assert cluster.redirect is not None
-            front = dict(cluster.redirect.queue.counts)
+            front = dict(main.lines.counts)  # every front's, as main released them
     visitors = load.pop("visitors")
     verdict = check_sale(load.pop("ticket_ids"), opts.tickets, audit, event_id)
-    crowd = analyze_crowd(visitors)
-    crowd["front"] = front  # visitors sent on at once, entered in line, released
+    crowd = analyze_crowd(visitors, time.time() - time.monotonic())
+    crowd["front"] = front  # visitors sent on at once, and released from the line
     out.update(load=load, audit=audit, verdict=verdict.as_dict(), crowd=crowd)
     out["visitors"] = visitors  # every visitor's record, for a closer look at the JSON
     problems = list(verdict.problems)

@@ -11,6 +11,8 @@ from collections import Counter
 from typing import Any
 
 from ..cluster import Child, LocalCluster, shard_names
+from ..front.queue import QueueOptions
+from ..main.server import MainServer
 from ..process import raise_fd_limit
 from ..wire import Admission
 from .children import final_line, spawn_workers, stop_all
@@ -112,17 +114,31 @@ async def run_idle(opts: Options) -> dict[str, Any]:
 
 async def run_idle_waiting(opts: Options) -> dict[str, Any]:
     """``opts.waiting`` visitors in the pre-queue of an event that starts in an hour,
-    each polling as the page does; the front's RSS before and with them in line."""
+    each polling as the page does; the front's RSS before and with them in line: main's
+    embedded front, or with ``--fronts 1`` a front process (its line as it reports it
+    to main)."""
     raise_fd_limit()
     out: dict[str, Any] = {"mode": "idle", "options": opts.public(), "machine": machine()}
     with DataDir(opts) as data:
-        cluster = LocalCluster(data, shard_names(1), shard_args=opts.loop_flag, load_test=True)
+        cluster = LocalCluster(
+            data,
+            shard_names(1),
+            shard_args=opts.loop_flag,
+            load_test=True,
+            fronts=min(1, opts.fronts),
+            front_args=opts.loop_flag,
+        )
         async with cluster:
             main, redirect = cluster.main, cluster.redirect
             assert main is not None and redirect is not None
             event_id = await main.init_tickets("Waiting bench", "idle", "1.00", 10)
             await main.distribute_tickets()
             await main.update_event(event_id, sale_starts_at=time.time() + 3600)
+            await cluster.fronts_in_sync()  # the front process knows the event
+            if cluster.front_processes:
+                name, pid = cluster.front_processes[0].name, cluster.front_processes[0].pid
+            else:
+                name, pid = "main+front", os.getpid()
             front = f"{cluster.front_url.rstrip('/')}/events/{event_id}"
             workers_n = max(1, min(opts.workers, opts.waiting))
             jobs = [
@@ -139,12 +155,16 @@ async def run_idle_waiting(opts: Options) -> dict[str, Any]:
             workers: list[Child] = []
             try:
                 workers = await spawn_workers("wait", jobs, opts.loop_flag)
-                meter = Meter({"main+front": os.getpid(), **{w.name: w.pid for w in workers}})
-                rss_before = meter.rss("main+front")
+                meter = Meter({name: pid, **{w.name: w.pid for w in workers}})
+                rss_before = meter.rss(name)
                 result = await _hold_idle(workers, meter, opts, total=opts.waiting)
-                in_line = redirect.queue.waiting()
-                rss_held = meter.rss("main+front")
-                connections = redirect.gate.connections if redirect.gate else 0
+                if cluster.front_processes:  # its last report to main, a tick old at most
+                    await asyncio.sleep(2 * QueueOptions().tick)
+                    in_line, connections = reported_waiting(main, event_id), None
+                else:
+                    in_line = redirect.queue.waiting()
+                    connections = redirect.gate.connections if redirect.gate else 0
+                rss_held = meter.rss(name)
                 meter.end()
                 for w in workers:
                     await w.send("CLOSE")
@@ -153,6 +173,7 @@ async def run_idle_waiting(opts: Options) -> dict[str, Any]:
                 await stop_all(workers)
     per_waiter = (rss_held - rss_before) / in_line if in_line else None
     out["waiting"] = {
+        "front": name,
         "visitors": opts.waiting,
         "in_line": in_line,
         "front_connections_at_measure": connections,
@@ -173,6 +194,12 @@ async def run_idle_waiting(opts: Options) -> dict[str, Any]:
     if not out["ok"]:
         out["problems"] = [f"the front held {in_line} of {opts.waiting} visitors in line"]
     return out
+
+
+def reported_waiting(main: MainServer, event_id: int) -> int:
+    """Visitors waiting in every front's line of ``event_id``, as last reported to main."""
+    state = main.lines.events.get(event_id)
+    return 0 if state is None else sum(f.report.sketch.waiting for f in state.fronts.values())
 
 
 async def _hold_idle(

@@ -73,6 +73,7 @@ class Options:
     fault: str | None = None
     arrival_rate: float = DEFAULT_ARRIVAL_RATE
     duration: float = DEFAULT_DURATION
+    queue_trickle: bool = False  # crowd: the fronts' --queue-trickle
     fault_at: float | None = None  # seconds after the first arrival (default: 40 % in)
     fault_seconds: float | None = None  # partition/main down for this long
     standby: bool = False  # kill-main: a standby main takes over (PostgreSQL ledger, fronts)
@@ -102,8 +103,8 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
         "--fronts",
         type=int,
         default=0,
-        help="e2e: F front processes, and F 302 processes in the baseline (default 0: the"
-        " front inside main)",
+        help="e2e: F front processes, and F 302 processes in the baseline; crowd: F front"
+        " processes with one waiting room (default 0: the front inside main)",
     )
     p.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="N visitors")
     p.add_argument(
@@ -179,6 +180,13 @@ def add_options(p: argparse.ArgumentParser, modes: Sequence[str]) -> None:
         type=float,
         default=DEFAULT_DURATION,
         help="fault and crowd: seconds of arrivals",
+    )
+    p.add_argument(
+        "--queue-trickle",
+        choices=["on", "off"],
+        default="off",
+        help="crowd: the fronts take new TLS handshakes one at a time while the line covers"
+        " every ticket left (front --queue-trickle; default off)",
     )
     p.add_argument("--fault-at", type=float, help="fault: seconds in (default: 40 %% of duration)")
     p.add_argument(
@@ -262,6 +270,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         fault=args.fault,
         arrival_rate=rate,
         duration=args.duration,
+        queue_trickle=args.queue_trickle == "on",
         fault_at=args.fault_at,
         fault_seconds=args.fault_seconds,
         standby=args.standby,

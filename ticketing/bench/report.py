@@ -262,6 +262,16 @@ def format_idle(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _lag(lag: dict[str, float | None] | None) -> str:
+    if not lag or lag["p50"] is None or lag["p95"] is None:
+        return "-"
+    return f"{lag['p50']:.2f} s / {lag['p95']:.2f} s"
+
+
+def _front_name(name: str | None) -> str:
+    return "main's process" if name in (None, "main+front") else f"its own process, {name}"
+
+
 def _format_waiting(out: dict[str, Any]) -> str:
     r = out["waiting"]
     rows = [
@@ -277,7 +287,8 @@ def _format_waiting(out: dict[str, Any]) -> str:
     ]
     met = "met" if r["target_met"] else "MISSED"
     lines = [
-        f"idle --waiting: 1 front (main's process), {'uvloop' if out['options']['uvloop'] else 'asyncio'}",
+        f"idle --waiting: 1 front ({_front_name(r.get('front'))}),"
+        f" {'uvloop' if out['options']['uvloop'] else 'asyncio'}",
         "",
         _table(rows),
         "",
@@ -394,6 +405,10 @@ def format_crowd(out: dict[str, Any]) -> str:
         ("sold-out answers", _fmt(load["sold_out"])),
         ("errors + timeouts", _fmt(load["errors"])),
         ("waited in line (visitors)", _fmt(w["queued_visitors"])),
+        (
+            "sent straight on / released",
+            f"{_fmt(c['front'].get('direct'))} / {_fmt(c['front'].get('released'))}",
+        ),
         ("winners' median time-to-ticket", s(c["winners_median_s"])),
         ("time to the last ticket", s(c["time_to_last_ticket_s"])),
         (
@@ -403,11 +418,16 @@ def format_crowd(out: dict[str, Any]) -> str:
         ("ETA error p50 / p95", f"{s(w['eta_error_s_p50'])} / {s(w['eta_error_s_p95'])}"),
         ("FCFS inversions", f"{c['fcfs_inversions']} ({100 * c['fcfs_inversions_share']:.2f} %)"),
         ("  beyond 10 ms of the last winner", _fmt(c["fcfs_inversions_beyond_jitter"])),
+        ("  in the fronts' order (ranks)", _fmt(c.get("rank_inversions"))),
+        ("arrival to the front's stamp p50 / p95", _lag(c.get("hello_lag_s"))),
     ]
     timeline = c["timeline"]
     lines = [
-        f"crowd: {o['shards']} shards, {o['tickets']} tickets, {o['arrival_rate']:g} arrivals/s"
-        f" for {o['duration']:g} s, {o['workers']} worker processes, {out['machine']['cpus']} CPUs",
+        f"crowd: {o['shards']} shards, {o.get('fronts') or 'no'} front processes"
+        f"{'' if o.get('fronts') else ' (the front inside main)'}, {o['tickets']} tickets,"
+        f" {o['arrival_rate']:g} arrivals/s for {o['duration']:g} s, {o['workers']} worker"
+        f" processes, {out['machine']['cpus']} CPUs"
+        f"{', handshakes trickle once the line is full' if o.get('queue_trickle') else ''}",
         "",
         _table(rows),
         "",

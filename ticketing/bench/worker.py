@@ -105,6 +105,17 @@ def queue_record(out: Outcome, t0: float) -> list[float] | None:
     ]
 
 
+def visit_steps(out: Outcome) -> list[float | None]:
+    """Seconds from arrival to the front's first answer, the release from the line,
+    the shard's socket open, and the final answer (None: not reached)."""
+    released = next((t for t, p, _ in out.queue if p == 0), None)
+    return [
+        *(out.timings.get(k) for k in ("redirect",)),
+        released,
+        *(out.timings.get(k) for k in ("connect", "total")),
+    ]
+
+
 class Visits:
     """The ``visit`` mode: a bounded number of visitors, bounded concurrency and time."""
 
@@ -133,6 +144,7 @@ class Visits:
         self.hops: list[int] = []
         self.silences: list[float] = []
         self.queue: list[list[float] | None] = []  # the waiting room: see queue_record
+        self.steps: list[list[float | None]] = []  # where the time went: see visit_steps
         self.errors: Counter[str] = Counter()
 
     def next_front(self) -> str:
@@ -145,7 +157,8 @@ class Visits:
         t0 = time.monotonic()
         async with WebClient(self.ctx, timeout=self.timeout, persistent=self.persistent) as client:
             out = await client.get_ticket(front)
-        end = time.monotonic()
+        # When the final answer came (a shard's message), not when its socket closed.
+        end = min(time.monotonic(), t0 + out.timings.get("total", float("inf")))
         self.arrivals.append(t0)
         self.waits.append(out.waits)
         self.hops.append(out.hops)
@@ -153,6 +166,7 @@ class Visits:
         silence = end - t0 if out.kind == "error" else out.longest_silence
         self.silences.append(round(silence, 4))
         self.queue.append(queue_record(out, t0))
+        self.steps.append([None if x is None else round(x, 4) for x in visit_steps(out)])
         self.kinds.append(out.kind)
         self.tickets.append(out.ticket_id)
         self.latency.append(out.timings.get("total", end - t0))
@@ -211,6 +225,7 @@ class Visits:
             "hops": self.hops,
             "silences": self.silences,
             "queue": self.queue,
+            "steps": self.steps,
             "errors": dict(self.errors),
         }
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Self
 from aiohttp import web
 
 from ..csrf import PUBLIC_ORIGINS
-from ..edge import FRONT_LIMITS, ConnectionGate, EdgeLimits
+from ..edge import FRONT_LIMITS, ConnectionGate, EdgeLimits, claim_arrival
 from ..errors import TokenError
 from ..headers import SECURITY_HEADERS
 from ..logs import add_secret
@@ -51,7 +51,7 @@ from .admission import DEFAULT_RETRY_AFTER, Answer, WaitingRoom, choose_answer
 from .dashboard import mount_dashboard
 from .forwarding import forwarded_client
 from .observe import metrics_handler, observe_middleware
-from .queue import QueueDoor, QueueOptions, event_of
+from .queue import ARRIVED_AT, QueueDoor, QueueOptions, event_of
 from .source import MainSource, RoutingSource
 
 if TYPE_CHECKING:
@@ -63,7 +63,11 @@ log = logging.getLogger("ticketing.redirect")
 # carrier puts many real buyers behind one address, hence the generous burst.
 ADMISSIONS_PER_ADDRESS = Rate(burst=30, per_second=0.5)
 ADMISSIONS_PER_VISITOR = Rate(burst=5, per_second=0.1)
-KEEPALIVE_TIMEOUT = 15.0  # an idle keep-alive connection (or slow later headers) is closed
+KEEPALIVE_TIMEOUT = 15.0
+ADMISSION_ROUTES = (
+    "admission-latest",
+    "admission",
+)  # where a visitor may join a line  # an idle keep-alive connection (or slow later headers) is closed
 
 
 def origin_of(host: str, port: int) -> str:
@@ -172,26 +176,43 @@ class FrontDoor:
         self.operator_token = operator_token_from_env()  # guards /metrics
         add_secret(self.operator_token)
         self.app = web.Application(
-            client_max_size=64 * 1024, middlewares=[observe_middleware(self.metrics)]
+            client_max_size=64 * 1024,
+            middlewares=[self._claim_arrival, observe_middleware(self.metrics)],
         )
         self.app[PUBLIC_ORIGINS] = [self.public_origin] if self.public_origin else []
         self.app.on_response_prepare.append(_add_security_headers)
         self.app.add_routes(
             [
-                web.get("/", self.handle_root),
-                web.get("/events/{event_id:[0-9]{1,12}}", self.handle_event),
+                web.get("/", self.handle_root, name=ADMISSION_ROUTES[0]),
+                web.get(
+                    "/events/{event_id:[0-9]{1,12}}", self.handle_event, name=ADMISSION_ROUTES[1]
+                ),
                 web.get("/health", self.handle_health),
                 web.get("/metrics", metrics_handler(self._exposition, lambda: self.operator_token)),
             ]
         )
         self.market: Market | None = None  # the marketplace, when mounted in this process
         self.queue = QueueDoor(source, queue, uplink=self._exchange_lines, metrics=self.metrics)
+        self.queue.admit = self._admit_released
         self.queue.mount(self.app)  # /events/{id}/queue, the long-poll
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
 
     def _tls_context(self) -> ssl.SSLContext:
         raise NotImplementedError  # the subclass knows its certificate
+
+    @web.middleware
+    async def _claim_arrival(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The first request on a connection takes its ClientHello's time (edge.py);
+        the waiting room counts it as still to be ranked until the answer."""
+        arrived = claim_arrival(request.transport)
+        if arrived is None:
+            return await handler(request)
+        request[ARRIVED_AT] = arrived
+        if request.match_info.route.name not in ADMISSION_ROUTES:
+            return await handler(request)  # ranks nobody (a poll, the marketplace)
+        with self.queue.arriving(request, arrived):
+            return await handler(request)
 
     async def _start(self) -> None:
         """Runs before the port opens (the subclass's own start-up)."""
@@ -205,6 +226,8 @@ class FrontDoor:
         )
         await self.runner.setup()
         self.gate = ConnectionGate("front", ctx, self.limits)
+        self.gate.trickle = lambda: self.queue.crowded_since
+        self.queue.pending = self.gate
         site = GatedSite(self.runner, host, port, self.gate, backlog=4096)
         await site.start()
         self.port = site.port
@@ -341,14 +364,15 @@ class FrontDoor:
                 held = None
             if held is not None and held.visitor == public_id(visitor) and held.event == event_id:
                 return held.nonce, held.arrived
-        return secrets.token_urlsafe(12), round(time.time(), 3)
+        # A new arrival: when its connection said hello (a handshake's wait is not late).
+        return secrets.token_urlsafe(12), round(request.get(ARRIVED_AT) or time.time(), 3)
 
     def _place_token(self, visitor: str, event_id: int, place: str, arrived: float) -> str:
         # The visitor's public id: the place token rides in URLs too.
         held = Place(public_id(visitor), event_id, place, arrived)
         return held.sign(self.source.signer, self.place_ttl)
 
-    def _redirect(
+    def _shard_location(
         self,
         request: web.Request,
         visitor: str,
@@ -356,8 +380,8 @@ class FrontDoor:
         shard: Route,
         arrived: float,
         place: str,
-        info: dict[str, Any],
-    ) -> web.StreamResponse:
+    ) -> str:
+        """The shard's page with a fresh admission token and the visitor's place."""
         admission = Admission.new(
             public_id(visitor),  # never the cookie itself: the URL can leak
             shard.name,
@@ -372,11 +396,42 @@ class FrontDoor:
             f"{shard.https_url}/?event={event_id}&token={token}"
             f"&place={self._place_token(visitor, event_id, place, arrived)}"
         )
+        return location
+
+    def _redirect(
+        self,
+        request: web.Request,
+        visitor: str,
+        event_id: int,
+        shard: Route,
+        arrived: float,
+        place: str,
+        info: dict[str, Any],
+    ) -> web.StreamResponse:
+        location = self._shard_location(request, visitor, event_id, shard, arrived, place)
         return web.json_response(
             {"status": "redirect", "location": location, **info},
             status=302,
             headers={"Location": location},
         )
+
+    def _admit_released(self, request: web.Request, event_id: int, arrived: float) -> str | None:
+        """Where a visitor the waiting room just released goes: a shard's URL with its
+        admission (the same decision as the door's), or None to come through the door."""
+        visitor = request.cookies.get(VISITOR_COOKIE, "")
+        if not valid_visitor(visitor):
+            return None
+        place = secrets.token_urlsafe(12)
+        routes = self.source.routes(event_id)
+        ahead = self.waiting.ahead(place, arrived, time.monotonic())
+        shard = (
+            routes.pick()
+            if choose_answer(routes.view(), waiting_ahead=ahead) is Answer.REDIRECT
+            else None
+        )
+        if shard is None:
+            return None
+        return self._shard_location(request, visitor, event_id, shard, arrived, place)
 
     def _admit_unknown(self, request: web.Request, event_id: int | None = None) -> web.Response:
         """Main is away and this front does not know the event yet: come back shortly."""

@@ -41,28 +41,52 @@ SKETCH_MARKS = 128  # ranks in a line's sketch: other fronts' positions are off 
 
 
 class Sequencer(Protocol):
-    """Hands out arrival numbers for an event, increasing across the cluster."""
+    """Hands out arrival numbers for an event, comparable across the cluster."""
 
-    def next(self, event: int) -> int: ...
+    def next(self, event: int, at: float | None = None) -> int:
+        """A new, unique number; ``at``: when the visitor came (unix s), if known."""
+        ...
 
-    def horizon(self, event: int) -> int:
-        """No later ``next`` is below this (main releases nothing at or past it)."""
+    def horizon(self, event: int, oldest: float | None = None) -> int:
+        """No later ``next`` is below this (main releases nothing at or past it);
+        ``oldest``: the earliest ``at`` a later ``next`` may still be given."""
         ...
 
 
 @dataclass
 class ClockSequencer:
-    """Microseconds of the wall clock, strictly increasing per front (no coordination)."""
+    """Microseconds of the wall clock when the visitor came (no coordination).
+
+    ``at`` (the ClientHello's time at the edge) orders visitors by when they came
+    rather than by when their handshake's turn did, but never below a horizon
+    already reported (then the horizon itself): stamps older than ``max_age`` do not
+    hold the horizon back, so a socket that says nothing cannot stall the line.
+    """
 
     clock: Callable[[], float] = time.time
-    _last: int = 0
+    max_age: float = 2.0  # seconds: how far back a stamp may hold the horizon
+    _floor: int = 0  # the highest horizon reported: every later number is at least this
+    _issued: dict[int, None] = field(default_factory=dict)  # recent numbers (unique)
 
-    def next(self, event: int) -> int:
-        self._last = self.horizon(event)
-        return self._last
+    def next(self, event: int, at: float | None = None) -> int:
+        number = max(self._us(self.clock() if at is None else at), self._floor)
+        while number in self._issued:  # two visitors in the same microsecond
+            number += 1
+        self._issued[number] = None
+        if len(self._issued) > 1 << 16:
+            del self._issued[next(iter(self._issued))]
+        return number
 
-    def horizon(self, event: int) -> int:
-        return max(self._last + 1, int(self.clock() * 1_000_000))
+    def horizon(self, event: int, oldest: float | None = None) -> int:
+        now = self.clock()
+        if oldest is not None:
+            now = min(now, max(oldest, now - self.max_age))
+        self._floor = max(self._floor, self._us(now))
+        return self._floor
+
+    @staticmethod
+    def _us(t: float) -> int:
+        return int(t * 1_000_000)
 
 
 @dataclass
@@ -81,12 +105,12 @@ class LeasedSequencer:
     clock: Callable[[], float] = time.monotonic
     _blocks: dict[int, tuple[float, range, int]] = field(default_factory=dict)
 
-    def next(self, event: int) -> int:
-        at, numbers, used = self._block(event)
-        self._blocks[event] = (at, numbers, used + 1)
+    def next(self, event: int, at: float | None = None) -> int:
+        leased, numbers, used = self._block(event)
+        self._blocks[event] = (leased, numbers, used + 1)
         return numbers[used]
 
-    def horizon(self, event: int) -> int:
+    def horizon(self, event: int, oldest: float | None = None) -> int:
         _, numbers, used = self._block(event)
         return numbers[used]
 

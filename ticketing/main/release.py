@@ -41,6 +41,8 @@ from .stock import StockView
 # The release window (ReleaseRate): visitors in flight to the shards
 MIN_WINDOW = 64
 TARGET_DELAY = 1.0  # seconds of the measured grant rate
+PATIENCE = 5.0  # seconds: at least this long a released visitor is taken to be on its way
+TRANSIT_MEMORY = 10.0  # seconds: the transit estimate is the least latency seen that long
 REPORT_STALE = 3.0  # seconds: a front silent that long has no line here any more
 
 
@@ -49,22 +51,32 @@ class ReleaseRate:
     """How many visitors may go to the shards now, measured from main's grants.
 
     A window of visitors *in flight* (let through in the last ``flight_window``
-    seconds, minus tickets granted in that time): it is ``target_delay`` seconds of
-    the measured grant rate, at least ``min_window``, so the shards' queues stay
-    about ``target_delay`` long, and never more than the tickets left. ``cap``: at
-    most that many per second (an event's configured ``release_rate``). Times are
-    monotonic seconds.
+    seconds, minus tickets granted in that time), never more than the tickets
+    left. By Little's law the shards' queues stay about ``target_delay`` long when
+    the window is the grant rate times (``target_delay`` + the *transit*: how long a
+    released visitor takes to reach a shard at all: its page, the redirect, the TLS
+    handshake). The transit is estimated as the least latency (in flight / grant
+    rate) seen over ``TRANSIT_MEMORY`` while the line was held back: a window of
+    ``target_delay`` alone starves the shards whenever the transit is longer
+    (measured: 64 in flight, 33 grants/s, shards 90 % idle under a crowd).
+    ``cap``: at most that many per second (an event's configured
+    ``release_rate``). Times are monotonic seconds.
     """
 
     cap: float | None = None
     min_window: int = MIN_WINDOW
     target_delay: float = TARGET_DELAY
-    flight_window: float = 5.0  # a released visitor who never came stops counting then
+    # A released visitor not granted within flight_window (it never came) stops
+    # counting; well above the latency of a loaded machine (5 s was not: released
+    # visitors still on their way stopped counting and more were let go than tickets).
+    flight_window: float = 15.0
+    rate_window: float = 5.0  # the grant and release rates are measured over this
     _releases: deque[tuple[float, int]] = field(default_factory=deque)
     _grants: deque[tuple[float, int]] = field(default_factory=deque)
     _remaining: int | None = None
     _budget: float = 0.0  # the cap's token bucket
     _last: float | None = None
+    _latency: deque[tuple[float, float]] = field(default_factory=deque)  # (when, seconds)
 
     def observe(self, remaining: int, now: float) -> None:
         """Main's count of unsold tickets now: the drop since last time was granted."""
@@ -76,24 +88,48 @@ class ReleaseRate:
         self._last = now
         self._expire(now)
 
-    def allowance(self, now: float, *, slack: int = 0) -> int:
+    def allowance(self, now: float) -> int:
         """Visitors that may go now (0 while the window is full or the cap spent).
 
-        Never more in flight than the tickets left (plus ``slack``): at the end of a
-        sale a visitor let through should find a ticket, not lose it to a later
-        arrival on a luckier shard. Releases from the line use no slack; a visitor
-        arriving at an empty line gets ``min_window`` of it (a few admissions that
-        are never used, as in a quiet sale, must not start a line).
+        Never more on their way than the tickets left: at the end of a sale a visitor
+        let through should find a ticket, not lose it to a later arrival on a luckier
+        shard. A visitor released longer ago than ``patience`` and still not granted
+        is taken for gone there (it still counts in the window for
+        ``flight_window``): visitors who never come for their turn, as in a quiet
+        sale or when a waiter gave up, must not hold the last tickets for long.
         """
         self._expire(now)
-        in_flight = max(0, _total(self._releases) - _total(self._grants))
-        window = max(self.min_window, round(self.grant_rate() * self.target_delay))
+        in_flight = self.in_flight()
+        window = max(
+            self.min_window, round(self.grant_rate() * (self.target_delay + self.transit()))
+        )
         room = max(0, window - in_flight)
         if self._remaining is not None:
-            room = min(room, max(0, self._remaining + slack - in_flight))
+            on_the_way = min(in_flight, self._released_since(now - self.patience()))
+            room = min(room, max(0, self._remaining - on_the_way))
         if self.cap is not None:
             room = min(room, int(self._budget))
         return room
+
+    def in_flight(self) -> int:
+        return max(0, _total(self._releases) - _total(self._grants))
+
+    def patience(self) -> float:
+        """How long a released visitor is expected on its way at most (then: gone)."""
+        return max(PATIENCE, 2 * (self.target_delay + self.transit()))
+
+    def _released_since(self, since: float) -> int:
+        return sum(n for t, n in self._releases if t >= since)
+
+    def held_back(self, now: float) -> None:
+        """Visitors wait because the window is full: a sample of the latency."""
+        rate, in_flight = self.grant_rate(), self.in_flight()
+        if rate > 0 and in_flight >= self.min_window // 2:
+            self._latency.append((now, in_flight / rate))
+
+    def transit(self) -> float:
+        """Seconds from release to a shard, as the least latency lately (0: not known)."""
+        return min((s for _, s in self._latency), default=0.0)
 
     def released(self, n: int, now: float) -> None:
         if n > 0:
@@ -101,11 +137,11 @@ class ReleaseRate:
             self._budget = max(0.0, self._budget - n)
 
     def grant_rate(self) -> float:
-        return _rate(self._grants, self.flight_window)
+        return _rate(self._grants, self.rate_window, self._last)
 
     def release_rate(self) -> float:
         """Visitors let through per second, lately: the waiting page's ETA divides by it."""
-        return _rate(self._releases, self.flight_window)
+        return _rate(self._releases, self.rate_window, self._last)
 
     def expected_rate(self) -> float:
         """The rate an ETA assumes: measured, else the cap, else the window per delay."""
@@ -119,18 +155,25 @@ class ReleaseRate:
         for log in (self._releases, self._grants):
             while log and now - log[0][0] > self.flight_window:
                 log.popleft()
+        while self._latency and now - self._latency[0][0] > TRANSIT_MEMORY:
+            self._latency.popleft()
 
 
 def _total(log: deque[tuple[float, int]]) -> int:
     return sum(n for _, n in log)
 
 
-def _rate(log: deque[tuple[float, int]], window: float) -> float:
-    """Events per second over the log's span (at least 1 s, at most ``window``)."""
+def _rate(log: deque[tuple[float, int]], window: float, now: float | None) -> float:
+    """Events per second over the last ``window`` seconds before ``now`` (over the
+    log's span if shorter, at least 1 s)."""
     if not log:
         return 0.0
-    span = max(1.0, min(window, log[-1][0] - log[0][0]))
-    return _total(log) / span
+    end = log[-1][0] if now is None else now
+    recent = [(t, n) for t, n in log if end - t <= window]
+    if not recent:
+        return 0.0
+    span = max(1.0, min(window, recent[-1][0] - recent[0][0]))
+    return sum(n for _, n in recent) / span
 
 
 def watermark(reports: Iterable[LineReport], above: int | None, n: int) -> tuple[int | None, int]:
@@ -207,16 +250,21 @@ class ReleaseCoordinator:
                     state.upto = upto
                     rate.released(count, now)
                     self.counts["released"] += count
+            if any(self._waiting(r, state.upto) for r in fresh.values()):
+                rate.held_back(now)
         direct = 0
         if started and not any(self._waiting(r, state.upto) for r in fresh.values()):
             # Nobody waits anywhere: a share of the room for visitors at an empty line.
-            room = rate.allowance(now, slack=rate.min_window)
+            room = rate.allowance(now)
             direct = math.ceil(room / len(fresh)) if room > 0 else 0
+        # Those still handshaking count too: they came before anyone who comes now.
+        waiting = sum(r.sketch.waiting + r.arriving for r in fresh.values())
         return LineOrders(
             upto=state.upto,
             direct=direct,
             rate=round(rate.expected_rate(), 2),
             others=tuple(r.sketch for name, r in fresh.items() if name != front),
+            full=0 < remaining <= waiting + rate.in_flight(),
         )
 
     def forget(self, front: str) -> None:

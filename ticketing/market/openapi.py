@@ -1,9 +1,12 @@
-"""The OpenAPI 3.1 description of ``/api/v1``, served at ``/api/v1/openapi.json``.
+"""The OpenAPI 3.1 description of ``/api/v1`` and the front door, served at
+``/api/v1/openapi.json``.
 
-Written by hand next to the routes (``api.py``) and kept true by tests: every
-aiohttp route under ``/api/v1`` is described and nothing described is missing
-(``tests/test_openapi.py``), and schemathesis fuzzes a live cluster against it
-(no 5xx, every answer's status, content type and body as described).
+Written by hand next to the routes (``api.py``; the front door's JSON answers:
+``front/server.py``, the waiting room's ``front/queue.py``) and kept true by
+tests: every aiohttp route under ``/api/v1`` and every JSON route of the front door
+is described and nothing described is missing (``tests/test_openapi.py``), and
+schemathesis fuzzes a live cluster against it (no 5xx, every answer's status,
+content type and body as described).
 """
 
 from __future__ import annotations
@@ -245,6 +248,151 @@ SCHEMAS: dict[str, Any] = {
     ),
 }
 
+# The front door's answers (``Accept: application/json``; browsers get pages).
+MESSAGES = {"type": "array", "items": _obj(["message"], {"message": STR})}
+DOOR_SCHEMAS: dict[str, Any] = {
+    "Redirect": _obj(
+        ["status", "location"],
+        {"status": {"const": "redirect"}, "location": STR, "event": _ref("Event")},
+        description="302: to a shard's page, with an admission token and a place token",
+    ),
+    "Queued": _obj(
+        ["status", "queue", "location", "poll", "event"],
+        {
+            "status": {"enum": ["queued", "released", "sold_out"]},
+            "queue": {"type": "string", "description": "the signed queue ticket (keep it)"},
+            "location": {"type": "string", "description": "this entry's page (a reload)"},
+            "poll": {"type": "string", "description": "the long-poll for this entry"},
+            "event": EVENT_REF,
+            "prequeue": BOOL,
+            "position": {
+                "type": ["integer", "null"],
+                "description": "1: next; counts every front's line; null in a pre-queue",
+            },
+            "waiting": {"type": "integer", "description": "visitors in line, every front"},
+            "eta_s": {"type": "number", "description": "visitors ahead / release rate"},
+            "release_rate": {"type": "number", "description": "visitors let on per second"},
+            "next_poll_s": {"type": "number", "description": "0: poll now (held open)"},
+            "starts_in_s": NUM,
+            "sale_starts_at": NUM,
+            "redirect": {
+                "type": "string",
+                "description": "released: the shard's page with an admission, to go to at once",
+            },
+        },
+    ),
+    "Challenge": _obj(
+        ["status", "challenge", "bits", "location", "event"],
+        {
+            "status": {"const": "challenge"},
+            "challenge": STR,
+            "bits": INT,
+            "location": {"type": "string", "description": "append the solution"},
+            "event": EVENT_REF,
+            "errors": MESSAGES,
+        },
+        description="proof of work: SHA-256(challenge ':' solution) starts with bits zeros",
+    ),
+    "Refused": _obj(
+        ["status", "errors", "location"],
+        {"status": {"const": "refused"}, "errors": MESSAGES, "location": STR},
+        description="a queue ticket of another visitor, forged, or of a revoked front",
+    ),
+    "Wait": _obj(
+        ["status", "retry_after", "location"],
+        {
+            "status": {"enum": ["wait", "unavailable"]},
+            "retry_after": NUM,
+            "location": {"type": "string", "description": "retry here (keeps the place)"},
+            "place": STR,
+            "event": _ref("Event"),
+        },
+    ),
+    "SoldOut": _obj(["status"], {"status": {"const": "sold_out"}, "event": _ref("Event")}),
+    "RateLimited": _obj(
+        ["status", "errors"], {"status": {"const": "rate_limited"}, "errors": MESSAGES}
+    ),
+    "NoEvent": _obj(["status"], {"status": {"const": "no_event"}, "errors": MESSAGES}),
+    "Health": _obj(["status"], {"status": {"enum": ["up", "down"]}}),
+}
+
+
+def _door_answer(
+    description: str, *schemas: str, page: bool = False, plain: bool = False
+) -> dict[str, Any]:
+    """``page``: browsers get an HTML page instead; ``plain``: aiohttp's own text 404
+    (an id the route's pattern does not take)."""
+    schema = _ref(schemas[0]) if len(schemas) == 1 else {"oneOf": [_ref(s) for s in schemas]}
+    content: dict[str, Any] = {JSON: {"schema": schema}}
+    if page:
+        content["text/html"] = {"schema": {"type": "string"}}
+    if plain:
+        content["text/plain"] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
+
+
+def _door_paths() -> dict[str, Any]:
+    """The front door: admission, the waiting room's long-poll, health."""
+    params = [
+        _query("queue", "a queue ticket: this entry again", STR),
+        _query("place", "a place token: the first arrival kept", STR),
+        _query("pow", "a proof-of-work challenge", STR),
+        _query("solution", "its solution", STR),
+    ]
+    answers = {
+        "200": _door_answer(
+            "In line (or released), a challenge, wait, or sold out",
+            *("Queued", "Challenge", "Wait", "SoldOut"),
+            page=True,
+        ),
+        "302": _door_answer("Go to the shard", "Redirect"),
+        "403": _door_answer("Refused, or a wrong solution", "Refused", "Challenge", page=True),
+        "404": _door_answer("No such event", "NoEvent", page=True, plain=True),
+        "429": _door_answer("Too many admissions or entries", "RateLimited", page=True),
+        "503": _door_answer("No shard online", "Wait", page=True),
+    }
+    event_id = {
+        "name": "event_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+    }
+    summary = "Admission: a shard (302), a place in the waiting room, or why not"
+    return {
+        "/": {
+            "get": {
+                "summary": summary + " (the latest event)",
+                "parameters": params,
+                "responses": answers,
+            }
+        },
+        "/events/{event_id}": {
+            "get": {"summary": summary, "parameters": [event_id, *params], "responses": answers}
+        },
+        "/events/{event_id}/queue": {
+            "get": {
+                "summary": "The waiting room's long-poll: answered when released, sold out,"
+                " or later with the new position (next_poll_s: when to come back)",
+                "parameters": [event_id, _query("queue", "the queue ticket", STR)],
+                "responses": {
+                    "200": _door_answer("This entry now", "Queued"),
+                    "403": _door_answer("Not this visitor's ticket", "Refused"),
+                    "404": _door_answer("No such event", "NoEvent", plain=True),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Up (some shard routable) or down",
+                "responses": {
+                    "200": _door_answer("Up", "Health"),
+                    "503": _door_answer("Down", "Health"),
+                },
+            }
+        },
+    }
+
+
 ERRORS = {
     400: "Bad input: malformed JSON, a wrong field, a bad query parameter",
     401: "Not signed in, wrong credentials or no operator credential",
@@ -466,16 +614,17 @@ def openapi_spec() -> dict[str, Any]:
 _SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
-        "title": "ticketing marketplace API",
+        "title": "ticketing marketplace API and front door",
         "version": "1",
-        "description": "Accounts, orders, resale, waiting lists and operator endpoints."
+        "description": "Accounts, orders, resale, waiting lists and operator endpoints; the"
+        " front door's admission and waiting room (JSON with Accept: application/json)."
         " Errors are {errors: [{message, field?}]}. Identity is the session cookie;"
         " operator endpoints need Authorization: Bearer <TICKETING_OPERATOR_TOKEN>.",
     },
     "servers": [{"url": "/"}],
-    "paths": _with_edge_errors(_paths()),
+    "paths": {**_with_edge_errors(_paths()), **_door_paths()},
     "components": {
-        "schemas": SCHEMAS,
+        "schemas": {**SCHEMAS, **DOOR_SCHEMAS},
         "securitySchemes": {
             "operator": {"type": "http", "scheme": "bearer"},
             "session": {"type": "apiKey", "in": "cookie", "name": COOKIE_NAME},

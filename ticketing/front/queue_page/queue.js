@@ -56,7 +56,7 @@ async function poll() {
       await new Promise((r) => setTimeout(r, 2000)); // the front restarts: try again
       continue;
     }
-    if (s.status === "released") { location.replace(s.location); return; }
+    if (s.status === "released") { location.replace(s.redirect || s.location); return; }
     show(s);
     if (s.status !== "queued") return;
     // Far from our turn the front answers at once and says when to call back.
