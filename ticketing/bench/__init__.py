@@ -17,7 +17,8 @@ time (``--max-seconds``):
     process's CPU per ticket over the load phase (GO to the last answer: start-up
     excluded), main's fixed load measured for 2 s before GO with nothing sold, and a
     projected ceiling for ``--cores`` cores (``projection.py``: arithmetic on the
-    measurement, labelled as such). The sale is
+    measurement, labelled as such; main's cost per report and per sale come from two
+    short ``ledger`` runs made first, ``--slope-tickets``). The sale is
     checked: nothing oversold, every granted id distinct, every granted
     ticket committed in main's ledger, and an exact audit (:func:`check_sale`); the
     exit code is 1 when a check fails.
