@@ -248,7 +248,9 @@ async def ledger_slope(opts: Options) -> dict[str, Any]:
     for batch in SLOPE_BATCHES:
         # Small batches go slowly: a quarter as many tickets (at least 20 reports).
         tickets = max(20 * batch, opts.slope_tickets // (1 if batch == SLOPE_BATCHES[-1] else 4))
-        one = replace(opts, tickets=tickets, batch=batch, in_flight=1, ledger=None, progress=False)
+        one = replace(
+            opts, tickets=tickets, batch=batch, in_flight=1, ledger=None, progress=False, keep=None
+        )  # a temporary directory each: --keep is for the sale's own
         led = (await run_ledger(one))["ledger"]
         reports = led["reports"] or 1
         runs.append({"batch": batch, "reports": reports, "cpu_s": led["cpu_s"]["main"],
