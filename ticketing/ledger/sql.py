@@ -808,14 +808,13 @@ class SqlLedger:
     async def atomic(self, body: Callable[[SqlTx], Awaitable[T]]) -> T:
         """``body`` as one unit of work, as :meth:`transaction`; it may await only the
         transaction's queries, so the driver can run it in one hop (the sales path)."""
-        txs: list[SqlTx] = []
 
-        async def run(q: Queries) -> T:
-            txs.append(tx := await self._begin(q))
-            return await body(tx)
+        async def run(q: Queries) -> tuple[SqlTx, T]:
+            tx = await self._begin(q)
+            return tx, await body(tx)
 
-        result = await self.driver.atomic(run)
-        self._unassigned.update(txs[0].unassigned_delta)
+        tx, result = await self.driver.atomic(run)
+        self._unassigned.update(tx.unassigned_delta)  # committed: main's counts follow
         return result
 
     async def _begin(self, q: Queries) -> SqlTx:
