@@ -97,6 +97,15 @@ async def ledger_audit(url: str) -> dict[str, Any]:
     return result
 
 
+TERM = "ticketing_front_main_term"
+LINKS = "ticketing_front_main_links_total"
+REFUSED = "ticketing_front_main_links_refused_total"
+
+
+def refusals(series: dict[str, float], reason: str) -> float:
+    return series.get(f'{REFUSED}{{reason="{reason}"}}', 0.0)
+
+
 class FrontWatch:
     """A front process's link to main, as its operator sees it: the /metrics series."""
 
@@ -116,11 +125,17 @@ class FrontWatch:
         return {name: float(value) for name, value in found}
 
     async def term(self) -> float:
-        return (await self.series()).get("ticketing_front_main_term", -1.0)
+        return (await self.series()).get(TERM, -1.0)
 
-    async def refused(self, reason: str) -> float:
-        key = f'ticketing_front_main_links_refused_total{{reason="{reason}"}}'
-        return (await self.series()).get(key, 0.0)
+    async def until_another_refusal(self, was: dict[str, float]) -> None:
+        """Until the front counts one more refused dial, for any reason, than in ``was``."""
+
+        def total(series: dict[str, float]) -> float:
+            return sum(v for k, v in series.items() if k.startswith(REFUSED + "{"))
+
+        async with asyncio.timeout(30):
+            while total(await self.series()) <= total(was):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
 
     async def until_term(self, term: int, seconds: float = 30.0) -> None:
         async with asyncio.timeout(seconds):
@@ -216,6 +231,7 @@ async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced
         assert third.ready["term"] == 3
         for w in watches:
             await w.until_term(3)
+        before = [await w.series() for w in watches]
         standby.proc.send_signal(signal.SIGCONT)  # wakes up: its term is over
         async with asyncio.timeout(30):
             tag = ""
@@ -223,11 +239,17 @@ async def test_the_standby_takes_over_within_seconds_and_an_old_leader_is_fenced
                 tag, _ = await standby.read()
                 assert tag != "", "the old leader ended without saying it was deposed"
         assert await asyncio.wait_for(standby.proc.wait(), 30) == 3
-        # It answered the fronts' pending dials by term: refused, the fronts stayed on 3.
-        async with asyncio.timeout(30):
-            while sum([await w.refused(STALE_TERM) for w in watches]) < 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-        assert [await w.term() for w in watches] == [3.0, 3.0]
+        # Each front's dial to it, pending while it was paused (a linked front dials no
+        # other main), has ended: refused by term if the old leader answered it before its
+        # own lease check deposed it, unreachable if not (a race inside that process; the
+        # in-process test below shows the refusal by term every time). Either way no front
+        # took it: no new link, still on term 3.
+        for w, was in zip(watches, before, strict=True):
+            await w.until_another_refusal(was)
+        after = [await w.series() for w in watches]
+        assert [s[LINKS] for s in after] == [s[LINKS] for s in before]
+        assert [s[TERM] for s in after] == [3.0, 3.0]
+        print(f"stale-term refusals at the fronts: {[refusals(s, STALE_TERM) for s in after]}")
         outcomes += await crowd(urls, ctx, 5)
         async with (  # the marketplace through a front: proxied to the new leader
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s,

@@ -231,6 +231,11 @@ class FrontMetrics(_Metrics):
             "Leadership term of the main this front process is linked to (0: none now)",
             registry=r,
         )
+        self.mains_linked = Counter(
+            "ticketing_front_main_links_total",
+            "Links to a main this front adopted (a new leader, or the same term after a blip)",
+            registry=r,
+        )
         self.mains_refused = Counter(
             "ticketing_front_main_links_refused_total",
             "Dials to a main that did not become this front's link: stale_term (a term older"

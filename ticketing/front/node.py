@@ -121,7 +121,6 @@ class FrontServer(FrontDoor):
         self.credentials: Credentials | None = None
         self.link: Link | None = None
         self.linked = asyncio.Event()  # set while the link to main is up and in sync
-        self.links_made = 0
         self.term = 0  # the newest leadership term seen: an older main is refused
         self.link_term = 0  # the term of the main on self.link
         self._dials: dict[tuple[str, int], asyncio.Task[None]] = {}  # one per main at most
@@ -268,7 +267,7 @@ class FrontServer(FrontDoor):
         market = hello.get("market")
         self.announced_market = market.rstrip("/") if isinstance(market, str) else None
         self.link, self.term, self.link_term = link, term, term
-        self.links_made += 1
+        self.metrics.mains_linked.inc()
         self.metrics.main_term.set(term)
         based.set()
         self.linked.set()
