@@ -17,7 +17,7 @@ from .drain import DEFAULT_GRACE, drain_main, drain_shard
 from .errors import ConfigError
 from .events_cli import add_parser as add_events
 from .logs import LOG_FORMATS, setup_logging
-from .process import say, stop_signal, wait_for_stop
+from .process import say, stop_signal, tune_gc, wait_for_stop
 from .tls import DEFAULT_HOSTS, write_cluster_keys
 
 
@@ -72,6 +72,7 @@ def cmd_front(args: argparse.Namespace) -> int:
         async with front:
             bound = await front.create_server(args.port, args.host)
             stop = stop_signal()
+            tune_gc()
             print("READY " + json.dumps({"port": bound}), flush=True)
             await wait_for_stop(stop)
         return 0
@@ -98,6 +99,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
             tls = await shard.create_client_server(args.tls_port, args.host)
             https = await shard.create_https_server(args.https_port, args.host)
             stop = stop_signal()  # before READY: a SIGTERM right after it is a clean stop
+            tune_gc()
             print("READY " + json.dumps({"tls_port": tls, "https_port": https}), flush=True)
             await wait_for_stop(stop)
             await drain_shard(shard, args.drain_timeout)
@@ -152,6 +154,7 @@ def cmd_main(args: argparse.Namespace) -> int:
                 main.market_url = origin_of(args.host, port)  # what fronts proxy /app/ to
                 if main.fronts is not None:
                     main.fronts.accept()  # leading, shards linked: fronts may route now
+                tune_gc()
                 say(f"redirect server: https://{args.host}:{port}/")
                 say(f"marketplace: https://{args.host}:{port}/app/")
                 say("READY " + json.dumps({"port": port, "term": main.term, **ready}))
@@ -217,6 +220,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         async with cluster:
             assert cluster.main
             await _maybe_create_event(cluster.main, args)
+            tune_gc()
             pids = {"main": os.getpid()}
             for s in cluster.standby_processes:
                 pids[s.name] = s.pid

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..cluster import LocalCluster, shard_names
 from ..front.queue import QueueOptions
-from ..process import raise_fd_limit
+from ..process import raise_fd_limit, tune_gc
 from .checks import check_sale, percentile
 from .fault import answer_timeline, inversions
 from .load import drive_visits
@@ -144,6 +144,7 @@ async def run_crowd(opts: Options) -> dict[str, Any]:
             event_id = await main.init_tickets("Flash crowd", "crowd", "25.00", opts.tickets)
             await main.distribute_tickets()
             await cluster.fronts_in_sync()  # every front knows the event before GO
+            tune_gc()  # main runs here: as `ticketing main` does once it is up
             servers = {
                 "main" if opts.fronts else "main+front": os.getpid(),
                 **{f.name: f.pid for f in cluster.front_processes},

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..cluster import Child, shard_names
 from ..ledger import is_postgres
+from ..process import tune_gc
 from ..tls import write_cluster_keys
 from .children import final_line, spawn_child, stop_all
 from .meter import Meter
@@ -65,6 +66,7 @@ async def run_ledger(opts: Options) -> dict[str, Any]:
             async with main:
                 for c in children:
                     await main.connect_client_server("127.0.0.1", c.ready["tls_port"], 0)
+                tune_gc()  # as `ticketing main` does once it is up
                 event_id = await main.init_tickets(
                     "Ledger bench", "synthetic", "10.00", opts.tickets
                 )

@@ -39,7 +39,7 @@ from urllib.parse import urljoin
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from ..process import raise_fd_limit, wait_for_stop
+from ..process import raise_fd_limit, tune_gc, wait_for_stop
 from ..tokens import peek_claims
 from ..web_client import Outcome, VisitClock, WebClient, ws_url
 
@@ -370,6 +370,7 @@ async def amain() -> int:
         "wait": Waiting,
     }
     job = modes[cfg["mode"]](cfg, ctx)
+    tune_gc()  # a load generator is a busy server of its own
     emit("READY")
     if await read_line() != "GO":
         return 1
