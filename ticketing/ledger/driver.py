@@ -25,6 +25,11 @@ class Queries(Protocol):
         """Every row, as dicts keyed by column name."""
         ...
 
+    async def values(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """Every row, as its values in the statement's column order (no dict per row:
+        the sales path's form)."""
+        ...
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run one statement; returns how many rows it changed."""
         ...

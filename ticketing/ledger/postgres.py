@@ -51,6 +51,9 @@ class _Connection:
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.conn.fetch(numbered(sql), *args)]
 
+    async def values(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return await self.conn.fetch(numbered(sql), *args)  # Records index by position
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         return _count(await self.conn.execute(numbered(sql), *args))
 
@@ -93,6 +96,10 @@ class PostgresDriver:
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         async with self._pool.acquire() as conn:
             return [dict(r) for r in await conn.fetch(numbered(sql), *args)]
+
+    async def values(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(numbered(sql), *args)  # Records index by position
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         async with self.transaction() as tx:

@@ -129,6 +129,9 @@ class SqlTx:
     async def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
         return await self.q.fetch(sql, tuple(args))
 
+    async def _values(self, sql: str, args: Iterable[Any] = ()) -> list[Sequence[Any]]:
+        return await self.q.values(sql, tuple(args))
+
     def chunks(self, items: Sequence[T]) -> Iterator[Sequence[T]]:
         """``items`` in pieces one statement can carry."""
         step = (len(items) or 1) if self._arrays else _CHUNK
@@ -1082,12 +1085,12 @@ class SqlLedger:
         for event_id, group in _by_event(sales).items():
             for chunk in tx.chunks(group):
                 serials, args = tx.member("serial", [s.serial for s in chunk], "int")
-                for r in await tx._rows(
+                for (serial,) in await tx._values(
                     f"UPDATE tickets SET state = ? WHERE event_id = ? AND {serials}"
                     " AND state = ? AND shard = ? AND epoch = ? RETURNING serial",
                     (TicketState.HELD, event_id, *args, TicketState.POOL, shard, epoch),
                 ):
-                    got.add((event_id, r["serial"]))
+                    got.add((event_id, serial))
         return got
 
     @staticmethod
@@ -1112,11 +1115,11 @@ class SqlLedger:
         """One awaiting-payment order per new sale; fills in the ids the database gave."""
         for chunk in tx.chunks(new):
             source, args = tx.rows_of(_ORDER_TYPES, chunk)
-            rows = await tx._rows(
-                f"INSERT INTO orders({_ORDER_COLUMNS}) {source} RETURNING id, event_id, serial",
+            rows = await tx._values(
+                f"INSERT INTO orders({_ORDER_COLUMNS}) {source} RETURNING event_id, serial, id",
                 args,
             )
-            ids = {(r["event_id"], r["serial"]): r["id"] for r in rows}  # order unspecified
+            ids = {(e, s): i for e, s, i in rows}  # RETURNING's order is unspecified
             for o in chunk:
                 o["id"] = ids[(o["event_id"], o["serial"])]
 

@@ -36,6 +36,9 @@ class _Inline:
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return _fetch(self.conn, sql, args)
 
+    async def values(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return _values(self.conn, sql, args)
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         return self.conn.execute(sql, tuple(args)).rowcount
 
@@ -51,6 +54,10 @@ def _fetch(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[dict
     # Plain tuples zipped with the column names: half the cost of dict(sqlite3.Row).
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in rows]
+
+
+def _values(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+    return conn.execute(sql, tuple(args)).fetchall()  # type: ignore[no-any-return]
 
 
 def _run_inline(awaitable: Awaitable[T]) -> T:
@@ -107,6 +114,9 @@ class SqliteDriver:
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return await self._call(_fetch, self._conn, sql, args)
+
+    async def values(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return await self._call(_values, self._conn, sql, args)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         return await self._call(lambda: self._conn.execute(sql, tuple(args)).rowcount)
