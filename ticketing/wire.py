@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import TokenError
 from .tokens import KeyRing, TokenSigner, TokenVerifier
@@ -94,9 +94,11 @@ def ticket_id(event_id: int, serial: int) -> str:
     return f"{event_id}-{serial}"
 
 
-@dataclass(frozen=True)
-class Sale:
-    """A grant reported by a shard: ``visitor`` got ``serial`` of ``event``."""
+class Sale(NamedTuple):
+    """A grant reported by a shard: ``visitor`` got ``serial`` of ``event``.
+
+    A named tuple, not a frozen dataclass: one is built per sale on each side of the
+    link, and a tuple is built in a third of the time."""
 
     event: int
     serial: int

@@ -70,9 +70,12 @@ def decide_sales(
     """
     active = orders if isinstance(orders, ActiveOrders) else ActiveOrders(orders)
     out = SalesDecision()
-    taken: set[tuple[int, str, object]] = set()
+    # Who won earlier in this batch (the sales path: no set built per sale).
+    visitors: set[tuple[int, str]] = set()
+    accounts: set[tuple[int, int]] = set()
     for sale in sales:
-        mine = active.by_visitor.get((sale.event, sale.visitor))
+        visitor = (sale.event, sale.visitor)
+        mine = active.by_visitor.get(visitor)
         if mine and mine["serial"] == sale.serial and mine["shard"] == shard:
             out.dupes.append((sale, mine))  # a re-sent report: answer as before
             continue
@@ -80,17 +83,17 @@ def decide_sales(
             out.refused.append((sale, "stale_epoch", None))
             continue
         # One ticket per visitor and per signed-in account (two browsers, one person).
-        if mine is None and sale.account is not None:
-            mine = active.by_account.get((sale.event, sale.account))
+        account = None if sale.account is None else (sale.event, sale.account)
+        if mine is None and account is not None:
+            mine = active.by_account.get(account)
         if mine is not None:
             out.refused.append((sale, "visitor_has_ticket", mine))
             continue
-        who: set[tuple[int, str, object]] = {(sale.event, "visitor", sale.visitor)}
-        if sale.account is not None:
-            who.add((sale.event, "account", sale.account))
-        if who & taken:
+        if visitor in visitors or (account is not None and account in accounts):
             out.refused.append((sale, "visitor_has_ticket", None))
             continue
-        taken |= who
+        visitors.add(visitor)
+        if account is not None:
+            accounts.add(account)
         out.new.append(sale)
     return out
