@@ -46,6 +46,38 @@ TRANSIT_MEMORY = 10.0  # seconds: the transit estimate is the least latency seen
 REPORT_STALE = 3.0  # seconds: a front silent that long has no line here any more
 
 
+class _Log:
+    """Counts in time order (monotonic seconds) with their running total, trimmed from
+    the old end: every line report reads totals and rates, and a log holds up to
+    ``flight_window`` of entries (walking them was most of a report's CPU in main)."""
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def add(self, t: float, n: int) -> None:
+        self.entries.append((t, n))
+        self.total += n
+
+    def trim(self, before: float) -> None:
+        """Drop the entries older than ``before``."""
+        entries = self.entries
+        while entries and entries[0][0] < before:
+            self.total -= entries.popleft()[1]
+
+    def rate(self, window: float, now: float | None) -> float:
+        """Counts per second over the last ``window`` seconds before ``now`` (over the
+        log's span if shorter, at least 1 s); the log holds that window (trimmed)."""
+        if not self.entries:
+            return 0.0
+        end = self.entries[-1][0] if now is None else now
+        self.trim(end - window)
+        if not self.entries:
+            return 0.0
+        span = max(1.0, min(window, self.entries[-1][0] - self.entries[0][0]))
+        return self.total / span
+
+
 @dataclass
 class ReleaseRate:
     """How many visitors may go to the shards now, measured from main's grants.
@@ -71,17 +103,23 @@ class ReleaseRate:
     # visitors still on their way stopped counting and more were let go than tickets).
     flight_window: float = 15.0
     rate_window: float = 5.0  # the grant and release rates are measured over this
-    _releases: deque[tuple[float, int]] = field(default_factory=deque)
-    _grants: deque[tuple[float, int]] = field(default_factory=deque)
+    # In the flight window (in flight, patience), and in the rate window (rates).
+    _releases: _Log = field(default_factory=_Log)
+    _grants: _Log = field(default_factory=_Log)
+    _recent_releases: _Log = field(default_factory=_Log)
+    _recent_grants: _Log = field(default_factory=_Log)
     _remaining: int | None = None
     _budget: float = 0.0  # the cap's token bucket
     _last: float | None = None
-    _latency: deque[tuple[float, float]] = field(default_factory=deque)  # (when, seconds)
+    # (when, seconds), each sample smaller than those before it: the least is first
+    # (a sample with a smaller one after it can never be the least again).
+    _latency: deque[tuple[float, float]] = field(default_factory=deque)
 
     def observe(self, remaining: int, now: float) -> None:
         """Main's count of unsold tickets now: the drop since last time was granted."""
         if self._remaining is not None and remaining < self._remaining:
-            self._grants.append((now, self._remaining - remaining))
+            self._grants.add(now, self._remaining - remaining)
+            self._recent_grants.add(now, self._remaining - remaining)
         self._remaining = remaining
         if self.cap is not None and self._last is not None:
             self._budget = min(max(1.0, self.cap), self._budget + (now - self._last) * self.cap)
@@ -112,36 +150,45 @@ class ReleaseRate:
         return room
 
     def in_flight(self) -> int:
-        return max(0, _total(self._releases) - _total(self._grants))
+        return max(0, self._releases.total - self._grants.total)
 
     def patience(self) -> float:
         """How long a released visitor is expected on its way at most (then: gone)."""
         return max(PATIENCE, 2 * (self.target_delay + self.transit()))
 
     def _released_since(self, since: float) -> int:
-        return sum(n for t, n in self._releases if t >= since)
+        total = 0
+        for t, n in reversed(self._releases.entries):  # the newest first: stop at since
+            if t < since:
+                break
+            total += n
+        return total
 
     def held_back(self, now: float) -> None:
         """Visitors wait because the window is full: a sample of the latency."""
         rate, in_flight = self.grant_rate(), self.in_flight()
         if rate > 0 and in_flight >= self.min_window // 2:
-            self._latency.append((now, in_flight / rate))
+            latency = in_flight / rate
+            while self._latency and self._latency[-1][1] >= latency:
+                self._latency.pop()
+            self._latency.append((now, latency))
 
     def transit(self) -> float:
         """Seconds from release to a shard, as the least latency lately (0: not known)."""
-        return min((s for _, s in self._latency), default=0.0)
+        return self._latency[0][1] if self._latency else 0.0
 
     def released(self, n: int, now: float) -> None:
         if n > 0:
-            self._releases.append((now, n))
+            self._releases.add(now, n)
+            self._recent_releases.add(now, n)
             self._budget = max(0.0, self._budget - n)
 
     def grant_rate(self) -> float:
-        return _rate(self._grants, self.rate_window, self._last)
+        return self._recent_grants.rate(self.rate_window, self._last)
 
     def release_rate(self) -> float:
         """Visitors let through per second, lately: the waiting page's ETA divides by it."""
-        return _rate(self._releases, self.rate_window, self._last)
+        return self._recent_releases.rate(self.rate_window, self._last)
 
     def expected_rate(self) -> float:
         """The rate an ETA assumes: measured, else the cap, else the window per delay."""
@@ -153,27 +200,9 @@ class ReleaseRate:
 
     def _expire(self, now: float) -> None:
         for log in (self._releases, self._grants):
-            while log and now - log[0][0] > self.flight_window:
-                log.popleft()
+            log.trim(now - self.flight_window)
         while self._latency and now - self._latency[0][0] > TRANSIT_MEMORY:
             self._latency.popleft()
-
-
-def _total(log: deque[tuple[float, int]]) -> int:
-    return sum(n for _, n in log)
-
-
-def _rate(log: deque[tuple[float, int]], window: float, now: float | None) -> float:
-    """Events per second over the last ``window`` seconds before ``now`` (over the
-    log's span if shorter, at least 1 s)."""
-    if not log:
-        return 0.0
-    end = log[-1][0] if now is None else now
-    recent = [(t, n) for t, n in log if end - t <= window]
-    if not recent:
-        return 0.0
-    span = max(1.0, min(window, recent[-1][0] - recent[0][0]))
-    return sum(n for _, n in recent) / span
 
 
 def watermark(reports: Iterable[LineReport], above: int | None, n: int) -> tuple[int | None, int]:
