@@ -175,6 +175,10 @@ async def test_a_scrape_during_a_crowd_matches_the_audit(
     assert answered == admitted == admissions  # every admitted visitor got an answer
     ttt = sum(total(s, "ticketing_time_to_ticket_seconds_count", type="ticket") for s in shards)
     assert ttt == TICKETS
+    # Seconds from the request at the shard to the answer: each one is positive (the
+    # sum once mixed the front's unix clock with the shard's monotonic one).
+    waited = sum(total(s, "ticketing_time_to_ticket_seconds_sum", type="ticket") for s in shards)
+    assert 0 < waited < 60 * TICKETS
     assert sum(total(s, "ticketing_shard_queue_length") for s in shards) == 0
     assert total(refused, "ticketing_shard_admissions_total", outcome="malformed") == 1
 

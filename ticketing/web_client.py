@@ -15,6 +15,7 @@ import asyncio
 import json
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
@@ -184,7 +185,7 @@ class WebClient:
                     await asyncio.sleep(min(max(0.05, pause), max(0.0, left)))
                     continue
                 return outcome(kind, body, status)
-            out = await self.claim(location, clock.t0, timings)
+            out = await self.claim(location, clock.t0, timings, clock.answered)
             if "total" in out.timings or out.status is not None:
                 clock.answered()  # a message on the WSS, or an HTTP refusal
             front = out.message.get("front")
@@ -231,12 +232,17 @@ class WebClient:
         return body
 
     async def claim(
-        self, location: str, t0: float | None = None, timings: dict[str, float] | None = None
+        self,
+        location: str,
+        t0: float | None = None,
+        timings: dict[str, float] | None = None,
+        on_pending: Callable[[], None] | None = None,
     ) -> Outcome:
         """Open the WSS connection for an admission ``location`` and ask once.
 
-        A connection lost after it opened and before the answer (the shard died) is
-        a ``retry``, as the page treats it: go back through the front.
+        "pending" messages (still waiting) call ``on_pending`` and the wait goes on. A
+        connection lost after it opened and before the answer (the shard died) is a
+        ``retry``, as the page treats it: go back through the front.
         """
         t0 = time.perf_counter() if t0 is None else t0
         timings = {} if timings is None else timings
@@ -255,7 +261,9 @@ class WebClient:
                     opened = True
                     timings["connect"] = time.perf_counter() - t0
                     await ws.send(json.dumps({"type": "request"}))
-                    msg = json.loads(await ws.recv())
+                    while (msg := json.loads(await ws.recv())).get("type") == "pending":
+                        if on_pending is not None:
+                            on_pending()
                     # The answer is in hand now; closing the socket comes after.
                     timings["total"] = time.perf_counter() - t0
         except InvalidStatus as exc:

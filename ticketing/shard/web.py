@@ -16,7 +16,10 @@ After the upgrade the browser sends ``{"type": "request"}`` and gets one answer:
 ``{"type": "retry", "reason"}``: go back through the front for a fresh admission
 (the shard lost main, or its stock is out of reach), keeping the place in line.
 Each answer carries ``front``: the front origin main signed into the token (the
-page's only link target; the page never takes one from its URL).
+page's only link target; the page never takes one from its URL). Until the answer,
+every ``PENDING_EVERY`` seconds it gets ``{"type": "pending", "waited_s"}``: still
+in line, or its ticket waiting for main's confirmation (a main failing over takes
+a few seconds), so nobody waits without a word as long as that.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from .dispenser import Dispenser, Waiter
 log = logging.getLogger("ticketing.shard.web")
 
 WEB_FILES = ("index.html", "app.js", "style.css")
+PENDING_EVERY = 1.0  # seconds between "pending" messages to a visitor still waiting
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -248,7 +252,7 @@ class ShardWeb:
                         json.dumps({"type": "error", "message": 'send {"type": "request"}'})
                     )
                     continue
-                answer = await self._serve(conn, visitor, event, account)
+                answer = await self._serve(conn, visitor, event, account, front)
                 if answer is None:
                     return
                 await conn.send(json.dumps(dict(answer, front=front)))
@@ -258,26 +262,47 @@ class ShardWeb:
             self._release(visitor, conn)
 
     async def _serve(
-        self, conn: ServerConnection, visitor: str, event: int, account: int | None
+        self,
+        conn: ServerConnection,
+        visitor: str,
+        event: int,
+        account: int | None,
+        front: str | None,
     ) -> dict[str, Any] | None:
-        """Wait for the grant, or give up the place in line if the browser leaves."""
+        """Wait for the grant (saying "pending" now and then), or give up the place in
+        line if the browser leaves."""
         admission: Admission = conn.admission  # type: ignore[attr-defined]
+        requested = time.monotonic()
         waiter = self.shard.enqueue(visitor, event, account, admission.arrived)
         gone: asyncio.Future[Any] = asyncio.ensure_future(conn.wait_closed())
         either: list[asyncio.Future[Any]] = [waiter.future, gone]
+        deadline = requested + self.shard.grant_timeout
+        closed = False
         try:
-            done, _ = await asyncio.wait(
-                either,
-                timeout=self.shard.grant_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            while True:
+                left = deadline - time.monotonic()
+                done, _ = await asyncio.wait(
+                    either,
+                    timeout=max(0.0, min(PENDING_EVERY, left)),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if done or left <= PENDING_EVERY:
+                    break
+                waited = round(time.monotonic() - requested, 1)
+                try:
+                    await conn.send(
+                        json.dumps({"type": "pending", "waited_s": waited, "front": front})
+                    )
+                except ConnectionClosed:  # the browser left: as below, its place goes
+                    closed = True
+                    break
         finally:
             gone.cancel()
         if waiter.future.done():
             answer: dict[str, Any] = waiter.future.result()
-            self.shard.metrics.answered(answer.get("type", ""), time.monotonic() - waiter.arrived)
+            self.shard.metrics.answered(answer.get("type", ""), time.monotonic() - requested)
             return answer
         waiter.future.cancel()  # not granted yet: the ticket stays in the pool
-        if not done:
+        if not done and not closed:
             return {"type": "error", "message": "the shard is busy, try again"}
         return None

@@ -104,6 +104,10 @@ async function main() {
     const msg = JSON.parse(e.data);
     answered = true;
     setFront(msg);
+    if (msg.type === "pending") {  // still in line, or the ticket being confirmed
+      setStatus(`still working on it… (${Math.round(msg.waited_s || 0)} s)`);
+      return;
+    }
     if (msg.type === "ticket") showTicket(msg);
     else if (msg.type === "sold_out") { showEvent(msg.event); setStatus("Sold out"); }
     else if (msg.type === "retry") backToFront(msg.reason);
