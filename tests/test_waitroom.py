@@ -20,6 +20,7 @@ import pytest
 from ticketing import RedirectServer
 from ticketing.cluster import LOAD_TEST_FRONT_OPTIONS
 from ticketing.errors import TokenError
+from ticketing.front import queue as queue_module
 from ticketing.front.pow import PowGate, leading_zero_bits, solve, solved
 from ticketing.front.queue import QueueOptions
 from ticketing.front.waitroom import (
@@ -390,6 +391,44 @@ async def test_reload_and_restart_keep_the_place_and_a_copy_is_refused(
         back = await enter(a, f"{url}?queue={first['queue']}")
         behind = await enter(b, f"{url}?queue={second['queue']}")
         assert (later["position"], back["position"], behind["position"]) == (1, 1, 2)
+
+
+async def test_while_main_is_away_the_line_is_paused_and_says_so(
+    make_cluster, ca_context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_module, "PAUSED_POLL", 0.1)
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Paused", "", "10", 5)
+    await cluster.main.distribute_tickets()
+    # One visitor every 4 s: the second is near its turn (it long-polls), and waits.
+    await cluster.main.update_event(event_id, release_rate=0.25)
+    door = (await front(cluster, poll_timeout=4.0)).queue
+    uplink, away = door.uplink, asyncio.Event()
+
+    async def main_away_or_not(reports):  # as a front process's link while main is gone
+        return None if away.is_set() else await uplink(reports)
+
+    door.uplink = main_away_or_not
+    url = f"{cluster.front}events/{event_id}"
+    async with session(ca_context) as a, session(ca_context) as b:
+        await enter(a, url)
+        entry = await enter(b, url)
+        assert entry["status"] == "queued" and entry["paused"] is False
+        poll = cluster.front + entry["poll"].lstrip("/")
+        away.set()
+        await door.changes.wait_for(lambda: door.paused, 5)
+        for _ in range(3):  # held for PAUSED_POLL, not poll_timeout (4 s), saying so
+            started = time.monotonic()
+            async with b.get(poll, headers=JSON) as resp:
+                body = await resp.json()
+            assert body["status"] == "queued" and body["paused"] is True
+            assert body["position"] == entry["position"] and body["next_poll_s"] == 0
+            assert time.monotonic() - started < 3
+        away.clear()  # main is back: the line moves again, and says so
+        await door.changes.wait_for(lambda: not door.paused, 5)
+        async with b.get(poll, headers=JSON) as resp:
+            body = await resp.json()
+        assert body["status"] == "released" or body["paused"] is False
 
 
 async def test_a_released_waiter_is_sent_straight_to_a_shard(make_cluster, ca_context) -> None:

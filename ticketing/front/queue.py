@@ -67,6 +67,7 @@ _UNRANKED = web.RequestKey("unranked", bool)  # ARRIVED_AT still counts as to co
 Uplink = Callable[[dict[int, LineReport]], Awaitable[dict[int, LineOrders] | None]]
 _EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
 UNRANKED_FRESH = 0.01  # s: handshakes under way are counted as seen this recently
+PAUSED_POLL = 1.0  # s: the longest a long-poll is held while main is away (then: "paused")
 
 
 class Arrivals(Protocol):
@@ -144,6 +145,9 @@ class QueueDoor:
         # Since when (unix s) the lines cover every ticket left: ClientHellos from
         # then on trickle (ConnectionGate.trickle); None: not crowded, or no trickle.
         self.crowded_since: float | None = None
+        # Main did not answer the last report (it is away, or another main is taking
+        # over): nobody moves, and the waiters hear so every PAUSED_POLL seconds.
+        self.paused = False
         self._reported_at = 0.0  # the wall-clock time of the last report
         self.upto: dict[int, int] = {}  # the watermark released to (never goes back)
         self._budget: dict[int, int] = {}  # straight passes left until the next orders
@@ -400,6 +404,7 @@ class QueueDoor:
             waiting=waiting,
             eta_s=eta,
             release_rate=round(speed, 1),
+            paused=self.paused,
             # Back before the turn can come even if the line moves twice as fast.
             next_poll_s=0.0
             if eta <= self.options.hold_eta
@@ -520,6 +525,8 @@ class QueueDoor:
             hold = min(self.options.poll_timeout, first["starts_in_s"] + self.options.tick)
         else:  # near the head: hear the release at once; the page counts the ETA down
             hold = self.options.poll_timeout
+        if self.paused:  # nothing moves until main is back: say so now and then
+            hold = min(hold, PAUSED_POLL)
         key = (event.id, ticket.rank)
         fut = self._wakers.get(key)
         if fut is None or fut.done():
@@ -643,7 +650,12 @@ class QueueDoor:
         """Report the lines to main and release what it says."""
         reports = self.report()
         if reports:
-            self.apply(reports, await self.uplink(reports))
+            orders = await self.uplink(reports)
+            self.apply(reports, orders)
+            if self.paused != (orders is None):
+                self.paused = orders is None
+                for event_id in reports:  # the pages say "paused" (or not) at once
+                    self._wake(event_id, None)
         self.changes.notify()
 
     def _wake(self, event_id: int, ranks: list[int] | None) -> None:

@@ -272,6 +272,10 @@ DOOR_SCHEMAS: dict[str, Any] = {
             "waiting": {"type": "integer", "description": "visitors in line, every front"},
             "eta_s": {"type": "number", "description": "visitors ahead / release rate"},
             "release_rate": {"type": "number", "description": "visitors let on per second"},
+            "paused": {
+                "type": "boolean",
+                "description": "main is away (a standby takes over): nobody moves, places stay",
+            },
             "next_poll_s": {"type": "number", "description": "0: poll now (held open)"},
             "starts_in_s": NUM,
             "sale_starts_at": NUM,

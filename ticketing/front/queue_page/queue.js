@@ -17,6 +17,7 @@ function duration(seconds) {
 function tickClock() {
   const left = (deadline - performance.now()) / 1000;
   if (state.prequeue) $("countdown").textContent = duration(left);
+  else if (state.status === "queued" && state.paused) $("eta").textContent = "paused";
   else if (state.status === "queued") $("eta").textContent = left > 0 ? duration(left) : "any moment now";
 }
 
@@ -33,7 +34,10 @@ function show(s) {
       $("status").textContent = "The sale has not started yet";
       $("waiting").textContent = s.waiting;
     } else {
-      $("status").textContent = "You are in line";
+      // Paused: main is away (another one takes over in a few seconds); places stay.
+      $("status").textContent = s.paused
+        ? "The line is paused for a moment; you keep your place"
+        : "You are in line";
       $("position").textContent = s.position;
     }
     tickClock();
