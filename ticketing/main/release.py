@@ -78,6 +78,18 @@ class _Log:
         return self.total / span
 
 
+class _Tally:
+    """One kind of count (releases, grants) in both windows it is read over: the
+    flight window (in flight, patience) and the rate window (rates)."""
+
+    def __init__(self) -> None:
+        self.flight, self.recent = _Log(), _Log()
+
+    def add(self, t: float, n: int) -> None:
+        self.flight.add(t, n)
+        self.recent.add(t, n)
+
+
 @dataclass
 class ReleaseRate:
     """How many visitors may go to the shards now, measured from main's grants.
@@ -103,11 +115,8 @@ class ReleaseRate:
     # visitors still on their way stopped counting and more were let go than tickets).
     flight_window: float = 15.0
     rate_window: float = 5.0  # the grant and release rates are measured over this
-    # In the flight window (in flight, patience), and in the rate window (rates).
-    _releases: _Log = field(default_factory=_Log)
-    _grants: _Log = field(default_factory=_Log)
-    _recent_releases: _Log = field(default_factory=_Log)
-    _recent_grants: _Log = field(default_factory=_Log)
+    _releases: _Tally = field(default_factory=_Tally)
+    _grants: _Tally = field(default_factory=_Tally)
     _remaining: int | None = None
     _budget: float = 0.0  # the cap's token bucket
     _last: float | None = None
@@ -119,7 +128,6 @@ class ReleaseRate:
         """Main's count of unsold tickets now: the drop since last time was granted."""
         if self._remaining is not None and remaining < self._remaining:
             self._grants.add(now, self._remaining - remaining)
-            self._recent_grants.add(now, self._remaining - remaining)
         self._remaining = remaining
         if self.cap is not None and self._last is not None:
             self._budget = min(max(1.0, self.cap), self._budget + (now - self._last) * self.cap)
@@ -150,7 +158,7 @@ class ReleaseRate:
         return room
 
     def in_flight(self) -> int:
-        return max(0, self._releases.total - self._grants.total)
+        return max(0, self._releases.flight.total - self._grants.flight.total)
 
     def patience(self) -> float:
         """How long a released visitor is expected on its way at most (then: gone)."""
@@ -158,7 +166,7 @@ class ReleaseRate:
 
     def _released_since(self, since: float) -> int:
         total = 0
-        for t, n in reversed(self._releases.entries):  # the newest first: stop at since
+        for t, n in reversed(self._releases.flight.entries):  # the newest first: stop at since
             if t < since:
                 break
             total += n
@@ -180,15 +188,14 @@ class ReleaseRate:
     def released(self, n: int, now: float) -> None:
         if n > 0:
             self._releases.add(now, n)
-            self._recent_releases.add(now, n)
             self._budget = max(0.0, self._budget - n)
 
     def grant_rate(self) -> float:
-        return self._recent_grants.rate(self.rate_window, self._last)
+        return self._grants.recent.rate(self.rate_window, self._last)
 
     def release_rate(self) -> float:
         """Visitors let through per second, lately: the waiting page's ETA divides by it."""
-        return self._recent_releases.rate(self.rate_window, self._last)
+        return self._releases.recent.rate(self.rate_window, self._last)
 
     def expected_rate(self) -> float:
         """The rate an ETA assumes: measured, else the cap, else the window per delay."""
@@ -199,8 +206,8 @@ class ReleaseRate:
         return fallback if self.cap is None else min(fallback, self.cap)
 
     def _expire(self, now: float) -> None:
-        for log in (self._releases, self._grants):
-            log.trim(now - self.flight_window)
+        for tally in (self._releases, self._grants):
+            tally.flight.trim(now - self.flight_window)
         while self._latency and now - self._latency[0][0] > TRANSIT_MEMORY:
             self._latency.popleft()
 
