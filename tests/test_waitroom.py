@@ -490,6 +490,64 @@ async def test_a_visitor_is_ranked_by_its_hello_not_by_its_request(
     assert second >= before_second  # a later request on it is not an early arrival
 
 
+class _Handshaking:
+    """Arrivals for the door: visitors whose ClientHellos came a second ago, not ranked."""
+
+    def __init__(self, n: int) -> None:
+        self.stamps = [time.time() - 1.0 + i * 1e-3 for i in range(n)]
+
+    def oldest_unclaimed(self) -> float | None:
+        return self.stamps[0] if self.stamps else None
+
+    def unclaimed_before(self, stamp: float, limit: int) -> int:
+        return min(limit, sum(1 for s in self.stamps if s < stamp))
+
+    def unclaimed(self) -> list[float]:
+        return list(self.stamps)
+
+
+async def test_a_later_arrival_goes_on_only_with_room_left_for_those_still_handshaking(
+    make_cluster, ca_context
+) -> None:
+    """Two visitors who came first are still in their TLS handshakes: a later one may
+    go straight on with three passes left (two stay for them), not with two."""
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Room for all", "", "10", 20)
+    await cluster.main.distribute_tickets()
+    redirect = await front(cluster)
+    door = redirect.queue
+    passes = [3]
+
+    async def uplink(reports: dict[int, LineReport]) -> dict[int, LineOrders]:
+        return {e: LineOrders(direct=passes[0]) for e in reports}
+
+    door.uplink = uplink
+    door.pending = _Handshaking(2)
+    url = f"{cluster.front}events/{event_id}"
+    async with session(ca_context) as first, session(ca_context) as second:
+        async with first.get(url, headers=JSON, allow_redirects=False) as resp:
+            assert resp.status == 302  # on (main's first word): two passes stay for those two
+        passes[0] = 2
+        await door.changes.wait_for(lambda: door._budget.get(event_id) == 2, 5.0)
+        assert (await enter(second, url))["status"] == "queued"  # it would take theirs
+    assert door.counts["direct"] == 1
+
+
+def test_the_edge_counts_unranked_hellos_before_a_stamp_up_to_a_limit(keys) -> None:
+    from ticketing.edge import ConnectionGate
+    from ticketing.tls import Credentials, browser_server_context
+
+    gate = ConnectionGate("test", browser_server_context(Credentials.from_directory(keys, "main")))
+    hellos = [gate._hello() for _ in range(6)]
+    hellos[1].done = hellos[3].done = True  # their first requests came
+    later = time.time() + 1.0
+    assert gate.unclaimed_before(later, 10) == 4
+    assert gate.unclaimed_before(later, 2) == 2  # enough to know: the scan stops
+    assert gate.unclaimed_before(hellos[3].at, 10) == 2  # only those before it
+    assert gate.unclaimed_before(hellos[0].at, 10) == 0
+    gate.close()
+
+
 async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_context) -> None:
     cluster = await make_cluster(1)
     event_id = await cluster.main.init_tickets("Opening", "", "10", 40)

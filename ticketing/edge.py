@@ -375,6 +375,18 @@ class ConnectionGate:
             hellos.popleft()
         return hellos[0].at if hellos else None
 
+    def unclaimed_before(self, stamp: float, limit: int) -> int:
+        """How many such ClientHellos came before ``stamp``, counted up to ``limit`` (then
+        ``limit``): the scan stops there, or after ``4 * limit`` entries still kept."""
+        count = 0
+        for seen, arrival in enumerate(self._hellos):
+            if arrival.at >= stamp or count >= limit:
+                break
+            if seen >= 4 * limit:
+                return limit
+            count += not arrival.done
+        return min(count, limit)
+
     def unclaimed(self) -> list[float]:
         """Every such ClientHello (unix s, ascending): O(connections handshaking)."""
         return [a.at for a in self._hellos if not a.done]

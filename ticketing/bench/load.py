@@ -193,6 +193,7 @@ def summarize_visits(r: dict[str, Any], meter: Meter, servers: dict[str, int]) -
         "sell_window_s": round(sell_window, 3),
         "tickets_per_s": round(granted / sell_window, 1) if sell_window else 0.0,
         "sold_out": counts.get("sold_out", 0),
+        "queued": sum(1 for q in r["queue"] if q is not None),  # waited in a front's line
         "errors": errors,
         "error_samples": dict(Counter(r["errors"]).most_common(5)),
         "latency_ms": {"p50": ms(50), "p95": ms(95), "p99": ms(99)},

@@ -63,6 +63,7 @@ def format_e2e(out: dict[str, Any]) -> str:
         row("time-to-ticket p95 ms", lat("p95")),
         row("time-to-ticket p99 ms", lat("p99")),
         row("sold-out answers", lambda r: r["sold_out"]),
+        row("waited in a front's line", lambda r: r.get("queued", 0)),
         row("errors", lambda r: r["errors"]),
         row("server CPU s", lambda r: r["server_cpu_s"]),
         row("server CPU ms/ticket", lambda r: r["server_cpu_ms_per_ticket"]),

@@ -75,6 +75,7 @@ class Arrivals(Protocol):
     (:class:`~ticketing.edge.ConnectionGate`): visitors who came and are not ranked."""
 
     def oldest_unclaimed(self) -> float | None: ...
+    def unclaimed_before(self, stamp: float, limit: int) -> int: ...
     def unclaimed(self) -> list[float]: ...
 
 
@@ -222,11 +223,19 @@ class QueueDoor:
             if not self._arriving[stamp]:
                 del self._arriving[stamp]
 
-    def _came_before(self, stamp: float | None) -> bool:
-        """Someone who came earlier than ``stamp`` is not ranked yet (its handshake
-        or request is under way): going straight on would pass it, so join the line."""
+    def _came_before(self, stamp: float | None, limit: int) -> int:
+        """How many who came earlier than ``stamp`` are not ranked yet (their handshake
+        or request is under way), counted up to ``limit``: going straight on may not
+        take the room they would find when their turn at the gate comes."""
+        if stamp is None or limit <= 0:
+            return limit
         oldest = self._oldest_arrival()
-        return stamp is not None and oldest is not None and oldest < stamp
+        if oldest is None or oldest >= stamp:
+            return 0  # mostly: nobody earlier is still on the way in
+        count = sum(n for s, n in self._arriving.items() if s < stamp)
+        if self.pending is not None:
+            count += self.pending.unclaimed_before(stamp, limit)
+        return min(count, limit)
 
     def _oldest_arrival(self) -> float | None:
         """The earliest time a visitor not ranked yet may still be ranked at."""
@@ -264,7 +273,7 @@ class QueueDoor:
         if event.id not in self.orders:
             await self._first_word(event.id)
         # From here on no await: this visitor is placed now, in line or straight on.
-        came_before = self._came_before(request.get(ARRIVED_AT))
+        stamp = request.get(ARRIVED_AT)
         self._placed(request)
         now, mono = self.clock(), self.monotonic()
         started = event.sale_starts_at is None or now >= event.sale_starts_at
@@ -281,7 +290,10 @@ class QueueDoor:
             return Pass()  # sold out: the front says so
         if self._has_place(request, visitor, event.id):
             return Pass()  # already through once (sent back by a shard, or told to wait)
-        if started and not len(line) and self._budget.get(event.id, 0) > 0 and not came_before:
+        # Straight on only with room left for every earlier arrival still on its way in
+        # (each takes one when it reaches the gate): nobody is passed for a place.
+        budget = self._budget.get(event.id, 0)
+        if started and not len(line) and budget > self._came_before(stamp, budget):
             self._budget[event.id] -= 1
             self._sent_on(event.id, 1)
             self.counts["direct"] += 1
