@@ -533,6 +533,43 @@ async def test_a_later_arrival_goes_on_only_with_room_left_for_those_still_hands
     assert door.counts["direct"] == 1
 
 
+async def test_an_empty_line_reports_seldom_until_half_its_passes_are_spent(
+    make_cluster, ca_context
+) -> None:
+    """Main's CPU goes with the reports: with nobody in line a door reports every
+    ``quiet_tick`` (here 30 s), unless half the passes main gave are gone."""
+    cluster = await make_cluster(1)
+    event_id = await cluster.main.init_tickets("Quiet door", "", "10", 20)
+    await cluster.main.distribute_tickets()
+    redirect = await front(cluster, quiet_tick=30.0)
+    door = redirect.queue
+    reports: list[dict[int, LineReport]] = []
+    passes = [4]
+
+    async def uplink(sent: dict[int, LineReport]) -> dict[int, LineOrders]:
+        reports.append(sent)
+        return {e: LineOrders(direct=passes[0]) for e in sent}
+
+    door.uplink = uplink
+    url = f"{cluster.front}events/{event_id}"
+    sessions = [session(ca_context) for _ in range(4)]
+    try:
+        for s in sessions[:2]:
+            async with s.get(url, headers=JSON, allow_redirects=False) as resp:
+                assert resp.status == 302
+        assert len(reports) == 1  # main's first word; two of four passes left: no report
+        assert door._next_tick() == 30.0
+        passes[0] = 0  # main, from now on: no room
+        async with sessions[2].get(url, headers=JSON, allow_redirects=False) as resp:
+            assert resp.status == 302
+        await door.changes.wait_for(lambda: len(reports) == 2, 5.0)  # one left: kicked
+        assert door._budget[event_id] == 0
+        assert (await enter(sessions[3], url))["status"] == "queued"
+        assert door._next_tick() == door.options.tick  # a line holds someone
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions))
+
+
 def test_the_edge_counts_unranked_hellos_before_a_stamp_up_to_a_limit(keys) -> None:
     from ticketing.edge import ConnectionGate
     from ticketing.tls import Credentials, browser_server_context

@@ -67,6 +67,7 @@ _UNRANKED = web.RequestKey("unranked", bool)  # ARRIVED_AT still counts as to co
 Uplink = Callable[[dict[int, LineReport]], Awaitable[dict[int, LineOrders] | None]]
 _EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
 UNRANKED_FRESH = 0.01  # s: handshakes under way are counted as seen this recently
+KICK_GAP = 0.02  # s: the least time between two reports to main (kicks included)
 PAUSED_POLL = 1.0  # s: the longest a long-poll is held while main is away (then: "paused")
 
 
@@ -90,7 +91,10 @@ class QueueOptions:
 
     enabled: bool = True
     # Timeouts
-    tick: float = 0.1  # seconds between reports to main (and releases)
+    tick: float = 0.1  # seconds between reports to main (and releases) while a line moves
+    # ... and while no line anywhere holds anyone and passes are left: main's CPU per
+    # second goes with the reports (a spent half of the passes reports at once)
+    quiet_tick: float = 0.25
     poll_timeout: float = 10.0  # the longest long-poll (under the keep-alive timeout)
     hold_eta: float = 20.0  # waiters due within this many seconds long-poll; others call back
     max_poll_gap: float = 60.0  # the longest a far-back waiter is told to wait between polls
@@ -155,7 +159,8 @@ class QueueDoor:
         self._direct: dict[int, int] = {}  # straight passes not reported yet
         self._wakers: dict[tuple[int, int], asyncio.Future[None]] = {}
         self._pow: PowGate | None = None
-        self._kick = asyncio.Event()  # a first visitor for an event: report now
+        self._kick = asyncio.Event()  # report now: a first visitor, passes running low
+        self._granted: dict[int, int] = {}  # straight passes main gave in its last orders
         self.changes = Changes()  # notified after every tick (main's orders applied)
         self._asked: dict[int, float] = {}  # event -> until when visitors wait for orders
         self._last_prune = 0.0
@@ -295,6 +300,8 @@ class QueueDoor:
         budget = self._budget.get(event.id, 0)
         if started and not len(line) and budget > self._came_before(stamp, budget):
             self._budget[event.id] -= 1
+            if 2 * self._budget[event.id] < self._granted.get(event.id, 0):
+                self._kick.set()  # half the passes are spent: ask for more now
             self._sent_on(event.id, 1)
             self.counts["direct"] += 1
             return Pass()
@@ -570,14 +577,28 @@ class QueueDoor:
     # -- releasing ----------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            began = loop.time()
             try:
                 await self.tick()
             except Exception:  # a bug here must not stop every line
                 log.exception("waiting room tick failed")
-            with contextlib.suppress(TimeoutError):  # a first visitor reports at once
-                await asyncio.wait_for(self._kick.wait(), self.options.tick)
+            with contextlib.suppress(TimeoutError):  # a kick reports at once
+                await asyncio.wait_for(self._kick.wait(), self._next_tick())
             self._kick.clear()
+            # Kicks come with visitors: never more than one report per KICK_GAP.
+            await asyncio.sleep(max(0.0, min(KICK_GAP, self.options.tick) - (loop.time() - began)))
+
+    def _next_tick(self) -> float:
+        """``tick`` while a line here or elsewhere holds someone, or main is away;
+        ``quiet_tick`` while every line is empty (then passes decide, and a front
+        that runs low on them kicks a report)."""
+        if self.paused or any(len(line) for line in self.lines.values()):
+            return self.options.tick
+        if any(self._others_ahead(e, None) for e in self.orders):
+            return self.options.tick  # its horizon bounds the release of theirs
+        return max(self.options.tick, self.options.quiet_tick)
 
     def report(self) -> dict[int, LineReport]:
         """Every open line, as main's release decision needs it; sold-out events
@@ -632,7 +653,7 @@ class QueueDoor:
             if line is None:
                 continue
             self.orders[event_id] = got
-            self._budget[event_id] = got.direct
+            self._budget[event_id] = self._granted[event_id] = got.direct
             old = self.upto.get(event_id)
             if got.upto is not None and (old is None or got.upto > old):
                 self.upto[event_id] = got.upto  # a new main may start lower: keep ours
