@@ -585,6 +585,38 @@ def test_the_edge_counts_unranked_hellos_before_a_stamp_up_to_a_limit(keys) -> N
     gate.close()
 
 
+def test_a_connection_arrives_when_accepted_if_its_hello_follows_within_the_grace(
+    keys, monkeypatch
+) -> None:
+    """The kernel accepts in the order connections came; a loaded client's hello may
+    lag. Within HELLO_GRACE the accept time is the arrival (and holds the horizon)."""
+    from ticketing import edge
+    from ticketing.tls import Credentials, browser_server_context
+
+    now = [1000.0]
+    monkeypatch.setattr(edge.time, "time", lambda: now[0])
+    gate = edge.ConnectionGate(
+        "test", browser_server_context(Credentials.from_directory(keys, "main"))
+    )
+    slow = gate._accepted()
+    now[0] = 1000.1
+    quick = gate._accepted()
+    silent = gate._accepted()
+    assert gate.oldest_unclaimed() == 1000.0  # accepted, no hello yet: still to come
+    quick_hello = gate._hello(quick)  # the later connection's hello comes first ...
+    now[0] = 1000.3
+    slow_hello = gate._hello(slow)  # ... but the earlier one keeps its place
+    assert (slow_hello.at, quick_hello.at) == (1000.0, 1000.1)
+    assert gate.unclaimed() == [1000.0, 1000.1, 1000.1]  # in time order, silent included
+    assert gate.unclaimed_before(1000.05, 10) == 1
+    slow_hello.done = quick_hello.done = True
+    assert gate.oldest_unclaimed() == 1000.1  # the silent socket, within the grace
+    now[0] = 1000.1 + edge.HELLO_GRACE + 0.5
+    assert gate.oldest_unclaimed() is None  # past the grace it holds nothing back
+    assert gate._hello(silent).at == now[0] - edge.HELLO_GRACE  # nor gets an early place
+    gate.close()
+
+
 async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_context) -> None:
     cluster = await make_cluster(1)
     event_id = await cluster.main.init_tickets("Opening", "", "10", 40)

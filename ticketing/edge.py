@@ -120,10 +120,18 @@ class _CappedSSLProtocol(asyncio.sslproto.SSLProtocol):
         super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
 
 
+# Seconds a connection's accept time may precede its ClientHello and still be its
+# arrival: the kernel accepts in the order connections came, while a loaded client
+# may take a while to send its hello (measured under a crowd: up to 0.25 s, where
+# ranks by the hello misordered neighbours). Older than that it was a silent socket:
+# it neither holds the line's horizon back nor gets an early place any longer.
+HELLO_GRACE = 1.0
+
+
 @dataclass(eq=False)
 class _Arrival:
-    """When a connection's ClientHello came (unix s); ``done`` once its first request
-    took it (or it closed without one)."""
+    """When a connection came (unix s): its accept, or at most ``HELLO_GRACE`` before
+    its ClientHello; ``done`` once its first request took it (or it closed without one)."""
 
     at: float
     done: bool = False
@@ -144,7 +152,8 @@ class _Gatekeeper(asyncio.Protocol):
         self.address = "?"
         self.queued = False
         self.queued_at = 0.0  # when it began to wait for a slot (monotonic)
-        self.arrival: _Arrival | None = None  # when its ClientHello came
+        self.accepted: _Arrival | None = None  # when it was accepted, until its hello
+        self.arrival: _Arrival | None = None  # when it came, once its ClientHello did
         self._early: list[bytes] = []  # the ClientHello, until TLS starts
         self._timer: asyncio.TimerHandle | None = None
 
@@ -157,6 +166,7 @@ class _Gatekeeper(asyncio.Protocol):
             return
         # No TLS state yet: a socket that never sends a ClientHello costs little.
         self.transport, self.address = transport, address
+        self.accepted = self.gate._accepted()
         self.gate._hold(self, address)
         self._timer = asyncio.get_running_loop().call_later(
             self.gate.limits.handshake_timeout, transport.abort
@@ -167,7 +177,7 @@ class _Gatekeeper(asyncio.Protocol):
         if self.transport is None:
             return
         if self.arrival is None:
-            self.arrival = self.gate._hello()
+            self.arrival = self.gate._hello(self.accepted)
         self._early.append(data)
         if self.queued:
             return
@@ -201,6 +211,8 @@ class _Gatekeeper(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.accepted is not None:
+            self.accepted.done = True
         if self.transport is not None:
             self.transport = None
             if self.arrival is not None:
@@ -352,7 +364,8 @@ class ConnectionGate:
         # Handshakes in progress (since when) and sockets waiting for a slot, in order.
         self._handshaking: dict[_CappedSSLProtocol, float] = {}
         self._waiting: deque[_Gatekeeper] = deque()
-        self._hellos: deque[_Arrival] = deque()  # ClientHellos not yet claimed, in order
+        self._hellos: deque[_Arrival] = deque()  # ClientHellos not yet claimed, by time
+        self._accepts: deque[_Arrival] = deque()  # accepted, no ClientHello yet, in order
         self._recheck: asyncio.TimerHandle | None = None
         # The wall-clock time from which ClientHellos are handshaked one at a time (a
         # front whose waiting room's line covers every ticket left: the CPU goes to the
@@ -368,32 +381,55 @@ class ConnectionGate:
         return len(self._per_address)
 
     def oldest_unclaimed(self) -> float | None:
-        """The earliest ClientHello (unix s) whose connection has had no request yet:
-        no :func:`claim_arrival` to come here can return an earlier time (O(1) mostly)."""
-        hellos = self._hellos
+        """The earliest arrival (unix s) whose connection has had no request yet: no
+        :func:`claim_arrival` to come here can return an earlier time (O(1) mostly)."""
+        hellos, accepts = self._hellos, self._trimmed_accepts()
         while hellos and hellos[0].done:
             hellos.popleft()
-        return hellos[0].at if hellos else None
+        return min((q[0].at for q in (hellos, accepts) if q), default=None)
 
     def unclaimed_before(self, stamp: float, limit: int) -> int:
-        """How many such ClientHellos came before ``stamp``, counted up to ``limit`` (then
-        ``limit``): the scan stops there, or after ``4 * limit`` entries still kept."""
+        """How many such arrivals came before ``stamp``, counted up to ``limit`` (then
+        ``limit``): each scan stops there, or after ``4 * limit`` entries still kept."""
         count = 0
-        for seen, arrival in enumerate(self._hellos):
-            if arrival.at >= stamp or count >= limit:
-                break
-            if seen >= 4 * limit:
-                return limit
-            count += not arrival.done
+        for queue in (self._hellos, self._trimmed_accepts()):
+            for seen, arrival in enumerate(queue):
+                if arrival.at >= stamp or count >= limit:
+                    break
+                if seen >= 4 * limit:
+                    return limit
+                count += not arrival.done
         return min(count, limit)
 
     def unclaimed(self) -> list[float]:
-        """Every such ClientHello (unix s, ascending): O(connections handshaking)."""
-        return [a.at for a in self._hellos if not a.done]
+        """Every such arrival (unix s, ascending): O(connections handshaking)."""
+        waiting = (a.at for q in (self._hellos, self._trimmed_accepts()) for a in q if not a.done)
+        return sorted(waiting)
 
-    def _hello(self) -> _Arrival:
+    def _accepted(self) -> _Arrival:
         arrival = _Arrival(time.time())
-        self._hellos.append(arrival)  # in the order they came
+        self._accepts.append(arrival)  # in the order they came
+        return arrival
+
+    def _trimmed_accepts(self) -> deque[_Arrival]:
+        """Accepted sockets still waiting for their hello, silent ones (past the grace) off."""
+        accepts, floor = self._accepts, time.time() - HELLO_GRACE
+        while accepts and (accepts[0].done or accepts[0].at < floor):
+            accepts.popleft()
+        return accepts
+
+    def _hello(self, accepted: _Arrival | None = None) -> _Arrival:
+        """A ClientHello came: the connection's arrival is its accept time, within the
+        grace (kept in time order: hellos of a loaded crowd come a little out of it)."""
+        now = time.time()
+        at = now if accepted is None else min(now, max(accepted.at, now - HELLO_GRACE))
+        if accepted is not None:
+            accepted.done = True
+        arrival, hellos = _Arrival(at), self._hellos
+        i = len(hellos)
+        while i and hellos[i - 1].at > at:  # a few from the end, if any
+            i -= 1
+        hellos.insert(i, arrival)
         return arrival
 
     def protocol_factory(

@@ -111,12 +111,22 @@ class WebClient:
         self.max_hops = max_hops
         self.persistent = persistent
         self.local_addr = (source, 0) if source else None
+        # When this client first began to connect (time.monotonic): its arrival on the
+        # wire, after whatever delayed it in its own process (a load generator's loop).
+        self.dialed_at: float | None = None
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_start.append(self._dialing)
         # unsafe=True: keep cookies for IP-address hosts such as 127.0.0.1.
         self.session = aiohttp.ClientSession(
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             connector=aiohttp.TCPConnector(ssl=ssl_context, local_addr=self.local_addr),
             timeout=aiohttp.ClientTimeout(total=timeout),
+            trace_configs=[trace],
         )
+
+    async def _dialing(self, *_: object) -> None:
+        if self.dialed_at is None:
+            self.dialed_at = time.monotonic()
 
     async def close(self) -> None:
         await self.session.close()

@@ -106,6 +106,10 @@ def analyze_crowd(visitors: dict[str, Any], clock_offset: float | None = None) -
         1 for k, a in zip(kinds, arrivals, strict=True) if k != "ticket" and a < latest - JITTER
     )
     share = round(median(waits) / to_last, 3) if waits and to_last > 0 else None
+    # The load generator's own delay from a visitor's stamp to its first connect (the
+    # rest of the lag to the front's stamp is the network and the front's accept).
+    dialed = visitors.get("dialed") or arrivals
+    dial_lag = [d - a for d, a in zip(dialed, arrivals, strict=True)]
     return {
         "visitors": len(kinds),
         "winners_median_s": round(median(waits), 3) if waits else None,
@@ -114,6 +118,7 @@ def analyze_crowd(visitors: dict[str, Any], clock_offset: float | None = None) -
         "fcfs_inversions": inv,
         "fcfs_inversions_share": round(inv / len(kinds), 4) if kinds else 0.0,
         "fcfs_inversions_beyond_jitter": beyond,
+        "dial_lag_s": {"p50": stat(dial_lag, 50, 3), "p95": stat(dial_lag, 95, 3)},
         "rank_inversions": rank_inversions(kinds, visitors["queue"]),
         "hello_lag_s": None
         if clock_offset is None

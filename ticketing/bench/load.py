@@ -23,7 +23,7 @@ TIMELINE_STEP = 0.5  # seconds per bucket of the answers' timeline
 # What the workers report per finished visitor (worker.Visits), in one order.
 PER_VISITOR = (
     *("kinds", "tickets", "latency", "ends", "arrivals", "waits", "hops", "silences", "queue"),
-    "steps",
+    *("steps", "dialed"),
 )
 
 

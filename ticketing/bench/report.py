@@ -420,6 +420,7 @@ def format_crowd(out: dict[str, Any]) -> str:
         ("FCFS inversions", f"{c['fcfs_inversions']} ({100 * c['fcfs_inversions_share']:.2f} %)"),
         ("  beyond 10 ms of the last winner", _fmt(c["fcfs_inversions_beyond_jitter"])),
         ("  in the fronts' order (ranks)", _fmt(c.get("rank_inversions"))),
+        ("arrival to its first connect p50 / p95", _lag(c.get("dial_lag_s"))),
         ("arrival to the front's stamp p50 / p95", _lag(c.get("hello_lag_s"))),
     ]
     timeline = c["timeline"]

@@ -140,6 +140,7 @@ class Visits:
         # Per finished visitor, for the fault benchmark: arrival (monotonic, s), the
         # "please wait" answers and front hops it followed, its longest silence (s).
         self.arrivals: list[float] = []
+        self.dialed: list[float] = []  # when its first connection began (monotonic, s)
         self.waits: list[int] = []
         self.hops: list[int] = []
         self.silences: list[float] = []
@@ -157,6 +158,7 @@ class Visits:
         t0 = time.monotonic()
         async with WebClient(self.ctx, timeout=self.timeout, persistent=self.persistent) as client:
             out = await client.get_ticket(front)
+        self.dialed.append(client.dialed_at if client.dialed_at is not None else t0)
         # When the final answer came (a shard's message), not when its socket closed.
         end = min(time.monotonic(), t0 + out.timings.get("total", float("inf")))
         self.arrivals.append(t0)
@@ -221,6 +223,7 @@ class Visits:
             "latency": [round(x, 6) for x in self.latency],
             "ends": self.ends,
             "arrivals": self.arrivals,
+            "dialed": self.dialed,
             "waits": self.waits,
             "hops": self.hops,
             "silences": self.silences,

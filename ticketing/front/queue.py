@@ -58,8 +58,8 @@ log = logging.getLogger("ticketing.queue")
 
 REFUSED = "this place in line is another browser's, or no longer valid: join the line again"
 
-# When the visitor's connection sent its ClientHello (edge.claim_arrival), on the first
-# request of a connection: its rank in line, and its arrival claim.
+# When the visitor's connection came (edge.claim_arrival: its accept, or its hello), on
+# the first request of a connection: its rank in line, and its arrival claim.
 ARRIVED_AT = web.RequestKey("arrived_at", float)
 _UNRANKED = web.RequestKey("unranked", bool)  # ARRIVED_AT still counts as to come
 
@@ -72,7 +72,7 @@ PAUSED_POLL = 1.0  # s: the longest a long-poll is held while main is away (then
 
 
 class Arrivals(Protocol):
-    """The edge's ClientHellos whose connection has had no request yet
+    """The edge's connections (accepted or hello in) that have had no request yet
     (:class:`~ticketing.edge.ConnectionGate`): visitors who came and are not ranked."""
 
     def oldest_unclaimed(self) -> float | None: ...
@@ -167,7 +167,7 @@ class QueueDoor:
         # The front's admission for a released visitor: the shard URL with its token
         # (None: not now, it goes through the front's door as any visitor).
         self.admit: Callable[[web.Request, int, float], str | None] | None = None
-        # The ClientHellos whose connection has had no request yet (the front's
+        # The connections that have had no request yet (the front's
         # ConnectionGate), besides those of first requests in progress (_arriving).
         self.pending: Arrivals | None = None
         self._arriving: Counter[float] = Counter()

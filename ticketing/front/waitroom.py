@@ -57,8 +57,8 @@ class Sequencer(Protocol):
 class ClockSequencer:
     """Microseconds of the wall clock when the visitor came (no coordination).
 
-    ``at`` (the ClientHello's time at the edge) orders visitors by when they came
-    rather than by when their handshake's turn did, but never below a horizon
+    ``at`` (the connection's arrival at the edge, ``edge.HELLO_GRACE``) orders visitors
+    by when they came rather than by when their handshake's turn did, but never below a horizon
     already reported (then the horizon itself): stamps older than ``max_age`` do not
     hold the horizon back, so a socket that says nothing cannot stall the line.
     """
