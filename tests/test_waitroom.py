@@ -614,6 +614,11 @@ def test_a_connection_arrives_when_accepted_if_its_hello_follows_within_the_grac
     now[0] = 1000.1 + edge.HELLO_GRACE + 0.5
     assert gate.oldest_unclaimed() is None  # past the grace it holds nothing back
     assert gate._hello(silent).at == now[0] - edge.HELLO_GRACE  # nor gets an early place
+    # A shard never asks: its record still forgets, even behind a connection that lives on.
+    for _ in range(100):
+        now[0] += 1.0
+        gate._hello(gate._accepted())
+    assert len(gate._hellos) <= edge.ARRIVAL_MEMORY + 1 and len(gate._accepts) <= 2
     gate.close()
 
 

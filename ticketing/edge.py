@@ -126,6 +126,10 @@ class _CappedSSLProtocol(asyncio.sslproto.SSLProtocol):
 # ranks by the hello misordered neighbours). Older than that it was a silent socket:
 # it neither holds the line's horizon back nor gets an early place any longer.
 HELLO_GRACE = 1.0
+# Seconds an unclaimed arrival is remembered for the waiting room's questions (a
+# front's horizon lets go of it after 2 s anyway): a shard, which never asks, and a
+# long-lived connection at the head must not make the record grow without end.
+ARRIVAL_MEMORY = 10.0
 
 
 @dataclass(eq=False)
@@ -135,6 +139,13 @@ class _Arrival:
 
     at: float
     done: bool = False
+
+
+def _trim(arrivals: deque[_Arrival], floor: float) -> deque[_Arrival]:
+    """Drop the claimed arrivals and those before ``floor`` from the old end."""
+    while arrivals and (arrivals[0].done or arrivals[0].at < floor):
+        arrivals.popleft()
+    return arrivals
 
 
 class _Gatekeeper(asyncio.Protocol):
@@ -383,16 +394,14 @@ class ConnectionGate:
     def oldest_unclaimed(self) -> float | None:
         """The earliest arrival (unix s) whose connection has had no request yet: no
         :func:`claim_arrival` to come here can return an earlier time (O(1) mostly)."""
-        hellos, accepts = self._hellos, self._trimmed_accepts()
-        while hellos and hellos[0].done:
-            hellos.popleft()
+        hellos, accepts = self._trimmed_hellos(), self._trimmed_accepts()
         return min((q[0].at for q in (hellos, accepts) if q), default=None)
 
     def unclaimed_before(self, stamp: float, limit: int) -> int:
         """How many such arrivals came before ``stamp``, counted up to ``limit`` (then
         ``limit``): each scan stops there, or after ``4 * limit`` entries still kept."""
         count = 0
-        for queue in (self._hellos, self._trimmed_accepts()):
+        for queue in (self._trimmed_hellos(), self._trimmed_accepts()):
             for seen, arrival in enumerate(queue):
                 if arrival.at >= stamp or count >= limit:
                     break
@@ -403,20 +412,21 @@ class ConnectionGate:
 
     def unclaimed(self) -> list[float]:
         """Every such arrival (unix s, ascending): O(connections handshaking)."""
-        waiting = (a.at for q in (self._hellos, self._trimmed_accepts()) for a in q if not a.done)
+        queues = (self._trimmed_hellos(), self._trimmed_accepts())
+        waiting = (a.at for q in queues for a in q if not a.done)
         return sorted(waiting)
 
     def _accepted(self) -> _Arrival:
         arrival = _Arrival(time.time())
-        self._accepts.append(arrival)  # in the order they came
+        self._trimmed_accepts().append(arrival)  # in the order they came
         return arrival
 
     def _trimmed_accepts(self) -> deque[_Arrival]:
         """Accepted sockets still waiting for their hello, silent ones (past the grace) off."""
-        accepts, floor = self._accepts, time.time() - HELLO_GRACE
-        while accepts and (accepts[0].done or accepts[0].at < floor):
-            accepts.popleft()
-        return accepts
+        return _trim(self._accepts, time.time() - HELLO_GRACE)
+
+    def _trimmed_hellos(self) -> deque[_Arrival]:
+        return _trim(self._hellos, time.time() - ARRIVAL_MEMORY)
 
     def _hello(self, accepted: _Arrival | None = None) -> _Arrival:
         """A ClientHello came: the connection's arrival is its accept time, within the
@@ -425,7 +435,7 @@ class ConnectionGate:
         at = now if accepted is None else min(now, max(accepted.at, now - HELLO_GRACE))
         if accepted is not None:
             accepted.done = True
-        arrival, hellos = _Arrival(at), self._hellos
+        arrival, hellos = _Arrival(at), self._trimmed_hellos()
         i = len(hellos)
         while i and hellos[i - 1].at > at:  # a few from the end, if any
             i -= 1
