@@ -782,3 +782,48 @@ async def test_handshakes_wait_their_turn_but_silent_sockets_hold_no_slot(keys, 
         server.close()
         gate.close()
         await server.wait_closed()
+
+
+async def test_a_socket_that_said_hello_waits_for_its_slot_past_the_handshake_timeout(
+    keys, ca_context
+) -> None:
+    """Three stallers hold the one slot in turn for 1.5 s; the client queued behind them
+    (hello sent at once) is served, not reset at its 0.5 s handshake timeout."""
+    from ticketing.edge import ConnectionGate, EdgeLimits
+    from ticketing.tls import Credentials, browser_server_context
+
+    limits = EdgeLimits(max_handshaking=1, handshake_stall=5.0, handshake_timeout=0.5)
+    ctx = browser_server_context(Credentials.from_directory(keys, "main"))
+    gate = ConnectionGate("test", ctx, limits)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    server = await asyncio.get_running_loop().create_server(
+        gate.protocol_factory(Echo), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    stallers = []
+    try:
+        for _ in range(3):  # each holds the slot until its handshake times out (0.5 s)
+            _, staller = await asyncio.open_connection("127.0.0.1", port)
+            staller.write(b"\x16\x03\x01\x00\xff")  # the start of a ClientHello
+            stallers.append(staller)
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ca_context, server_hostname="localhost"
+        )
+        writer.write(b"ping\r\n\r\n")
+        assert await reader.readexactly(8) == b"ping\r\n\r\n"
+        assert time.perf_counter() - t0 >= 1.0  # it did wait behind them
+        writer.close()
+    finally:
+        for w in stallers:
+            w.close()
+        server.close()
+        gate.close()
+        await server.wait_closed()

@@ -232,8 +232,10 @@ class QueueDoor:
         """How many who came earlier than ``stamp`` are not ranked yet (their handshake
         or request is under way), counted up to ``limit``: going straight on may not
         take the room they would find when their turn at the gate comes."""
-        if stamp is None or limit <= 0:
+        if limit <= 0:
             return limit
+        if stamp is None:  # a later request on a kept-alive connection: it comes now
+            stamp = time.time()  # the edge's clock
         oldest = self._oldest_arrival()
         if oldest is None or oldest >= stamp:
             return 0  # mostly: nobody earlier is still on the way in
