@@ -622,6 +622,35 @@ def test_a_connection_arrives_when_accepted_if_its_hello_follows_within_the_grac
     gate.close()
 
 
+async def test_a_connection_is_stamped_when_the_kernel_had_it_not_when_accepted() -> None:
+    """Two fronts on one busy host accept late by different amounts: the stamp is the
+    kernel's (TCP_INFO), so a late accept does not make a visitor come later."""
+    import socket as socketlib
+
+    from ticketing.edge import kernel_arrival
+
+    listener = socketlib.create_server(("127.0.0.1", 0))
+    client = socketlib.create_connection(listener.getsockname())
+    connected = time.time()
+    try:
+        await asyncio.sleep(0.3)  # the server's loop is busy elsewhere
+        accepted, _ = listener.accept()
+        accepted.setblocking(False)
+        stamps: list[float] = []
+
+        class Stamp(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                stamps.append(kernel_arrival(transport))
+                transport.close()
+
+        await asyncio.get_running_loop().connect_accepted_socket(Stamp, accepted)
+        assert connected - 0.05 <= stamps[0] <= connected + 0.05
+        assert time.time() - stamps[0] >= 0.25
+    finally:
+        client.close()
+        listener.close()
+
+
 async def test_the_prequeue_is_shuffled_at_the_start_then_fifo(make_cluster, ca_context) -> None:
     cluster = await make_cluster(1)
     event_id = await cluster.main.init_tickets("Opening", "", "10", 40)

@@ -48,7 +48,9 @@ import ctypes
 import ctypes.util
 import logging
 import resource
+import socket
 import ssl
+import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -146,6 +148,26 @@ class _Arrival:
     done: bool = False
 
 
+_TCP_INFO_LEN = 104
+_LAST_DATA_RECV = 52  # tcp_info.tcpi_last_data_recv: ms since the kernel last received
+
+
+def kernel_arrival(transport: asyncio.BaseTransport) -> float:
+    """When the kernel last received on this just-accepted socket (unix s): its
+    handshake's last ACK, or its ClientHello if that came already. Unlike the time
+    of the accept it does not move with the server's event loop: two fronts on one
+    busy host accepted their shares of a burst hundreds of ms apart. Linux's
+    ``TCP_INFO`` (ms resolution); elsewhere, or on any failure, now."""
+    now = time.time()
+    sock = transport.get_extra_info("socket")
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        (since_ms,) = struct.unpack_from("I", info, _LAST_DATA_RECV)
+    except (AttributeError, OSError, struct.error):
+        return now
+    return now - min(since_ms, 60_000) / 1000
+
+
 def _trim(arrivals: deque[_Arrival], floor: float) -> deque[_Arrival]:
     """Drop the claimed arrivals and those before ``floor`` from the old end."""
     while arrivals and (arrivals[0].done or arrivals[0].at < floor):
@@ -182,7 +204,7 @@ class _Gatekeeper(asyncio.Protocol):
             return
         # No TLS state yet: a socket that never sends a ClientHello costs little.
         self.transport, self.address = transport, address
-        self.accepted = self.gate._accepted()
+        self.accepted = self.gate._accepted(kernel_arrival(transport))
         self.gate._hold(self, address)
         self._timer = asyncio.get_running_loop().call_later(
             self.gate.limits.handshake_timeout, transport.abort
@@ -386,6 +408,7 @@ class ConnectionGate:
         self._waiting: deque[_Gatekeeper] = deque()
         self._hellos: deque[_Arrival] = deque()  # ClientHellos not yet claimed, by time
         self._accepts: deque[_Arrival] = deque()  # accepted, no ClientHello yet, in order
+        self._last_accept = 0.0  # the latest stamp an accepted socket got (unix s)
         self._recheck: asyncio.TimerHandle | None = None
         # The wall-clock time from which ClientHellos are handshaked one at a time (a
         # front whose waiting room's line covers every ticket left: the CPU goes to the
@@ -425,9 +448,16 @@ class ConnectionGate:
         waiting = (a.at for q in queues for a in q if not a.done)
         return sorted(waiting)
 
-    def _accepted(self) -> _Arrival:
-        arrival = _Arrival(time.time())
-        self._trimmed_accepts().append(arrival)  # in the order they came
+    def _accepted(self, at: float | None = None) -> _Arrival:
+        """An accepted socket (``at``: when the kernel last received on it, default now).
+
+        The kernel accepts in the order connections were established, but its
+        last-received time is the ClientHello's for a socket whose hello came before
+        the accept (later than its establishment): never below the previous socket's
+        stamp, so a front's stamps keep its accept order."""
+        self._last_accept = max(self._last_accept, time.time() if at is None else at)
+        arrival = _Arrival(self._last_accept)
+        self._trimmed_accepts().append(arrival)
         return arrival
 
     def _trimmed_accepts(self) -> deque[_Arrival]:
