@@ -21,8 +21,9 @@ on plain TCP and hands every accepted connection to a :class:`ConnectionGate`, w
 - gives a socket whose ClientHello came and waits for a slot ``slot_timeout`` (the
   line of handshakes is the server's, not the client's: ``handshake_timeout`` from
   the accept reset 6 % of a 1,500-visitor crowd on a slow machine);
-- stamps each connection with the wall-clock time it came (its accept, if its
-  ClientHello follows within ``HELLO_GRACE``); the first
+- stamps each connection with the wall-clock time it came (when the kernel had it
+  as it was accepted, ``kernel_arrival``, if its ClientHello follows within
+  ``HELLO_GRACE``); the first
   request on it takes the stamp (:func:`claim_arrival`), so a front ranks a visitor
   in its waiting room by when it came, not by when its handshake's turn did, and
   :meth:`ConnectionGate.oldest_unclaimed` says how far back a stamp can still come
@@ -46,11 +47,13 @@ import asyncio
 import asyncio.sslproto
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import resource
 import socket
 import ssl
 import struct
+import termios
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -111,14 +114,13 @@ class _CappedSSLProtocol(asyncio.sslproto.SSLProtocol):
         )
         self._gate = gate
         self._address = address
-        self.arrival: _Arrival | None = None  # its ClientHello's (claim_arrival)
+        self.arrival: _Arrival | None = None  # when it came (claim_arrival)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         try:
             super().connection_lost(exc)
         finally:
-            if self.arrival is not None:
-                self.arrival.done = True
+            self._gate._claim(self.arrival)
             self._gate._handshake_over(self)
             self._gate._release(self, self._address)
 
@@ -127,12 +129,17 @@ class _CappedSSLProtocol(asyncio.sslproto.SSLProtocol):
         super()._on_handshake_complete(handshake_exc)  # type: ignore[misc]
 
 
-# Seconds a connection's accept time may precede its ClientHello and still be its
+# Seconds a connection's accept stamp may precede its ClientHello and still be its
 # arrival: the kernel accepts in the order connections came, while a loaded client
 # may take a while to send its hello (measured under a crowd: up to 0.25 s, where
-# ranks by the hello misordered neighbours). Older than that it was a silent socket:
-# it neither holds the line's horizon back nor gets an early place any longer.
+# ranks by the hello misordered neighbours). A socket silent longer is stamped at
+# its hello less this (at most this much early) and holds the line's horizon back
+# no longer.
 HELLO_GRACE = 1.0
+# The most a socket may send before its TLS starts (a ClientHello is one record of
+# at most 16 KiB, post-quantum ones included); more is not a TLS client.
+MAX_EARLY = 16 * 1024 + 5
+_HANDSHAKE_RECORD = b"\x16\x03"  # a TLS handshake record's first bytes
 # Seconds an unclaimed arrival is remembered for the waiting room's questions (a
 # front's horizon lets go of it after 2 s anyway): a shard, which never asks, and a
 # long-lived connection at the head must not make the record grow without end.
@@ -152,20 +159,22 @@ _TCP_INFO_LEN = 104
 _LAST_DATA_RECV = 52  # tcp_info.tcpi_last_data_recv: ms since the kernel last received
 
 
-def kernel_arrival(transport: asyncio.BaseTransport) -> float:
-    """When the kernel last received on this just-accepted socket (unix s): its
-    handshake's last ACK, or its ClientHello if that came already. Unlike the time
-    of the accept it does not move with the server's event loop: two fronts on one
-    busy host accepted their shares of a burst hundreds of ms apart. Linux's
-    ``TCP_INFO`` (ms resolution); elsewhere, or on any failure, now."""
+def kernel_arrival(transport: asyncio.BaseTransport) -> tuple[float, bool]:
+    """When the kernel last received on this just-accepted socket (unix s), and
+    whether data is waiting: without data that is when its handshake completed (it
+    came), with data when its ClientHello did (later). Unlike the time of the
+    accept it does not move with the server's event loop: two fronts on one busy
+    host accepted their shares of a burst hundreds of ms apart. Linux's ``TCP_INFO``
+    (jiffy resolution, 1-10 ms); elsewhere, or on any failure, now."""
     now = time.time()
     sock = transport.get_extra_info("socket")
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
         (since_ms,) = struct.unpack_from("I", info, _LAST_DATA_RECV)
-    except (AttributeError, OSError, struct.error):
-        return now
-    return now - min(since_ms, 60_000) / 1000
+        (waiting,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))
+    except (AttributeError, OSError, struct.error, ValueError):
+        return now, False
+    return now - min(since_ms, 60_000) / 1000, waiting > 0
 
 
 def _trim(arrivals: deque[_Arrival], floor: float) -> deque[_Arrival]:
@@ -193,6 +202,7 @@ class _Gatekeeper(asyncio.Protocol):
         self.accepted: _Arrival | None = None  # when it was accepted, until its hello
         self.arrival: _Arrival | None = None  # when it came, once its ClientHello did
         self._early: list[bytes] = []  # the ClientHello, until TLS starts
+        self._early_size = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,7 +214,7 @@ class _Gatekeeper(asyncio.Protocol):
             return
         # No TLS state yet: a socket that never sends a ClientHello costs little.
         self.transport, self.address = transport, address
-        self.accepted = self.gate._accepted(kernel_arrival(transport))
+        self.accepted = self.gate._accepted(*kernel_arrival(transport))
         self.gate._hold(self, address)
         self._timer = asyncio.get_running_loop().call_later(
             self.gate.limits.handshake_timeout, transport.abort
@@ -217,6 +227,10 @@ class _Gatekeeper(asyncio.Protocol):
         if self.arrival is None:
             self.arrival = self.gate._hello(self.accepted)
         self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size > MAX_EARLY:  # no ClientHello is that long
+            self.transport.abort()
+            return
         if self.queued:
             return
         if self.gate._handshake_slot(self.arrival):
@@ -225,10 +239,19 @@ class _Gatekeeper(asyncio.Protocol):
             self.queued, self.queued_at = True, time.monotonic()
             self.transport.pause_reading()
             self.gate._queue(self)
-            if self._timer is not None:  # it spoke: from now on it waits for the server
+            if self._timer is not None and self._said_hello():
+                # From now on it waits for the server, not the server for it.
                 self._timer.cancel()
                 loop = asyncio.get_running_loop()
                 self._timer = loop.call_later(self.gate.limits.slot_timeout, self.transport.abort)
+
+    def _said_hello(self) -> bool:
+        """Whether a whole TLS handshake record has come (the ClientHello), not just
+        some bytes: only that buys the longer wait for a slot."""
+        head = b"".join(self._early)
+        if len(head) < 5 or not head.startswith(_HANDSHAKE_RECORD):
+            return False
+        return len(head) >= 5 + int.from_bytes(head[3:5], "big")
 
     def start(self) -> None:
         """Hand the socket to TLS (the gate gave it a handshake slot)."""
@@ -257,24 +280,22 @@ class _Gatekeeper(asyncio.Protocol):
             self.accepted.done = True
         if self.transport is not None:
             self.transport = None
-            if self.arrival is not None:
-                self.arrival.done = True
+            self.gate._claim(self.arrival)
             if self.queued:
                 self.gate._unqueue(self)
             self.gate._release(self, self.address)
 
 
 def claim_arrival(transport: object) -> float | None:
-    """When the connection under ``transport`` (a request's) sent its ClientHello,
-    unix s, for its first request only (None after, and for a connection that did
-    not come through a gate): a reload minutes later on a kept-alive connection is
-    not an early arrival."""
+    """When the connection under ``transport`` (a request's) came (its stamp, unix
+    s), for its first request only (None after, and for a connection that did not
+    come through a gate): a reload minutes later on a kept-alive connection is not
+    an early arrival."""
     tls = getattr(transport, "_ssl_protocol", None)  # asyncio's TLS app transport
-    arrival = tls.arrival if isinstance(tls, _CappedSSLProtocol) else None
-    if arrival is None or arrival.done:
+    if not isinstance(tls, _CappedSSLProtocol) or tls.arrival is None or tls.arrival.done:
         return None
-    arrival.done = True
-    return arrival.at
+    tls._gate._claim(tls.arrival)
+    return tls.arrival.at
 
 
 class _HeaderDeadline(asyncio.Protocol):
@@ -406,9 +427,10 @@ class ConnectionGate:
         # Handshakes in progress (since when) and sockets waiting for a slot, in order.
         self._handshaking: dict[_CappedSSLProtocol, float] = {}
         self._waiting: deque[_Gatekeeper] = deque()
-        self._hellos: deque[_Arrival] = deque()  # ClientHellos not yet claimed, by time
+        self._hellos: deque[_Arrival] = deque()  # arrivals with a hello, not claimed: by time
         self._accepts: deque[_Arrival] = deque()  # accepted, no ClientHello yet, in order
-        self._last_accept = 0.0  # the latest stamp an accepted socket got (unix s)
+        self._last_accept = 0.0  # the floor of accept stamps (unix s), see _accepted
+        self._open_hellos = 0  # hellos' arrivals not claimed yet (in _hellos or aged out)
         self._recheck: asyncio.TimerHandle | None = None
         # The wall-clock time from which ClientHellos are handshaked one at a time (a
         # front whose waiting room's line covers every ticket left: the CPU goes to the
@@ -431,14 +453,12 @@ class ConnectionGate:
 
     def unclaimed_before(self, stamp: float, limit: int) -> int:
         """How many such arrivals came before ``stamp``, counted up to ``limit`` (then
-        ``limit``): each scan stops there, or after ``4 * limit`` entries still kept."""
+        ``limit``). The records are in time order and kept at most half claimed."""
         count = 0
         for queue in (self._trimmed_hellos(), self._trimmed_accepts()):
-            for seen, arrival in enumerate(queue):
+            for arrival in queue:
                 if arrival.at >= stamp or count >= limit:
                     break
-                if seen >= 4 * limit:
-                    return limit
                 count += not arrival.done
         return min(count, limit)
 
@@ -448,16 +468,23 @@ class ConnectionGate:
         waiting = (a.at for q in queues for a in q if not a.done)
         return sorted(waiting)
 
-    def _accepted(self, at: float | None = None) -> _Arrival:
+    def _accepted(self, at: float | None = None, hello_in: bool = False) -> _Arrival:
         """An accepted socket (``at``: when the kernel last received on it, default now).
 
-        The kernel accepts in the order connections were established, but its
-        last-received time is the ClientHello's for a socket whose hello came before
-        the accept (later than its establishment): never below the previous socket's
-        stamp, so a front's stamps keep its accept order."""
-        self._last_accept = max(self._last_accept, time.time() if at is None else at)
-        arrival = _Arrival(self._last_accept)
-        self._trimmed_accepts().append(arrival)
+        The kernel accepts in the order connections were established, so a stamp is
+        never below the previous socket's. Only a socket with nothing received yet
+        moves that floor: its ``at`` is its establishment; with its hello in
+        (``hello_in``) ``at`` is the hello's, later by the client's own delay, which
+        must not push the sockets after it back."""
+        at = time.time() if at is None else at
+        arrival = _Arrival(max(self._last_accept, at))
+        if not hello_in:
+            self._last_accept = arrival.at
+        accepts = self._trimmed_accepts()
+        i = len(accepts)
+        while i and accepts[i - 1].at > arrival.at:  # in time order
+            i -= 1
+        accepts.insert(i, arrival)
         return arrival
 
     def _trimmed_accepts(self) -> deque[_Arrival]:
@@ -465,16 +492,28 @@ class ConnectionGate:
         return _trim(self._accepts, time.time() - HELLO_GRACE)
 
     def _trimmed_hellos(self) -> deque[_Arrival]:
-        return _trim(self._hellos, time.time() - ARRIVAL_MEMORY)
+        """The hellos not claimed yet, with claimed ones at most half of the record
+        (one that lingers at the head must not leave thousands behind it)."""
+        hellos = _trim(self._hellos, time.time() - ARRIVAL_MEMORY)
+        if len(hellos) > 2 * self._open_hellos + 32:
+            hellos = self._hellos = deque(a for a in hellos if not a.done)
+        return hellos
+
+    def _claim(self, arrival: _Arrival | None) -> None:
+        """A hello's arrival is done: its first request took it, or it closed."""
+        if arrival is not None and not arrival.done:
+            arrival.done = True
+            self._open_hellos -= 1
 
     def _hello(self, accepted: _Arrival | None = None) -> _Arrival:
-        """A ClientHello came: the connection's arrival is its accept time, within the
+        """A ClientHello came: the connection's arrival is its accept stamp, within the
         grace (kept in time order: hellos of a loaded crowd come a little out of it)."""
         now = time.time()
         at = now if accepted is None else min(now, max(accepted.at, now - HELLO_GRACE))
         if accepted is not None:
             accepted.done = True
         arrival, hellos = _Arrival(at), self._trimmed_hellos()
+        self._open_hellos += 1
         i = len(hellos)
         while i and hellos[i - 1].at > at:  # a few from the end, if any
             i -= 1

@@ -371,8 +371,8 @@ class LineReport:
     ``sketch.waiting`` means cut short); ``horizon``: no later entry on this front
     gets a lower rank (its sequencer's next number); ``started``: the sale has
     started on the front's clock; ``direct``: visitors it sent straight on since its
-    last report; ``arriving``: visitors whose ClientHello is in and who are not
-    placed yet (they will stand ahead of anyone who comes later).
+    last report; ``arriving``: visitors who came (accepted, or their ClientHello
+    in) and are not placed yet (they will stand ahead of anyone who comes later).
     """
 
     started: bool

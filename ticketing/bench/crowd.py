@@ -69,8 +69,9 @@ def waiting_accuracy(queue: Sequence[list[float] | None]) -> dict[str, Any]:
 
 def rank_inversions(kinds: Sequence[str], queue: Sequence[list[float] | None]) -> int:
     """Visitors in line refused while one ranked after them got a ticket: the order
-    as the fronts saw arrivals (their ClientHellos), without the load generator's
-    own delay between stamping a visitor's arrival and its first byte on the wire."""
+    as the fronts saw arrivals (their stamps: when the kernel had each connection),
+    without the load generator's own delay between stamping a visitor's arrival and
+    its first byte on the wire."""
     ranked = [(q[0], k == "ticket") for k, q in zip(kinds, queue, strict=True) if q]
     top = max((r for r, won in ranked if won), default=None)
     return 0 if top is None else sum(1 for r, won in ranked if not won and r < top)
@@ -80,9 +81,9 @@ def hello_lag(
     arrivals: Sequence[float], queue: Sequence[list[float] | None], offset: float
 ) -> dict[str, float | None]:
     """Seconds from a queued visitor's arrival (the load generator's monotonic stamp)
-    to its rank (the front's wall-clock stamp of its ClientHello, µs; ``offset``: wall
+    to its rank (the front's wall-clock stamp of its connection, µs; ``offset``: wall
     minus monotonic time on this host): the load generator's delay before its first
-    byte plus the front's before reading it. An upper bound: a rank is never below a
+    byte, plus the front's before accepting it where the kernel's time is not known. An upper bound: a rank is never below a
     horizon already reported, so an old stamp's rank is later than the stamp."""
     lags = [q[0] / 1e6 - offset - a for a, q in zip(arrivals, queue, strict=True) if q]
     return {"p50": stat(lags, 50, 3), "p95": stat(lags, 95, 3)}

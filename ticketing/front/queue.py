@@ -67,7 +67,6 @@ _UNRANKED = web.RequestKey("unranked", bool)  # ARRIVED_AT still counts as to co
 Uplink = Callable[[dict[int, LineReport]], Awaitable[dict[int, LineOrders] | None]]
 _EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
 UNRANKED_FRESH = 0.01  # s: handshakes under way are counted as seen this recently
-KICK_GAP = 0.02  # s: the least time between two reports to main (kicks included)
 PAUSED_POLL = 1.0  # s: the longest a long-poll is held while main is away (then: "paused")
 
 
@@ -161,6 +160,7 @@ class QueueDoor:
         self._pow: PowGate | None = None
         self._kick = asyncio.Event()  # report now: a first visitor, passes running low
         self._granted: dict[int, int] = {}  # straight passes main gave in its last orders
+        self._straight_upto: dict[int, float] = {}  # the latest stamp sent straight on
         self.changes = Changes()  # notified after every tick (main's orders applied)
         self._asked: dict[int, float] = {}  # event -> until when visitors wait for orders
         self._last_prune = 0.0
@@ -250,8 +250,8 @@ class QueueDoor:
         return min((*self._arriving, *(() if edge is None else (edge,))), default=None)
 
     def _unranked(self) -> list[int]:
-        """Ranks (µs, ascending) of visitors who came and are not ranked yet (their
-        ClientHello is in, their first request not answered): main counts them
+        """Ranks (µs, ascending) of visitors who came and are not ranked yet (accepted
+        within the grace, or their hello in; their first request not answered): main counts them
         toward the tickets spoken for (``LineReport.arriving``). Kept for
         ``UNRANKED_FRESH`` (real time): a crowd has thousands of handshakes under way."""
         mono = time.monotonic()
@@ -282,7 +282,7 @@ class QueueDoor:
         # From here on no await: this visitor is placed now, in line or straight on.
         stamp = request.get(ARRIVED_AT)
         self._placed(request)
-        now, mono = self.clock(), self.monotonic()
+        now = self.clock()
         started = event.sale_starts_at is None or now >= event.sale_starts_at
         token = request.query.get("queue", "")
         if token:
@@ -291,23 +291,41 @@ class QueueDoor:
                 return self._refused(request, event, REFUSED)
             if line.released(ticket.rank) or self._passed(event.id, ticket.rank):
                 return Pass(ticket.issued)
-            line.join(ticket.rank, ticket.issued, request.remote or "?", mono)
+            self._join(line, ticket.rank, ticket.issued, request.remote or "?")
             return self._queued(request, event, ticket, token)
         if self._remaining(event.id) == 0:
             return Pass()  # sold out: the front says so
         if self._has_place(request, visitor, event.id):
             return Pass()  # already through once (sent back by a shard, or told to wait)
-        # Straight on only with room left for every earlier arrival still on its way in
-        # (each takes one when it reaches the gate): nobody is passed for a place.
-        budget = self._budget.get(event.id, 0)
-        if started and not len(line) and budget > self._came_before(stamp, budget):
-            self._budget[event.id] -= 1
-            if 2 * self._budget[event.id] < self._granted.get(event.id, 0):
-                self._kick.set()  # half the passes are spent: ask for more now
+        if started and not len(line) and self._straight_on(event.id, stamp):
             self._sent_on(event.id, 1)
             self.counts["direct"] += 1
             return Pass()
         return self._enter(request, event, visitor, started)
+
+    def _straight_on(self, event_id: int, stamp: float | None) -> bool:
+        """Whether a visitor at an empty line goes straight on (taking a pass).
+
+        Only with a pass left for everyone who came earlier and is still on its way in
+        (each takes one when it reaches the gate), and those keep theirs even if main's
+        next orders give none: one who came before someone sent straight on goes on
+        too. Near the end of a sale (passes at least half the tickets left) nobody goes
+        before anyone earlier still on the way: no ticket can then go to a later one.
+        """
+        budget = self._budget.get(event_id, 0)
+        # (At or before: stamps have the kernel's jiffy resolution, a tie is a tie.)
+        if stamp is not None and stamp <= self._straight_upto.get(event_id, float("-inf")):
+            self._budget[event_id] = max(0, budget - 1)
+            return True  # its pass was kept for it
+        ahead = self._came_before(stamp, budget)
+        if budget <= ahead or (ahead and 2 * budget >= self._remaining(event_id)):
+            return False
+        self._budget[event_id] = budget - 1
+        if 2 * self._budget[event_id] < self._granted.get(event_id, 0):
+            self._kick.set()  # half the passes are spent: ask for more now
+        now = time.time() if stamp is None else stamp
+        self._straight_upto[event_id] = max(self._straight_upto.get(event_id, now), now)
+        return True
 
     async def _first_word(self, event_id: int) -> None:
         """Wait (at most ``first_word`` seconds, once per event) for main's first
@@ -349,9 +367,16 @@ class QueueDoor:
             return Pass()
         ticket = QueueTicket(visitor, event.id, seq, rank, round(self.clock(), 3))
         token = ticket.sign(self.source.signer, self.options.ticket_ttl)
-        line.join(rank, ticket.issued, address, self.monotonic())
+        self._join(line, rank, ticket.issued, address)
         self.counts["entered"] += 1
         return self._queued(request, event, ticket, token)
+
+    def _join(self, line: Line, rank: int, issued: float, address: str) -> None:
+        """Into line; the first one in an empty line reports at once (main learns of
+        a line, and this front's horizon, now rather than a quiet tick later)."""
+        if not len(line):
+            self._kick.set()
+        line.join(rank, issued, address, self.monotonic())
 
     def _sent_on(self, event_id: int, n: int) -> None:
         """``n`` visitors go on that main has not counted: the next report says so."""
@@ -538,7 +563,7 @@ class QueueDoor:
         self.events[event.id] = event
         line = self.line(event.id)
         if not self._passed(event.id, ticket.rank):
-            line.join(ticket.rank, ticket.issued, request.remote or "?", self.monotonic())
+            self._join(line, ticket.rank, ticket.issued, request.remote or "?")
         first = self.state(event, ticket, token)
         if first["status"] != "queued" or first["next_poll_s"] > 0:
             return self._polled(request, event, ticket, first)
@@ -589,8 +614,8 @@ class QueueDoor:
             with contextlib.suppress(TimeoutError):  # a kick reports at once
                 await asyncio.wait_for(self._kick.wait(), self._next_tick())
             self._kick.clear()
-            # Kicks come with visitors: never more than one report per KICK_GAP.
-            await asyncio.sleep(max(0.0, min(KICK_GAP, self.options.tick) - (loop.time() - began)))
+            # Kicks come with visitors: never more than one report per tick, as before.
+            await asyncio.sleep(max(0.0, self.options.tick - (loop.time() - began)))
 
     def _next_tick(self) -> float:
         """``tick`` while a line here or elsewhere holds someone, or main is away;
@@ -598,7 +623,7 @@ class QueueDoor:
         that runs low on them kicks a report)."""
         if self.paused or any(len(line) for line in self.lines.values()):
             return self.options.tick
-        if any(self._others_ahead(e, None) for e in self.orders):
+        if any(self._others_ahead(e, None) for e in self.orders if self._remaining(e)):
             return self.options.tick  # its horizon bounds the release of theirs
         return max(self.options.tick, self.options.quiet_tick)
 
