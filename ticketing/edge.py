@@ -157,6 +157,10 @@ class _Arrival:
 
 _TCP_INFO_LEN = 104
 _LAST_DATA_RECV = 52  # tcp_info.tcpi_last_data_recv: ms since the kernel last received
+# Below this the kernel's count (whole jiffies: 4 ms at HZ=250) is coarser than the
+# delay it would correct: two visitors one after the other on two fronts were
+# ranked in the wrong order by it.
+_KERNEL_LATE_MS = 10
 
 
 def kernel_arrival(transport: asyncio.BaseTransport) -> tuple[float, bool]:
@@ -165,7 +169,8 @@ def kernel_arrival(transport: asyncio.BaseTransport) -> tuple[float, bool]:
     came), with data when its ClientHello did (later). Unlike the time of the
     accept it does not move with the server's event loop: two fronts on one busy
     host accepted their shares of a burst hundreds of ms apart. Linux's ``TCP_INFO``
-    (jiffy resolution, 1-10 ms); elsewhere, or on any failure, now."""
+    (jiffy resolution, 1-10 ms), used once the accept is late by ``_KERNEL_LATE_MS``;
+    else, elsewhere, or on any failure, now."""
     now = time.time()
     sock = transport.get_extra_info("socket")
     try:
@@ -174,6 +179,8 @@ def kernel_arrival(transport: asyncio.BaseTransport) -> tuple[float, bool]:
         (waiting,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))
     except (AttributeError, OSError, struct.error, ValueError):
         return now, False
+    if since_ms < _KERNEL_LATE_MS:  # accepted at once: now is the finer clock
+        return now, waiting > 0
     return now - min(since_ms, 60_000) / 1000, waiting > 0
 
 
