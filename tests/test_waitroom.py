@@ -540,12 +540,12 @@ async def test_an_empty_line_reports_seldom_until_half_its_passes_are_spent(
     """Main's CPU goes with the reports: with nobody in line a door reports every
     ``quiet_tick`` (here 30 s), unless half the passes main gave are gone."""
     cluster = await make_cluster(1)
-    event_id = await cluster.main.init_tickets("Quiet door", "", "10", 20)
+    event_id = await cluster.main.init_tickets("Quiet door", "", "10", 40)
     await cluster.main.distribute_tickets()
     redirect = await front(cluster, quiet_tick=30.0)
     door = redirect.queue
     reports: list[dict[int, LineReport]] = []
-    passes = [4]
+    passes = [queue_module.KICK_PASSES]
 
     async def uplink(sent: dict[int, LineReport]) -> dict[int, LineOrders]:
         reports.append(sent)
@@ -553,22 +553,23 @@ async def test_an_empty_line_reports_seldom_until_half_its_passes_are_spent(
 
     door.uplink = uplink
     url = f"{cluster.front}events/{event_id}"
-    sessions = [session(ca_context) for _ in range(4)]
+    half = queue_module.KICK_PASSES // 2
+    sessions = [session(ca_context) for _ in range(half + 2)]
     try:
-        for s in sessions[:2]:
+        for s in sessions[:half]:
             async with s.get(url, headers=JSON, allow_redirects=False) as resp:
                 assert resp.status == 302
-        # Main's first word (and a startup tick, if the visitor beat it): two of four
+        # Main's first word (and a startup tick, if the visitor beat it): half the
         # passes left, no report for them, and the next one not for 30 s ...
         seen = len(reports)
         assert seen <= 2 and door._next_tick() == 30.0
         passes[0] = 0  # main, from now on: no room
-        async with sessions[2].get(url, headers=JSON, allow_redirects=False) as resp:
+        async with sessions[half].get(url, headers=JSON, allow_redirects=False) as resp:
             assert resp.status == 302
-        # ... but one left is less than half: kicked.
+        # ... but fewer than half left: kicked.
         await door.changes.wait_for(lambda: len(reports) == seen + 1, 5.0)
         assert door._budget[event_id] == 0
-        assert (await enter(sessions[3], url))["status"] == "queued"
+        assert (await enter(sessions[half + 1], url))["status"] == "queued"
         assert door._next_tick() == door.options.tick  # a line holds someone
     finally:
         await asyncio.gather(*(s.close() for s in sessions))

@@ -67,6 +67,8 @@ _UNRANKED = web.RequestKey("unranked", bool)  # ARRIVED_AT still counts as to co
 Uplink = Callable[[dict[int, LineReport]], Awaitable[dict[int, LineOrders] | None]]
 _EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
 UNRANKED_FRESH = 0.01  # s: handshakes under way are counted as seen this recently
+KICK_GAP = 0.025  # s: the least time between two reports to main (kicks included)
+KICK_PASSES = 8  # passes main must have given for spending half of them to kick a report
 PAUSED_POLL = 1.0  # s: the longest a long-poll is held while main is away (then: "paused")
 
 
@@ -321,7 +323,8 @@ class QueueDoor:
         if budget <= ahead or (ahead and 2 * budget >= self._remaining(event_id)):
             return False
         self._budget[event_id] = budget - 1
-        if 2 * self._budget[event_id] < self._granted.get(event_id, 0):
+        granted = self._granted.get(event_id, 0)
+        if granted >= KICK_PASSES and 2 * self._budget[event_id] < granted:
             self._kick.set()  # half the passes are spent: ask for more now
         now = time.time() if stamp is None else stamp
         self._straight_upto[event_id] = max(self._straight_upto.get(event_id, now), now)
@@ -614,8 +617,9 @@ class QueueDoor:
             with contextlib.suppress(TimeoutError):  # a kick reports at once
                 await asyncio.wait_for(self._kick.wait(), self._next_tick())
             self._kick.clear()
-            # Kicks come with visitors: never more than one report per tick, as before.
-            await asyncio.sleep(max(0.0, self.options.tick - (loop.time() - began)))
+            # Kicks come with visitors: at most one report per KICK_GAP (and a kick for
+            # passes only after KICK_PASSES / 2 went: each such report carries that many).
+            await asyncio.sleep(max(0.0, min(KICK_GAP, self.options.tick) - (loop.time() - began)))
 
     def _next_tick(self) -> float:
         """``tick`` while a line here or elsewhere holds someone, or main is away;
